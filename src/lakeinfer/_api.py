@@ -1,0 +1,67 @@
+"""The Python API: :func:`batch` and :func:`inspect_model`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .engines.local import BatchSummary, run_batch
+from .errors import ConfigError
+from .io.sources import UNIT_ROWS
+from .models import load_model
+from .spec import JobSpec, load_spec
+
+
+def batch(input: str | None = None, output: str | None = None, *, model: str | None = None,
+          flavor: str | None = None, trust: bool | None = None, features: Sequence[str] | None = None,
+          steps: Sequence[Any] | None = None, keep: Sequence[str] | None = None,
+          workers: int | None = None, batch_size: int | None = None, input_format: str | None = None,
+          on_error: str | None = None, overwrite: bool | None = None, device: str | None = None,
+          spec: str | JobSpec | None = None, engine: str | None = None, progress: bool = False,
+          unit_rows: int = UNIT_ROWS) -> BatchSummary:
+    """Score ``input`` (a file, folder or glob; local or ``s3://``) into Parquet under ``output``.
+
+    Options left as None come from ``spec`` (a TOML/YAML job spec) when given, else defaults:
+    ``workers`` = the number of cores (each loads the model once), ``batch_size`` = 65536,
+    ``on_error`` = ``"fail"``. A rerun of an interrupted job resumes it: finished parts are
+    kept and the rest is scored, so every input row appears in the output exactly once.
+    """
+    job = load_spec(spec) if isinstance(spec, str) else spec or JobSpec(model={}, steps=[])
+    if steps is not None:
+        job.steps = list(steps)
+    b = job.batch
+
+    def pick(value: Any, key: str, default: Any) -> Any:
+        return value if value is not None else b.get(key, default)
+
+    engine = pick(engine, "engine", "local")
+    if engine != "local":
+        raise ConfigError(f"unknown engine '{engine}'; this build has: local")
+    input_uri, output_uri = pick(input, "input", None), pick(output, "output", None)
+    if not input_uri or not output_uri:
+        raise ConfigError("batch needs an input and an output (--input/--output or [batch] in the spec)")
+    recipe = job.recipe(path=model, flavor=flavor, trust=trust, features=features, device=device,
+                        on_error=on_error)
+    return run_batch(
+        recipe, input_uri, output_uri,
+        keep=tuple(pick(keep, "keep", ())),
+        workers=pick(workers, "workers", None),
+        batch_size=int(pick(batch_size, "batch_size", 65536)),
+        input_format=pick(input_format, "input_format", None),
+        overwrite=bool(pick(overwrite, "overwrite", False)),
+        unit_rows=unit_rows,
+        progress=progress,
+    )
+
+
+def inspect_model(model: str, *, flavor: str | None = None, trust: bool = False,
+                  features: Sequence[str] | None = None) -> dict[str, Any]:
+    """The model's flavor and signature as a plain dict."""
+    loaded = load_model(model, flavor=flavor, trust=trust, features=features)
+    info = loaded.describe()
+    try:
+        info["input_columns"] = list(loaded.input_columns)
+    except ConfigError as exc:
+        info["input_columns"] = None
+        info["note"] = str(exc)
+    return info

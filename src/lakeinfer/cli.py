@@ -1,0 +1,126 @@
+"""The ``lakeinfer`` command line. Every user error ends in one readable line and exit code 1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from ._version import __version__
+from .errors import LakeinferError
+from .pipeline import ON_ERROR
+
+
+def _columns(value: str) -> list[str]:
+    names = [c.strip() for c in value.split(",") if c.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of column names")
+    return names
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not '{value}'") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
+def _model_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--model", required=required, help="model file or directory")
+    parser.add_argument("--flavor", help="override flavor detection (onnx, sklearn, skops, xgboost, "
+                        "lightgbm, torchscript, torch_export, mlflow)")
+    parser.add_argument("--features", type=_columns, help="input columns, in the model's order (comma list)")
+    parser.add_argument("--trust-model", action="store_true", default=None,
+                        help="allow formats that run code when loaded (pickle, MLflow)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lakeinfer", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lakeinfer {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    batch = commands.add_parser("batch", help="score a data set into Parquet")
+    _model_options(batch, required=False)
+    batch.add_argument("--input", help="file, folder or glob; local path or s3://")
+    batch.add_argument("--output", help="output folder for the Parquet parts")
+    batch.add_argument("--input-format", choices=("parquet", "csv", "jsonl"))
+    batch.add_argument("--keep", type=_columns, help="input columns (ids) to copy beside the predictions")
+    batch.add_argument("--workers", type=_positive, help="worker processes (default: number of cores)")
+    batch.add_argument("--batch-size", type=_positive, help="rows per model call (default 65536)")
+    batch.add_argument("--on-error", choices=ON_ERROR, help="rows with a null feature: fail (default), skip, null")
+    batch.add_argument("--engine", choices=("local",), help="execution engine (default local)")
+    batch.add_argument("--spec", help="job spec file (TOML or YAML); options given here win")
+    batch.add_argument("--overwrite", action="store_true", default=None, help="replace what the output folder holds")
+    batch.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    batch.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    inspect = commands.add_parser("inspect", help="print a model's flavor and signature")
+    _model_options(inspect, required=True)
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import _api
+
+    if args.command == "inspect":
+        info = _api.inspect_model(args.model, flavor=args.flavor, trust=bool(args.trust_model),
+                                  features=args.features)
+        if args.json:
+            print(json.dumps(info, indent=2, default=str))
+        else:
+            _print_inspect(info)
+        return 0
+    summary = _api.batch(
+        args.input, args.output, model=args.model, flavor=args.flavor, trust=args.trust_model,
+        features=args.features, keep=args.keep, workers=args.workers, batch_size=args.batch_size,
+        input_format=args.input_format, on_error=args.on_error, overwrite=args.overwrite,
+        spec=args.spec, engine=args.engine, progress=not args.quiet,
+    )
+    if args.json:
+        print(json.dumps(summary.to_dict()))
+    elif not args.quiet:
+        print(summary.line())
+    return 0
+
+
+def _print_inspect(info: dict) -> None:  # type: ignore[type-arg]
+    print(f"flavor:   {info['flavor']}")
+    print(f"path:     {info['path']}")
+    print(f"task:     {info['task']}")
+    if info.get("classes") is not None:
+        print(f"classes:  {info['classes']}")
+    cols = info.get("input_columns")
+    print(f"features: {', '.join(cols) if cols else '(not named by the model: pass --features)'}")
+    for kind in ("inputs", "outputs"):
+        print(f"{kind}:")
+        for t in info[kind]:
+            dims = ", ".join("N" if d is None else str(d) for d in t["shape"])
+            print(f"  {t['name']}: {t['dtype']}[{dims}]")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except LakeinferError as exc:
+        print(f"lakeinfer: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lakeinfer: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("LAKEINFER_DEBUG"):
+            raise
+        print(f"lakeinfer: internal error: {type(exc).__name__}: {exc} (LAKEINFER_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sources and sinks: where batches come from and where predictions go."""

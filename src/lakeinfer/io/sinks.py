@@ -1,0 +1,138 @@
+"""The output folder: Parquet parts written under a temporary name and renamed when complete,
+a job manifest that says whose results they are, and a success marker written last.
+
+A part's existence under its final name means it is complete, so a rerun after a crash skips
+the finished units and redoes the rest: every input row lands in the output exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from ..errors import OutputError
+from .sources import filesystem_for
+
+__all__ = ["MANIFEST", "SUCCESS", "OutputFolder", "part_name"]
+
+MANIFEST = "_lakeinfer_job.json"
+SUCCESS = "_SUCCESS"
+_TMP_PREFIX = ".tmp-"
+_STATS_KEY = b"lakeinfer.stats"
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+class OutputFolder:
+    """The folder a job writes; ``claim`` binds it to one job's fingerprint."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.fs, self.path = filesystem_for(uri)
+
+    def _join(self, name: str) -> str:
+        return f"{self.path.rstrip('/')}/{name}"
+
+    def _read_json(self, name: str) -> dict[str, Any] | None:
+        try:
+            with self.fs.open_input_stream(self._join(name)) as fh:
+                return json.loads(fh.read().decode())  # type: ignore[no-any-return]
+        except FileNotFoundError:
+            return None
+
+    def _write_json(self, name: str, content: dict[str, Any]) -> None:
+        tmp = self._join(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{name}")
+        with self.fs.open_output_stream(tmp) as fh:
+            fh.write(json.dumps(content, indent=2, sort_keys=True).encode())
+        self.fs.move(tmp, self._join(name))
+
+    def claim(self, fingerprint: dict[str, Any], *, overwrite: bool) -> dict[int, dict[str, int]]:
+        """Make the folder this job's; return the stats of parts a previous run completed."""
+        try:
+            info = self.fs.get_file_info(self.path)
+            if info.type == pafs.FileType.File:
+                raise OutputError(f"output {self.uri} is a file; give a folder")
+            entries = (self.fs.get_file_info(pafs.FileSelector(self.path))
+                       if info.type == pafs.FileType.Directory else [])
+            if entries and overwrite:
+                self.fs.delete_dir_contents(self.path)
+                entries = []
+            names = {os.path.basename(e.path) for e in entries}
+            if names:
+                manifest = self._read_json(MANIFEST)
+                if manifest is None:
+                    raise OutputError(f"output folder {self.uri} is not empty and holds no lakeinfer job; "
+                                      "choose an empty folder or pass --overwrite")
+                if manifest.get("fingerprint") != fingerprint:
+                    raise OutputError(
+                        f"output folder {self.uri} holds another job's results "
+                        f"(model {manifest.get('fingerprint', {}).get('model_digest', '?')[:12]}, "
+                        f"input {manifest.get('fingerprint', {}).get('input', '?')}); "
+                        "choose another folder or pass --overwrite"
+                    )
+                for name in names:  # a killed run's half-written files
+                    if name.startswith(_TMP_PREFIX):
+                        self.fs.delete_file(self._join(name))
+                return self._finished_parts(names)
+            self.fs.create_dir(self.path, recursive=True)
+            self._write_json(MANIFEST, {"fingerprint": fingerprint})
+            return {}
+        except OSError as exc:
+            raise OutputError(f"cannot use output folder {self.uri}: {exc}") from exc
+
+    def _finished_parts(self, names: Iterable[str]) -> dict[int, dict[str, int]]:
+        done = {}
+        for name in names:
+            if name.startswith("part-") and name.endswith(".parquet"):
+                with self.fs.open_input_file(self._join(name)) as fh:
+                    meta = pq.ParquetFile(fh).metadata.metadata or {}
+                done[int(name[5:10])] = json.loads(meta.get(_STATS_KEY, b"{}"))
+        return done
+
+    def is_complete(self) -> bool:
+        return self.fs.get_file_info(self._join(SUCCESS)).type == pafs.FileType.File
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Mark the job complete; written only after every part is in place."""
+        self._write_json(SUCCESS, summary)
+
+    def open_part(self, index: int, schema: pa.Schema) -> PartWriter:
+        return PartWriter(self, index, schema)
+
+
+class PartWriter:
+    """Streams one unit's batches into a Parquet file that appears under its name only when closed."""
+
+    def __init__(self, folder: OutputFolder, index: int, schema: pa.Schema) -> None:
+        self.folder = folder
+        self.final = folder._join(part_name(index))
+        self.tmp = folder._join(f"{_TMP_PREFIX}{os.getpid()}-{part_name(index)}")
+        self.schema = schema
+        self._stream = folder.fs.open_output_stream(self.tmp)
+        self._writer = pq.ParquetWriter(self._stream, schema, compression="zstd")
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._writer.write_batch(batch)
+
+    def commit(self, stats: dict[str, int]) -> None:
+        self._writer.add_key_value_metadata({_STATS_KEY: json.dumps(stats).encode()})
+        self._writer.close()
+        self._stream.close()
+        self.folder.fs.move(self.tmp, self.final)
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+            self._stream.close()
+            self.folder.fs.delete_file(self.tmp)
+        except OSError:
+            pass

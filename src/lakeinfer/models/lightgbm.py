@@ -1,0 +1,69 @@
+"""LightGBM boosters saved as LightGBM's text model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import ModelLoadError, require
+from ..schema import Signature, TensorSpec
+from ._base import TabularModel, binary_probability, classifier_outputs, placeholder_names
+
+
+def _header(path: str) -> dict[str, str]:
+    """The key=value lines before the first tree (objective, num_class, ...)."""
+    header: dict[str, str] = {}
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if line.startswith("Tree="):
+                break
+            key, sep, value = line.strip().partition("=")
+            if sep:
+                header[key] = value
+    return header
+
+
+class LightGBMModel(TabularModel):
+    flavor = "lightgbm"
+
+    def __init__(self, path: str, *, features: Sequence[str] | None = None, threads: int | None = None) -> None:
+        lgb = require("lightgbm", "lightgbm", "a LightGBM model")
+        try:
+            self.booster = lgb.Booster(model_file=path, params={"num_threads": threads} if threads else None)
+            header = _header(path)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load LightGBM model {path}: {exc}") from exc
+        self.objective = header.get("objective", "regression").split()[0]
+        num_class = int(header.get("num_class", "1"))
+        self._binary = self.objective in ("binary", "cross_entropy") and num_class == 1
+        self._multi = self.objective in ("multiclass", "softmax", "multiclassova", "multiclass_ova", "ova", "ovr")
+        classification = self._binary or self._multi
+        n_classes = 2 if self._binary else num_class
+        names = self.booster.feature_name()
+        outputs = [TensorSpec("prediction", "int64" if classification else "float64")]
+        if classification:
+            outputs.append(TensorSpec("probability", "float64", (None, n_classes)))
+        signature = Signature(
+            inputs=(TensorSpec("X", "float64", (None, self.booster.num_feature())),),
+            outputs=tuple(outputs),
+            features=None if placeholder_names(names) else tuple(names),
+            task="classification" if classification else "regression",
+            classes=tuple(range(n_classes)) if classification else None,
+            extra={"objective": self.objective},
+        )
+        super().__init__(path, signature, features=features, width=self.booster.num_feature())
+
+    def _predict_array(self, x: np.ndarray, batch: pa.RecordBatch) -> dict[str, Any]:
+        raw = np.asarray(self.booster.predict(x))
+        if self._binary:
+            return classifier_outputs((raw > 0.5).astype(np.int64), binary_probability(raw))
+        if self._multi:
+            return classifier_outputs(np.argmax(raw, axis=1).astype(np.int64), raw.astype(np.float64))
+        return {"prediction": raw.astype(np.float64)}
+
+
+def load(path: str, *, features: Sequence[str] | None = None, threads: int | None = None, **_: Any) -> LightGBMModel:
+    return LightGBMModel(path, features=features, threads=threads)

@@ -1,0 +1,158 @@
+"""ONNX models through onnxruntime."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import ModelLoadError, SchemaError
+from ..schema import Signature, TensorSpec, column_or_error
+from ._base import Model, TabularModel
+
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+    "tensor(string)": "string",
+}
+
+
+def _dtype(ort_type: str) -> str:
+    if ort_type.startswith("seq(map"):
+        return "float64"
+    return _ORT_DTYPES.get(ort_type, ort_type)
+
+
+def _shape(shape: Sequence[Any]) -> tuple[int | None, ...]:
+    return tuple(d if isinstance(d, int) else None for d in shape) or (None,)
+
+
+def _output_name(name: str, count: int) -> str:
+    """Spark ML's names for the usual classifier outputs (skl2onnx: output_label, output_probability)."""
+    if re.search(r"label", name, re.I):
+        return "prediction"
+    if re.search(r"prob", name, re.I):
+        return "probability"
+    return "prediction" if count == 1 else name
+
+
+def _session(path: str, threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = [p for p in ort.get_available_providers() if p in ("CUDAExecutionProvider", "CPUExecutionProvider")]
+    try:
+        return ort.InferenceSession(path, options, providers=providers)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
+
+
+class _OnnxOutputs:
+    """Runs the session and names its outputs the Spark ML way."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        outs = session.get_outputs()
+        self.raw_names = [o.name for o in outs]
+        self.names = [_output_name(o.name, len(outs)) for o in outs]
+        if len(set(self.names)) != len(self.names):  # two "label"s: keep the model's own names
+            self.names = list(self.raw_names)
+        self.specs = tuple(TensorSpec(n, _dtype(o.type), _shape(o.shape)) for n, o in zip(self.names, outs, strict=True))
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+        results = self.session.run(self.raw_names, feeds)
+        return {name: _zipmap_to_array(value) for name, value in zip(self.names, results, strict=True)}
+
+
+def _zipmap_to_array(value: Any) -> Any:
+    # skl2onnx's ZipMap gives a list of {class: probability}; export with zipmap=False to skip this.
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        keys = list(value[0])
+        return np.array([[row[k] for k in keys] for row in value], dtype=np.float64)
+    return value
+
+
+class OnnxTabularModel(TabularModel):
+    """An ONNX graph with one 2-D input: the feature columns, assembled in order."""
+
+    flavor = "onnx"
+
+    def __init__(self, path: str, session: Any, *, features: Sequence[str] | None = None) -> None:
+        self._outputs = _OnnxOutputs(session)
+        (inp,) = session.get_inputs()
+        self._input_name = inp.name
+        self.input_dtype = np.dtype(_dtype(inp.type))
+        width = inp.shape[1] if isinstance(inp.shape[1], int) else None
+        meta = session.get_modelmeta().custom_metadata_map
+        named = tuple(meta["feature_names"].split(",")) if meta.get("feature_names") else None
+        signature = Signature(
+            inputs=(TensorSpec(inp.name, _dtype(inp.type), _shape(inp.shape)),),
+            outputs=self._outputs.specs,
+            features=named,
+            task="classification" if "probability" in self._outputs.names else "unknown",
+        )
+        super().__init__(path, signature, features=features, width=width)
+
+    def _predict_array(self, x: np.ndarray, batch: pa.RecordBatch) -> dict[str, Any]:
+        return self._outputs.run({self._input_name: x})
+
+
+class OnnxMultiInputModel(Model):
+    """An ONNX graph with several inputs (or a 1-D one): each fed by the column of its name."""
+
+    flavor = "onnx"
+
+    def __init__(self, path: str, session: Any) -> None:
+        self._outputs = _OnnxOutputs(session)
+        self._inputs = session.get_inputs()
+        signature = Signature(
+            inputs=tuple(TensorSpec(i.name, _dtype(i.type), _shape(i.shape)) for i in self._inputs),
+            outputs=self._outputs.specs,
+            features=tuple(i.name for i in self._inputs),
+        )
+        super().__init__(path, signature)
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self._inputs)
+
+    def _predict(self, batch: pa.RecordBatch) -> dict[str, Any]:
+        feeds = {}
+        for spec in self._inputs:
+            column = column_or_error(batch, spec.name)
+            dtype = _dtype(spec.type)
+            if dtype == "string":
+                values = np.array(column.to_pylist(), dtype=object)
+            else:
+                try:
+                    values = column.to_numpy(zero_copy_only=False).astype(dtype)
+                except (ValueError, TypeError, pa.ArrowInvalid) as exc:
+                    raise SchemaError(f"input column '{spec.name}' has type {column.type}; the model needs {dtype}") from exc
+            if len(spec.shape) == 2:
+                values = values.reshape(-1, 1)
+            feeds[spec.name] = values
+        return self._outputs.run(feeds)
+
+
+def load(path: str, *, features: Sequence[str] | None = None, threads: int | None = None, **_: Any) -> Model:
+    session = _session(path, threads)
+    inputs = session.get_inputs()
+    # One 2-D input is a feature matrix, except an (N, 1) input that names its own column.
+    if len(inputs) == 1 and len(inputs[0].shape) == 2 and not (
+        inputs[0].shape[1] == 1 and features is None
+    ):
+        return OnnxTabularModel(path, session, features=features)
+    return OnnxMultiInputModel(path, session)

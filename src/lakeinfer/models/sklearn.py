@@ -1,0 +1,97 @@
+"""scikit-learn estimators and Pipelines: joblib or pickle files (trusted only) and skops files."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import ModelLoadError, UntrustedModelError, require
+from ..schema import Signature, TensorSpec
+from ._base import TabularModel, classifier_outputs
+
+PICKLE_HINT = (
+    "it is a pickle, and loading a pickle runs code from the file. Load it only if you trust "
+    "its source: pass --trust-model (API: trust=True), or save the model as ONNX or skops instead"
+)
+
+
+def _load_pickle(path: str) -> Any:
+    require("sklearn", "sklearn", "a scikit-learn model")
+    joblib = require("joblib", "sklearn", "a scikit-learn model")
+    try:
+        return joblib.load(path)
+    except (pickle.UnpicklingError, KeyError, IndexError, EOFError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load {path} as a joblib/pickle model: {exc}") from exc
+
+
+def _load_skops(path: str, trust: bool) -> Any:
+    sio = require("skops.io", "sklearn", "a skops model file")
+    try:
+        unknown = sio.get_untrusted_types(file=path)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read skops file {path}: {exc}") from exc
+    if unknown and not trust:
+        raise UntrustedModelError(
+            f"skops file {path} holds types that are not trusted by default: {', '.join(unknown)}; "
+            "pass --trust-model (API: trust=True) if you trust its source"
+        )
+    try:
+        return sio.load(path, trusted=unknown)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load skops file {path}: {exc}") from exc
+
+
+class SklearnModel(TabularModel):
+    """A fitted scikit-learn estimator or Pipeline."""
+
+    flavor = "sklearn"
+
+    def __init__(self, path: str, estimator: Any, *, features: Sequence[str] | None = None) -> None:
+        if not hasattr(estimator, "predict"):
+            raise ModelLoadError(f"{path} holds a {type(estimator).__name__}, which has no predict method")
+        self.estimator = estimator
+        named = getattr(estimator, "feature_names_in_", None)
+        self._by_name = named is not None
+        width = getattr(estimator, "n_features_in_", None)
+        classes = getattr(estimator, "classes_", None)
+        self._proba = classes is not None and hasattr(estimator, "predict_proba")
+        outputs = [TensorSpec("prediction", str(np.asarray(classes).dtype) if classes is not None else "float64")]
+        if self._proba:
+            outputs.append(TensorSpec("probability", "float64", (None, len(classes))))
+        signature = Signature(
+            inputs=(TensorSpec("X", "float64", (None, width)),),
+            outputs=tuple(outputs),
+            features=tuple(str(n) for n in named) if named is not None else None,
+            task="classification" if classes is not None else "regression",
+            classes=tuple(classes) if classes is not None else None,
+            extra={"estimator": type(estimator).__name__},
+        )
+        super().__init__(path, signature, features=features, width=width)
+
+    def _predict_array(self, x: np.ndarray, batch: pa.RecordBatch) -> dict[str, Any]:
+        data: Any = x
+        if self._by_name:
+            import pandas as pd
+
+            # Estimators fitted on a DataFrame select their columns by name (ColumnTransformer).
+            data = pd.DataFrame(x, columns=list(self.signature.features or ()), copy=False)
+        labels = self.estimator.predict(data)
+        probability = self.estimator.predict_proba(data) if self._proba else None
+        return classifier_outputs(labels, probability)
+
+
+def load(path: str, *, trust: bool = False, features: Sequence[str] | None = None,
+         skops: bool | None = None, **_: Any) -> SklearnModel:
+    if skops is None:
+        skops = path.endswith(".skops")
+    if skops:
+        estimator = _load_skops(path, trust)
+    else:
+        if not trust:
+            raise UntrustedModelError(f"refusing to load {path}: {PICKLE_HINT}")
+        estimator = _load_pickle(path)
+    return SklearnModel(path, estimator, features=features)

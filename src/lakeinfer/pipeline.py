@@ -1,0 +1,303 @@
+"""Pipelines of transformers over Arrow record batches, ending in (or wrapping) a model.
+
+Every step appends or rewrites columns and keeps the rest, as Spark ML transformers do, so
+id columns pass through and the same :class:`Pipeline` drives batch, serve and stream.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import BadRecordError, ConfigError, SchemaError
+from .models import Model
+from .schema import column_or_error
+
+__all__ = [
+    "Transformer", "Pipeline", "ModelStep", "Select", "Rename", "Cast", "FillNull", "Assemble",
+    "Threshold", "Argmax", "LabelMap", "ON_ERROR", "step_from_dict",
+]
+
+ON_ERROR = ("fail", "skip", "null")
+
+
+class Transformer(abc.ABC):
+    """``transform(batch) -> batch``; subclasses implement ``_transform``."""
+
+    def transform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        return self._transform(batch)
+
+    @abc.abstractmethod
+    def _transform(self, batch: pa.RecordBatch) -> pa.RecordBatch: ...
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+
+def _set_column(batch: pa.RecordBatch, name: str, values: pa.Array) -> pa.RecordBatch:
+    index = batch.schema.get_field_index(name)
+    if index >= 0:
+        return batch.set_column(index, name, values)
+    return batch.append_column(name, values)
+
+
+class Select(Transformer):
+    """Keep only ``columns``, in that order."""
+
+    def __init__(self, columns: Sequence[str]) -> None:
+        self.columns = list(columns)
+
+    def _transform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        for name in self.columns:
+            column_or_error(batch, name)
+        return batch.select(self.columns)
+
+
+class Rename(Transformer):
+    """Rename columns: ``{old: new}``."""
+
+    def __init__(self, columns: Mapping[str, str]) -> None:
+        self.columns = dict(columns)
+
+    def _transform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        for old in self.columns:
+            column_or_error(batch, old)
+        return batch.rename_columns([self.columns.get(n, n) for n in batch.schema.names])
+
+
+class Cast(Transformer):
+    """Cast columns to Arrow types by name: ``{"age": "float64"}``."""
+
+    def __init__(self, columns: Mapping[str, str]) -> None:
+        self.columns = dict(columns)
+        self._types = {}
+        for name, type_name in self.columns.items():
+            try:
+                self._types[name] = pa.type_for_alias(type_name)
+            except ValueError as exc:
+                raise ConfigError(f"cast step: unknown type '{type_name}' for column '{name}'") from exc
+
+    def _transform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        for name, target in self._types.items():
+            try:
+                batch = _set_column(batch, name, column_or_error(batch, name).cast(target))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise SchemaError(f"cannot cast column '{name}' to {target}: {exc}") from exc
+        return batch
+
+
+class FillNull(Transformer):
+    """Replace nulls by a value per column: ``{"age": 0}``."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self.values = dict(values)
+
+    def _transform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        for name, value in self.values.items():
+            column = column_or_error(batch, name)
+            if column.null_count:
+                try:
+                    filled = column.fill_null(pa.scalar(value).cast(column.type))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise SchemaError(f"fill_null: {value!r} does not fit column '{name}' ({column.type})") from exc
+                batch = _set_column(batch, name, filled)
+        return batch
+
+
+class Assemble(Transformer):
+    """Pack numeric ``columns`` into one vector column ``output`` (Spark ML's VectorAssembler)."""
+
+    def __init__(self, columns: Sequence[str], output: str = "features") -> None:
+        self.columns = list(columns)
+        self.output = output
+
+    def _transform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        from .schema import assemble_features
+
+        matrix = assemble_features(batch, self.columns, np.float64)
+        values = pa.array(matrix.reshape(-1))
+        vectors = pa.FixedSizeListArray.from_arrays(values, len(self.columns))
+        return _set_column(batch, self.output, vectors)
+
+
+class ModelStep(Transformer):
+    """Runs the model on its input columns and appends its outputs.
+
+    ``on_error`` says what a row with a null in a required feature gets: ``fail`` raises a
+    :class:`BadRecordError` naming the column and row, ``skip`` drops the row, ``null`` keeps it
+    with null predictions.
+    """
+
+    def __init__(self, model: Model, *, on_error: str = "fail") -> None:
+        if on_error not in ON_ERROR:
+            raise ConfigError(f"on_error must be one of {', '.join(ON_ERROR)}, not '{on_error}'")
+        self.model = model
+        self.on_error = on_error
+
+    def __repr__(self) -> str:
+        return f"ModelStep({self.model.flavor} {self.model.path}, on_error={self.on_error!r})"
+
+    def _transform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        for name in self.model.output_names:
+            if name in batch.schema.names:
+                raise SchemaError(f"the input already has a column '{name}', which the model writes")
+        bad, mask = self._null_rows(batch)
+        if bad is None or mask is None:
+            return _append(batch, self.model.predict(batch))
+        if self.on_error == "fail":
+            column, row = bad
+            raise BadRecordError(
+                f"row {row}: feature column '{column}' is null (use --on-error skip or null, or a fill_null step)",
+                column=column, row=row,
+            )
+        valid = pc.invert(mask)
+        good = batch.filter(valid)
+        outputs = self.model.predict(good)
+        if self.on_error == "skip":
+            return _append(good, outputs)
+        # null: one output row per input row, null where the input was bad
+        positions = np.cumsum(valid.to_numpy(zero_copy_only=False)) - 1
+        indices = pa.array(positions, mask=mask.to_numpy(zero_copy_only=False))
+        return _append(batch, outputs.take(indices))
+
+    def _null_rows(self, batch: pa.RecordBatch) -> tuple[tuple[str, int] | None, pa.Array | None]:
+        """The first (column, row) with a null in a required feature, and the mask of such rows."""
+        mask = None
+        first: tuple[str, int] | None = None
+        for name in self.model.input_columns:
+            column = column_or_error(batch, name)
+            if column.null_count:
+                nulls = column.is_null()
+                row = int(np.argmax(nulls.to_numpy(zero_copy_only=False)))
+                if first is None or row < first[1]:
+                    first = (name, row)
+                mask = nulls if mask is None else pc.or_(mask, nulls)
+        return first, mask
+
+
+def _append(batch: pa.RecordBatch, outputs: pa.RecordBatch) -> pa.RecordBatch:
+    for name, column in zip(outputs.schema.names, outputs.columns, strict=True):
+        batch = batch.append_column(name, column)
+    return batch
+
+
+class Threshold(Transformer):
+    """``output`` = 1 where ``column``[index] (or the scalar ``column``) >= ``threshold``, else 0."""
+
+    def __init__(self, threshold: float = 0.5, *, column: str = "probability", index: int = 1,
+                 output: str = "prediction") -> None:
+        self.threshold = float(threshold)
+        self.column = column
+        self.index = index
+        self.output = output
+
+    def _transform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        column = column_or_error(batch, self.column)
+        if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type):
+            column = pc.list_element(column, self.index)
+        flags = pc.greater_equal(column, pa.scalar(self.threshold)).cast(pa.int64())
+        return _set_column(batch, self.output, flags)
+
+
+class Argmax(Transformer):
+    """``output`` = the index of the largest value of the vector ``column``."""
+
+    def __init__(self, *, column: str = "probability", output: str = "prediction") -> None:
+        self.column = column
+        self.output = output
+
+    def _transform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        column = column_or_error(batch, self.column)
+        if not (pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type)):
+            raise SchemaError(f"argmax needs a vector column; '{self.column}' is {column.type}")
+        width = len(column[0]) if len(column) else 0
+        matrix = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), width)
+        return _set_column(batch, self.output, pa.array(np.argmax(matrix, axis=1).astype(np.int64)))
+
+
+class LabelMap(Transformer):
+    """Map class indices (a list) or values (a mapping) in ``column`` to labels."""
+
+    def __init__(self, labels: Sequence[Any] | Mapping[Any, Any], *, column: str = "prediction",
+                 output: str | None = None) -> None:
+        self.labels = labels
+        self.column = column
+        self.output = output or column
+        if isinstance(labels, Mapping):
+            self._keys, self._values = list(labels), list(labels.values())
+        else:
+            self._keys, self._values = list(range(len(labels))), list(labels)
+
+    def _transform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        column = column_or_error(batch, self.column)
+        keys = pa.array(self._keys)
+        if keys.type != column.type:
+            try:
+                keys = keys.cast(column.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ConfigError(f"label_map keys do not match column '{self.column}' ({column.type})") from exc
+        positions = pc.index_in(column, value_set=keys)
+        missing = pc.and_(pc.is_null(positions), pc.is_valid(column))
+        if pc.any(missing).as_py():
+            value = column.filter(missing)[0].as_py()
+            raise SchemaError(f"label_map has no label for {value!r} in column '{self.column}'")
+        return _set_column(batch, self.output, pa.array(self._values).take(positions))
+
+
+class Pipeline(Transformer):
+    """Named steps run in order; a Pipeline is itself a transformer."""
+
+    def __init__(self, steps: Sequence[tuple[str, Transformer] | Transformer]) -> None:
+        named: list[tuple[str, Transformer]] = []
+        for i, step in enumerate(steps):
+            name, transformer = step if isinstance(step, tuple) else (f"{type(step).__name__.lower()}_{i}", step)
+            if not isinstance(transformer, Transformer):
+                raise ConfigError(f"pipeline step '{name}' is a {type(transformer).__name__}, not a Transformer")
+            named.append((name, transformer))
+        if len({n for n, _ in named}) != len(named):
+            raise ConfigError("pipeline step names must be unique")
+        self.steps = named
+
+    def _transform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        for _, step in self.steps:
+            batch = step.transform(batch)
+        return batch
+
+    @property
+    def model_step(self) -> ModelStep | None:
+        for _, step in self.steps:
+            if isinstance(step, ModelStep):
+                return step
+            if isinstance(step, Pipeline) and step.model_step is not None:
+                return step.model_step
+        return None
+
+
+_OPS: Mapping[str, Any] = {
+    "select": lambda d: Select(d["columns"]),
+    "rename": lambda d: Rename(d["columns"]),
+    "cast": lambda d: Cast(d["columns"]),
+    "fill_null": lambda d: FillNull(d["values"]),
+    "assemble": lambda d: Assemble(d["columns"], d.get("output", "features")),
+    "threshold": lambda d: Threshold(d.get("threshold", 0.5), column=d.get("column", "probability"),
+                                     index=d.get("index", 1), output=d.get("output", "prediction")),
+    "argmax": lambda d: Argmax(column=d.get("column", "probability"), output=d.get("output", "prediction")),
+    "label_map": lambda d: LabelMap(d["labels"], column=d.get("column", "prediction"), output=d.get("output")),
+}
+
+
+def step_from_dict(spec: Mapping[str, Any]) -> Transformer:
+    """One declarative step, e.g. ``{"op": "rename", "columns": {"a": "b"}}``."""
+    op = spec.get("op")
+    if op not in _OPS:
+        raise ConfigError(f"unknown pipeline step op '{op}'; choose one of {', '.join(sorted(_OPS))}, model")
+    try:
+        return _OPS[op](spec)  # type: ignore[no-any-return]
+    except KeyError as exc:
+        raise ConfigError(f"pipeline step '{op}' needs the field {exc}") from exc

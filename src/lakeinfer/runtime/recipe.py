@@ -1,0 +1,80 @@
+"""A picklable recipe for a pipeline: the model's location and options plus the other steps.
+
+Worker processes receive the recipe, not the loaded model, and build it exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from ..errors import ConfigError
+from ..models import Model, load_model, model_digest
+from ..pipeline import ModelStep, Pipeline, Transformer, step_from_dict
+
+__all__ = ["MODEL", "PipelineRecipe"]
+
+MODEL = "model"  # marks the model's place among the steps
+
+
+@dataclass(frozen=True)
+class PipelineRecipe:
+    """How to build the pipeline: ``steps`` are transformers, step dicts or ``MODEL``."""
+
+    model_path: str
+    flavor: str | None = None
+    trust: bool = False
+    features: tuple[str, ...] | None = None
+    device: str | None = None
+    on_error: str = "fail"
+    steps: tuple[Any, ...] = (MODEL,)
+
+    def __post_init__(self) -> None:
+        steps = [step_from_dict(s) if isinstance(s, Mapping) and s.get("op") != MODEL else s
+                 for s in self.steps]
+        steps = [MODEL if isinstance(s, Mapping) else s for s in steps]
+        if MODEL not in steps:
+            steps.append(MODEL)
+        if steps.count(MODEL) > 1:
+            raise ConfigError("a pipeline holds one model step")
+        for step in steps:
+            if step != MODEL and not isinstance(step, Transformer):
+                raise ConfigError(f"pipeline step {step!r} is neither a Transformer nor a step spec")
+        object.__setattr__(self, "steps", tuple(steps))
+        if self.features is not None:
+            object.__setattr__(self, "features", tuple(self.features))
+
+    def load_model(self, *, threads: int | None = None) -> Model:
+        return load_model(self.model_path, flavor=self.flavor, trust=self.trust,
+                          features=self.features, threads=threads, device=self.device)
+
+    def build(self, *, threads: int | None = None, model: Model | None = None) -> Pipeline:
+        """The pipeline, loading the model unless one is given."""
+        model = model or self.load_model(threads=threads)
+        named: list[tuple[str, Transformer]] = []
+        for i, step in enumerate(self.steps):
+            if step == MODEL:
+                named.append(("model", ModelStep(model, on_error=self.on_error)))
+            else:
+                named.append((f"{type(step).__name__.lower()}_{i}", step))
+        return Pipeline(named)
+
+    @property
+    def model_only(self) -> bool:
+        return self.steps == (MODEL,)
+
+    @cached_property
+    def digest(self) -> str:
+        return model_digest(self.model_path)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model_digest": self.digest,
+            "flavor": self.flavor,
+            "features": list(self.features) if self.features else None,
+            "on_error": self.on_error,
+            "steps": [MODEL if s == MODEL else repr(s) for s in self.steps],
+        }
+

@@ -1,0 +1,145 @@
+"""Model signatures and the conversions between Arrow columns and model tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import SchemaError
+
+__all__ = ["TensorSpec", "Signature", "assemble_features", "outputs_to_batch", "to_arrow"]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named input or output: its dtype (numpy name or 'string') and shape (None = any)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...] = (None,)
+
+    def describe(self) -> str:
+        dims = ", ".join("N" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a model takes and gives.
+
+    ``features`` are the columns assembled, in order, into the model's tensor input;
+    ``inputs`` are the model's own tensors; ``outputs`` the columns it adds.
+    """
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    features: tuple[str, ...] | None = None
+    task: str = "unknown"
+    classes: tuple[Any, ...] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "features": list(self.features) if self.features is not None else None,
+            "classes": [_plain(c) for c in self.classes] if self.classes is not None else None,
+            "inputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in self.inputs],
+            "outputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in self.outputs],
+            **({"extra": dict(self.extra)} if self.extra else {}),
+        }
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+def column_or_error(batch: pa.RecordBatch, name: str) -> pa.Array:
+    """The column ``name`` of ``batch``, or a SchemaError that lists what is there."""
+    index = batch.schema.get_field_index(name)
+    if index < 0:
+        have = ", ".join(batch.schema.names) or "no columns"
+        raise SchemaError(f"missing feature column '{name}' (the input has: {have})")
+    return batch.column(index)
+
+
+def assemble_features(batch: pa.RecordBatch, features: Sequence[str], dtype: Any) -> np.ndarray:
+    """Stack ``features`` of ``batch`` column by column into a 2-D ``dtype`` array.
+
+    A single list-typed feature column (an assembled vector) is taken as the whole tensor.
+    """
+    dtype = np.dtype(dtype)
+    if len(features) == 1:
+        column = column_or_error(batch, features[0])
+        if pa.types.is_fixed_size_list(column.type) or pa.types.is_list(column.type):
+            return _vector_column(column, features[0], dtype)
+    out = np.empty((batch.num_rows, len(features)), dtype=dtype)
+    for j, name in enumerate(features):
+        column = column_or_error(batch, name)
+        if not _numeric(column.type):
+            raise SchemaError(
+                f"feature column '{name}' has type {column.type}; the model needs a number"
+            )
+        if column.null_count:
+            column = column.fill_null(0)  # rows with nulls were handled by the caller
+        out[:, j] = column.to_numpy(zero_copy_only=False)
+    return out
+
+
+def _vector_column(column: pa.Array, name: str, dtype: np.dtype) -> np.ndarray:
+    if not _numeric(column.type.value_type):
+        raise SchemaError(f"feature column '{name}' holds {column.type.value_type}; the model needs numbers")
+    if pa.types.is_fixed_size_list(column.type):
+        width = column.type.list_size
+    else:
+        lengths = np.unique(column.value_lengths().to_numpy(zero_copy_only=False))
+        if len(lengths) > 1:
+            raise SchemaError(f"feature column '{name}' holds vectors of different lengths {lengths.tolist()}")
+        width = int(lengths[0]) if len(lengths) else 0
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return values.astype(dtype, copy=False).reshape(len(column), width)
+
+
+def to_arrow(values: Any) -> pa.Array:
+    """A model output (numpy array, list, pandas object) as an Arrow column.
+
+    2-D outputs become list<double> (or list<value>) columns, one list per row; an (N, 1)
+    output is squeezed to a plain column.
+    """
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if hasattr(values, "to_numpy"):
+        values = values.to_numpy()
+    array = np.asarray(values)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim == 1:
+        if array.dtype == object:
+            return pa.array(array.tolist())
+        return pa.array(array)
+    if array.ndim == 2:
+        rows, width = array.shape
+        flat = np.ascontiguousarray(array).reshape(-1)
+        if np.issubdtype(flat.dtype, np.floating):
+            flat = flat.astype(np.float64, copy=False)
+        offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
+        return pa.ListArray.from_arrays(offsets, pa.array(flat))
+    raise SchemaError(f"model output of shape {array.shape} cannot be a column (at most 2 dimensions)")
+
+
+def outputs_to_batch(outputs: Mapping[str, Any], num_rows: int) -> pa.RecordBatch:
+    """Named model outputs as one RecordBatch, checking that each has one value per row."""
+    arrays = []
+    for name, values in outputs.items():
+        array = to_arrow(values)
+        if len(array) != num_rows:
+            raise SchemaError(f"model output '{name}' has {len(array)} rows for {num_rows} input rows")
+        arrays.append(array)
+    return pa.RecordBatch.from_arrays(arrays, names=list(outputs))
