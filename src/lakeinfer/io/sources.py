@@ -56,7 +56,7 @@ def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
         from ..errors import require
 
-        fsspec = require("fsspec", "s3", f"reading {uri}")
+        fsspec = require("fsspec", "fsspec", f"reading {uri}")
         fs, path = fsspec.core.url_to_fs(uri)
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
