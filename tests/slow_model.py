@@ -1,0 +1,20 @@
+"""A deliberately slow estimator, importable by worker processes, for kill-and-resume tests."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+class SlowClassifier:
+    """Predicts class 1 where the first feature is positive, after sleeping ``delay`` seconds."""
+
+    def __init__(self, n_features: int, delay: float) -> None:
+        self.n_features_in_ = n_features
+        self.classes_ = np.array([0, 1])
+        self.delay = delay
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        time.sleep(self.delay)
+        return (np.asarray(x)[:, 0] > 0).astype(np.int64)
