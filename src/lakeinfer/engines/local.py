@@ -19,6 +19,7 @@ from .. import errors
 from .._version import __version__
 from ..io.sinks import OutputFolder
 from ..io.sources import UNIT_ROWS, list_input, plan_units, read_unit
+from ..pipeline import ModelStep, Pipeline
 from ..runtime import PipelineRecipe
 from . import _worker
 
@@ -73,11 +74,13 @@ def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: 
     sample = next(read_unit(fs, units[0], fmt, batch_size=SAMPLE_ROWS, columns=columns), None)
     if sample is None:
         raise errors.InputError(f"input file {units[0].path} has no rows and no schema")
+    before, scored = _score_sample(pipeline, sample, units[0].path)
     for name in keep:
-        if name not in sample.schema.names:
-            raise errors.SchemaError(f"--keep column '{name}' is not in the input (it has: {', '.join(sample.schema.names)})")
-    scored = _score_sample(pipeline, sample, units[0].path)
-    added = [n for n in scored.schema.names if n not in sample.schema.names]
+        if name not in scored.schema.names:
+            raise errors.SchemaError(f"--keep column '{name}' is not in the input or a pipeline step dropped it "
+                                     f"(the input has: {', '.join(sample.schema.names)})")
+    # the output: the kept columns, then what the model and the steps after it wrote
+    added = [n for n in scored.schema.names if n not in before]
     schema = pa.schema([scored.schema.field(n) for n in dict.fromkeys([*keep, *added])])
 
     fingerprint = {
@@ -112,9 +115,15 @@ def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: 
     return summary
 
 
-def _score_sample(pipeline: Any, sample: pa.RecordBatch, path: str) -> pa.RecordBatch:
+def _score_sample(pipeline: Pipeline, sample: pa.RecordBatch, path: str) -> tuple[set[str], pa.RecordBatch]:
+    """The column names just before the model step, and the sample's pipeline output."""
     try:
-        return pipeline.transform(sample)  # type: ignore[no-any-return]
+        before = sample
+        for _, step in pipeline.steps:
+            if isinstance(step, ModelStep):
+                break
+            before = step.transform(before)
+        return set(before.schema.names), pipeline.transform(sample)
     except errors.BadRecordError as exc:
         raise errors.BadRecordError(
             f"input file {path}, row {exc.row}: feature column '{exc.column}' is null "

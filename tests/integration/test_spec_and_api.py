@@ -1,0 +1,92 @@
+"""A job spec file drives the whole job; the Python API returns the summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import lakeinfer
+from tests.conftest import FEATURES, Trained, make_frame, read_output, run_cli
+
+
+@pytest.mark.parametrize("kind", ["toml", "yaml"])
+def test_spec_file_drives_a_job(kind: str, xgboost_model: Trained, tmp_path: Path) -> None:
+    frame = make_frame(200).rename(columns={"f0": "first"})
+    frame.loc[5, "f1"] = np.nan
+    table = pa.Table.from_pandas(frame[["id", "first", *FEATURES[1:]]], preserve_index=False)
+    table = table.set_column(2, "f1", pa.array(frame["f1"].to_numpy(), from_pandas=True))  # NaN -> null
+    (tmp_path / "data").mkdir()
+    pq.write_table(table, tmp_path / "data" / "in.parquet")
+    if kind == "toml":
+        text = f"""
+[model]
+path = "{xgboost_model.path}"
+
+[[pipeline.steps]]
+op = "rename"
+columns = {{ first = "f0" }}
+
+[[pipeline.steps]]
+op = "fill_null"
+values = {{ f1 = 0.0 }}
+
+[[pipeline.steps]]
+op = "model"
+
+[[pipeline.steps]]
+op = "label_map"
+labels = ["low", "mid", "high"]
+
+[batch]
+input = "data"
+output = "out"
+keep = ["id"]
+workers = 2
+"""
+    else:
+        text = f"""
+model: {{path: "{xgboost_model.path}"}}
+pipeline:
+  steps:
+    - {{op: rename, columns: {{first: f0}}}}
+    - {{op: fill_null, values: {{f1: 0.0}}}}
+    - {{op: model}}
+    - {{op: label_map, labels: [low, mid, high]}}
+batch: {{input: data, output: out, keep: [id], workers: 2}}
+"""
+    spec = tmp_path / f"job.{kind}"
+    spec.write_text(text)
+    result = run_cli("batch", "--spec", spec)
+    assert result.returncode == 0, result.stderr
+    out = read_output(tmp_path / "out")
+    assert list(out.columns) == ["id", "prediction", "probability"]
+    expected = np.array(["low", "mid", "high"])[xgboost_model.labels[:200]]
+    # row 5 had its f1 replaced by 0.0, so it may differ; every other row matches the framework
+    mask = np.arange(200) != 5
+    assert (out["prediction"].to_numpy()[mask] == expected[mask]).all()
+
+
+def test_bad_spec_is_one_line(tmp_path: Path) -> None:
+    spec = tmp_path / "job.toml"
+    spec.write_text("[model]\npath = 'm.onnx'\ncolour = 'blue'\n")
+    result = run_cli("batch", "--spec", spec)
+    assert result.returncode == 1
+    assert "unknown [model] key(s) colour" in result.stderr
+
+
+def test_api_counts_one_model_load_per_worker(onnx_model: Trained, frame, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "data"
+    data.mkdir()
+    table = pa.Table.from_pandas(frame[["id", *FEATURES]], preserve_index=False)
+    pq.write_table(table, data / "in.parquet", row_group_size=30)  # 30 row groups
+    summary = lakeinfer.batch(str(data), str(tmp_path / "out"), model=str(onnx_model.path), features=FEATURES,
+                              keep=["id"], workers=2, batch_size=16, unit_rows=30)
+    assert summary.parts == 30
+    assert summary.workers == 2
+    assert summary.model_loads == 2  # not 30: each worker process loaded it once
+    assert summary.rows == 900
+    np.testing.assert_array_equal(read_output(tmp_path / "out")["prediction"], onnx_model.labels)

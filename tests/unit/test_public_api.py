@@ -1,0 +1,19 @@
+"""The curated public API stays honest: everything in __all__ exists, and nothing private leaks."""
+
+import lakeinfer
+
+
+def test_all_names_exist_and_are_public() -> None:
+    for name in lakeinfer.__all__:
+        assert hasattr(lakeinfer, name), name
+    assert len(set(lakeinfer.__all__)) == len(lakeinfer.__all__)
+    public = {n for n in vars(lakeinfer) if not n.startswith("_")} - {
+        "engines", "errors", "models", "pipeline", "runtime", "schema", "spec", "io", "cli"}
+    assert public <= set(lakeinfer.__all__), public - set(lakeinfer.__all__)
+
+
+def test_every_error_derives_from_the_base() -> None:
+    for name in lakeinfer.__all__:
+        obj = getattr(lakeinfer, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, lakeinfer.LakeinferError), name
