@@ -7,12 +7,12 @@ setup:
 demo: setup
 	.venv/bin/python examples/quickstart.py
 
-test: setup
-	.venv/bin/python -m pytest -q
-
 lint: setup
 	.venv/bin/ruff check src tests bench examples
 	.venv/bin/mypy
+
+test: lint
+	.venv/bin/python -m pytest -q
 
 bench: setup
 	.venv/bin/python bench/batch_local.py

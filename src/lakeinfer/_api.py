@@ -7,7 +7,6 @@ from typing import Any
 
 from .engines.local import BatchSummary, run_batch
 from .errors import ConfigError
-from .io.sources import UNIT_ROWS
 from .models import load_model
 from .spec import JobSpec, load_spec
 
@@ -18,7 +17,7 @@ def batch(input: str | None = None, output: str | None = None, *, model: str | N
           workers: int | None = None, batch_size: int | None = None, input_format: str | None = None,
           on_error: str | None = None, overwrite: bool | None = None, device: str | None = None,
           spec: str | JobSpec | None = None, engine: str | None = None, progress: bool = False,
-          unit_rows: int = UNIT_ROWS) -> BatchSummary:
+          unit_rows: int | None = None) -> BatchSummary:
     """Score ``input`` (a file, folder or glob; local or ``s3://``) into Parquet under ``output``.
 
     Options left as None come from ``spec`` (a TOML/YAML job spec) when given, else defaults:

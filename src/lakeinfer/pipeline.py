@@ -294,7 +294,7 @@ _OPS: Mapping[str, Any] = {
 
 def step_from_dict(spec: Mapping[str, Any]) -> Transformer:
     """One declarative step, e.g. ``{"op": "rename", "columns": {"a": "b"}}``."""
-    op = spec.get("op")
+    op = str(spec.get("op"))
     if op not in _OPS:
         raise ConfigError(f"unknown pipeline step op '{op}'; choose one of {', '.join(sorted(_OPS))}, model")
     try:

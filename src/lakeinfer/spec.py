@@ -57,11 +57,13 @@ class JobSpec:
         if "path" not in options:
             raise ConfigError(f"{self.source}: [model] needs a path")
         on_error = options.pop("on_error", None) or self.batch.get("on_error", "fail")
+        features = options.pop("features", None)
         return PipelineRecipe(
             model_path=options.pop("path"),
             steps=tuple(self.steps),
             on_error=on_error,
-            **{k: tuple(v) if k == "features" and v else v for k, v in options.items()},
+            features=tuple(features) if features else None,
+            **options,
         )
 
 

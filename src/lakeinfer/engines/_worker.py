@@ -32,31 +32,33 @@ class UnitJob:
 
 class _State:
     pipeline: Pipeline | None = None
+    load_error: tuple[str, str] | None = None
     loads = 0
-    job: UnitJob | None = None
     progress: Any = None
 
 
 _STATE = _State()
 
 
-def init_worker(recipe: PipelineRecipe, threads: int, job: UnitJob, progress: Any) -> None:
+def init_worker(recipe: PipelineRecipe, threads: int, progress: Any) -> None:
     """Process initializer: the model is loaded here, once for the life of the worker."""
     _watch_parent()
-    _STATE.job = job
     _STATE.progress = progress
     try:
         _STATE.pipeline = recipe.build(threads=threads)
         _STATE.loads += 1
     except errors.LakeinferError as exc:  # reported with the first unit, as the real reason
-        _STATE.pipeline = None
-        _STATE.load_error = (type(exc).__name__, str(exc))  # type: ignore[attr-defined]
+        _STATE.load_error = (type(exc).__name__, str(exc))
 
 
-def use_in_process(pipeline: Pipeline, job: UnitJob, progress: Any) -> None:
+def ready() -> int:
+    """A no-op task that makes the pool start a worker (and load its model) right away."""
+    return os.getpid()
+
+
+def use_in_process(pipeline: Pipeline, progress: Any) -> None:
     """Run units in this process with an already built pipeline (``workers=1``)."""
-    _STATE.pipeline, _STATE.job, _STATE.progress = pipeline, job, progress
-    _STATE.loads = 1
+    _STATE.pipeline, _STATE.progress, _STATE.loads = pipeline, progress, 1
 
 
 def _watch_parent() -> None:
@@ -72,10 +74,10 @@ def _watch_parent() -> None:
     threading.Thread(target=watch, name="lakeinfer-parent-watch", daemon=True).start()
 
 
-def run_unit(unit: Unit) -> dict[str, Any]:
+def run_unit(unit: Unit, job: UnitJob) -> dict[str, Any]:
     """Score one unit into its part file; errors come back as data (they may not pickle)."""
     try:
-        return _run_unit(unit)
+        return _run_unit(unit, job)
     except errors.LakeinferError as exc:
         message = str(exc) if unit.path in str(exc) else f"input file {unit.path}: {exc}"
         return {"index": unit.index, "error": (type(exc).__name__, message)}
@@ -84,11 +86,10 @@ def run_unit(unit: Unit) -> dict[str, Any]:
                                                 f"input file {unit.path}: {type(exc).__name__}: {exc}")}
 
 
-def _run_unit(unit: Unit) -> dict[str, Any]:
-    job, pipeline = _STATE.job, _STATE.pipeline
-    assert job is not None
+def _run_unit(unit: Unit, job: UnitJob) -> dict[str, Any]:
+    pipeline = _STATE.pipeline
     if pipeline is None:
-        return {"index": unit.index, "error": getattr(_STATE, "load_error", ("ModelLoadError", "model not loaded"))}
+        return {"index": unit.index, "error": _STATE.load_error or ("ModelLoadError", "the model did not load")}
     folder = OutputFolder(job.output_uri)
     writer = folder.open_part(unit.index, job.schema)
     rows_in = rows_out = 0

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ import pyarrow as pa
 from .. import errors
 from .._version import __version__
 from ..io.sinks import OutputFolder
-from ..io.sources import UNIT_ROWS, list_input, plan_units, read_unit
+from ..io.sources import list_input, plan_units, read_unit
 from ..pipeline import ModelStep, Pipeline
 from ..runtime import PipelineRecipe
 from . import _worker
@@ -55,7 +56,7 @@ class BatchSummary:
 
 def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: Sequence[str] = (),
               workers: int | None = None, batch_size: int = 65536, input_format: str | None = None,
-              overwrite: bool = False, unit_rows: int = UNIT_ROWS, progress: bool = False) -> BatchSummary:
+              overwrite: bool = False, unit_rows: int | None = None, progress: bool = False) -> BatchSummary:
     """Score ``input_uri`` into Parquet parts under ``output_uri``; see :func:`lakeinfer.batch`."""
     start = time.perf_counter()
     if batch_size < 1:
@@ -65,24 +66,6 @@ def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: 
         raise errors.ConfigError(f"workers must be at least 1, not {workers}")
     fs, files, fmt = list_input(input_uri, input_format)
     units = plan_units(fs, files, fmt, unit_rows=unit_rows)
-    workers = min(workers, len(units))
-
-    # Check the model, the columns and the output schema on a few rows before writing anything.
-    model = recipe.load_model(threads=1 if workers > 1 else None)
-    pipeline = recipe.build(model=model)
-    columns = tuple(dict.fromkeys([*model.input_columns, *keep])) if recipe.model_only else None
-    sample = next(read_unit(fs, units[0], fmt, batch_size=SAMPLE_ROWS, columns=columns), None)
-    if sample is None:
-        raise errors.InputError(f"input file {units[0].path} has no rows and no schema")
-    before, scored = _score_sample(pipeline, sample, units[0].path)
-    for name in keep:
-        if name not in scored.schema.names:
-            raise errors.SchemaError(f"--keep column '{name}' is not in the input or a pipeline step dropped it "
-                                     f"(the input has: {', '.join(sample.schema.names)})")
-    # the output: the kept columns, then what the model and the steps after it wrote
-    added = [n for n in scored.schema.names if n not in before]
-    schema = pa.schema([scored.schema.field(n) for n in dict.fromkeys([*keep, *added])])
-
     fingerprint = {
         "lakeinfer": __version__,
         "input": input_uri,
@@ -91,14 +74,43 @@ def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: 
         "units": len(units),
         "keep": list(keep),
         "pipeline": recipe.describe(),
-        "schema": schema.to_string(show_schema_metadata=False),
     }
     folder = OutputFolder(output_uri)
-    done = folder.claim(fingerprint, overwrite=overwrite)
+    done = folder.check(fingerprint, overwrite=overwrite)
     todo = [u for u in units if u.index not in done]
-    job = _worker.UnitJob(fs, fmt, batch_size, columns, output_uri, schema)
-    total_rows = sum(u.num_rows or 0 for u in todo) if fmt == "parquet" else None
-    results = _run_units(recipe, model, pipeline, job, todo, workers, total_rows, progress)
+    workers = max(1, min(workers, len(todo)))
+    # Worker processes start now, so their model loads overlap the checks below.
+    pool = _Workers(recipe, workers) if workers > 1 else None
+    try:
+        # Check the model, the columns and the output schema on a few rows before writing anything.
+        model = recipe.load_model(threads=1 if pool else None)
+        pipeline = recipe.build(model=model)
+        columns = tuple(dict.fromkeys([*model.input_columns, *keep])) if recipe.model_only else None
+        probe = todo[0] if todo else units[0]
+        sample = next(read_unit(fs, probe, fmt, batch_size=SAMPLE_ROWS, columns=columns), None)
+        if sample is None:
+            raise errors.InputError(f"input file {probe.path} has no rows and no schema")
+        before, scored = _score_sample(pipeline, sample, probe.path)
+        for name in keep:
+            if name not in scored.schema.names:
+                raise errors.SchemaError(f"--keep column '{name}' is not in the input or a pipeline step dropped "
+                                         f"it (the input has: {', '.join(sample.schema.names)})")
+        # the output: the kept columns, then what the model and the steps after it wrote
+        added = [n for n in scored.schema.names if n not in before]
+        schema = pa.schema([scored.schema.field(n) for n in dict.fromkeys([*keep, *added])])
+        folder.claim(fingerprint, overwrite=overwrite)
+        job = _worker.UnitJob(fs, fmt, batch_size, columns, output_uri, schema)
+        total_rows = sum(u.num_rows or 0 for u in todo) if fmt == "parquet" else None
+        with _Bar(total_rows, progress and bool(todo)) as bar:
+            if pool is None:
+                _worker.use_in_process(pipeline, bar)
+                results = [_checked(_worker.run_unit(unit, job)) for unit in todo]
+            else:
+                del pipeline, model  # the workers have their own
+                results = pool.run(todo, job, bar)
+    finally:
+        if pool is not None:
+            pool.close()
 
     stats = [*done.values(), *results]
     summary = BatchSummary(
@@ -141,54 +153,54 @@ def _model_loads(results: list[dict[str, Any]]) -> int:
     return sum(per_worker.values())
 
 
-def _run_units(recipe: PipelineRecipe, model: Any, pipeline: Any, job: _worker.UnitJob, todo: list[Any],
-               workers: int, total_rows: int | None, progress: bool) -> list[dict[str, Any]]:
-    if not todo:
-        return []
-    bar = _progress_bar(total_rows, progress)
-    try:
-        if workers == 1:
-            _worker.use_in_process(pipeline, job, _BarFeed(bar))
-            results = []
-            for unit in todo:
-                results.append(_checked(_worker.run_unit(unit)))
-            return results
-        del pipeline, model  # the workers load their own; the parent's copy is not needed now
+class _Workers:
+    """A pool of spawned worker processes; each loads the model once, in its initializer."""
+
+    def __init__(self, recipe: PipelineRecipe, workers: int) -> None:
         context = multiprocessing.get_context("spawn")
-        feed = context.Queue()
+        self.workers = workers
+        self.feed = context.Queue()
         threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker.init_worker,
-                                 initargs=(recipe, threads, job, feed)) as pool:
-            return _drain(pool, todo, workers, feed, bar)
-    finally:
-        if bar is not None:
-            bar.close()
+        self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker.init_worker,
+                                        initargs=(recipe, threads, self.feed))
+        for _ in range(workers):
+            self.pool.submit(_worker.ready)
 
+    def run(self, todo: list[Any], job: _worker.UnitJob, bar: _Bar) -> list[dict[str, Any]]:
+        pending = iter(todo)
+        running: set[Future[dict[str, Any]]] = set()
+        results: list[dict[str, Any]] = []
+        try:
+            while True:
+                while len(running) < 2 * self.workers:  # a bounded number of units in flight
+                    unit = next(pending, None)
+                    if unit is None:
+                        break
+                    running.add(self.pool.submit(_worker.run_unit, unit, job))
+                if not running:
+                    return results
+                finished, running = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+                self._pump(bar)
+                for future in finished:
+                    results.append(_checked(future.result()))
+        except BrokenProcessPool as exc:
+            raise errors.LakeinferError(f"a worker process died ({exc}); rerun the job to resume it") from exc
+        finally:
+            for future in running:
+                future.cancel()
+            self._pump(bar)
 
-def _drain(pool: ProcessPoolExecutor, todo: list[Any], workers: int, feed: Any, bar: Any) -> list[dict[str, Any]]:
-    pending = iter(todo)
-    running: set[Future[dict[str, Any]]] = set()
-    results: list[dict[str, Any]] = []
-    try:
-        while True:
-            while len(running) < 2 * workers:  # a bounded number of units in flight
-                unit = next(pending, None)
-                if unit is None:
-                    break
-                running.add(pool.submit(_worker.run_unit, unit))
-            if not running:
-                return results
-            finished, running = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
-            _pump(feed, bar)
-            for future in finished:
-                results.append(_checked(future.result()))
-    except BaseException:
-        for future in running:
-            future.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    finally:
-        _pump(feed, bar)
+    def _pump(self, bar: _Bar) -> None:
+        rows = 0
+        try:
+            while True:
+                rows += self.feed.get_nowait()
+        except queue.Empty:
+            pass
+        bar.put(rows)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _checked(result: dict[str, Any]) -> dict[str, Any]:
@@ -203,31 +215,26 @@ def _checked(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-class _BarFeed:
-    """The in-process stand-in for the workers' progress queue."""
+class _Bar:
+    """The progress bar, fed row counts (``put``) by the in-process worker or the pool's queue."""
 
-    def __init__(self, bar: Any) -> None:
-        self.bar = bar
+    def __init__(self, total: int | None, enabled: bool) -> None:
+        self._bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="rows", unit_scale=True, dynamic_ncols=True, file=sys.stderr)
 
     def put(self, rows: int) -> None:
-        if self.bar is not None:
-            self.bar.update(rows)
+        if self._bar is not None and rows:
+            self._bar.update(rows)
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
-def _pump(feed: Any, bar: Any) -> None:
-    rows = 0
-    try:
-        while True:
-            rows += feed.get_nowait()
-    except queue.Empty:
-        pass
-    if bar is not None and rows:
-        bar.update(rows)
 
-
-def _progress_bar(total: int | None, enabled: bool) -> Any:
-    if not enabled or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="rows", unit_scale=True, dynamic_ncols=True, file=sys.stderr)

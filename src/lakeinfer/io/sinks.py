@@ -55,39 +55,53 @@ class OutputFolder:
             fh.write(json.dumps(content, indent=2, sort_keys=True).encode())
         self.fs.move(tmp, self._join(name))
 
-    def claim(self, fingerprint: dict[str, Any], *, overwrite: bool) -> dict[int, dict[str, int]]:
-        """Make the folder this job's; return the stats of parts a previous run completed."""
+    def _entries(self) -> set[str]:
+        info = self.fs.get_file_info(self.path)
+        if info.type == pafs.FileType.File:
+            raise OutputError(f"output {self.uri} is a file; give a folder")
+        if info.type != pafs.FileType.Directory:
+            return set()
+        return {os.path.basename(e.path) for e in self.fs.get_file_info(pafs.FileSelector(self.path))}
+
+    def check(self, fingerprint: dict[str, Any], *, overwrite: bool) -> dict[int, dict[str, int]]:
+        """Read-only: the stats of parts a previous run of this job completed.
+
+        Raises if the folder holds anything else, unless ``overwrite``.
+        """
         try:
-            info = self.fs.get_file_info(self.path)
-            if info.type == pafs.FileType.File:
-                raise OutputError(f"output {self.uri} is a file; give a folder")
-            entries = (self.fs.get_file_info(pafs.FileSelector(self.path))
-                       if info.type == pafs.FileType.Directory else [])
-            if entries and overwrite:
-                self.fs.delete_dir_contents(self.path)
-                entries = []
-            names = {os.path.basename(e.path) for e in entries}
-            if names:
-                manifest = self._read_json(MANIFEST)
-                if manifest is None:
-                    raise OutputError(f"output folder {self.uri} is not empty and holds no lakeinfer job; "
-                                      "choose an empty folder or pass --overwrite")
-                if manifest.get("fingerprint") != fingerprint:
-                    raise OutputError(
-                        f"output folder {self.uri} holds another job's results "
-                        f"(model {manifest.get('fingerprint', {}).get('model_digest', '?')[:12]}, "
-                        f"input {manifest.get('fingerprint', {}).get('input', '?')}); "
-                        "choose another folder or pass --overwrite"
-                    )
-                for name in names:  # a killed run's half-written files
-                    if name.startswith(_TMP_PREFIX):
-                        self.fs.delete_file(self._join(name))
-                return self._finished_parts(names)
-            self.fs.create_dir(self.path, recursive=True)
-            self._write_json(MANIFEST, {"fingerprint": fingerprint})
-            return {}
+            names = self._entries()
+            if not names or overwrite:
+                return {}
+            manifest = self._read_json(MANIFEST)
+            if manifest is None:
+                raise OutputError(f"output folder {self.uri} is not empty and holds no lakeinfer job; "
+                                  "choose an empty folder or pass --overwrite")
+            theirs = manifest.get("fingerprint", {})
+            if theirs != fingerprint:
+                raise OutputError(
+                    f"output folder {self.uri} holds another job's results (model "
+                    f"{str(theirs.get('pipeline', {}).get('model_digest', '?'))[:12]}, input {theirs.get('input', '?')}); "
+                    "choose another folder or pass --overwrite"
+                )
+            return self._finished_parts(names)
         except OSError as exc:
-            raise OutputError(f"cannot use output folder {self.uri}: {exc}") from exc
+            raise OutputError(f"cannot read output folder {self.uri}: {exc}") from exc
+
+    def claim(self, fingerprint: dict[str, Any], *, overwrite: bool) -> None:
+        """Make the folder this job's: clear it (``overwrite``), write the manifest, drop stale temp files."""
+        try:
+            names = self._entries()
+            if names and overwrite:
+                self.fs.delete_dir_contents(self.path)
+                names = set()
+            if not names:
+                self.fs.create_dir(self.path, recursive=True)
+                self._write_json(MANIFEST, {"fingerprint": fingerprint})
+            for name in names:  # a killed run's half-written files
+                if name.startswith(_TMP_PREFIX):
+                    self.fs.delete_file(self._join(name))
+        except OSError as exc:
+            raise OutputError(f"cannot write output folder {self.uri}: {exc}") from exc
 
     def _finished_parts(self, names: Iterable[str]) -> dict[int, dict[str, int]]:
         done = {}
@@ -97,9 +111,6 @@ class OutputFolder:
                     meta = pq.ParquetFile(fh).metadata.metadata or {}
                 done[int(name[5:10])] = json.loads(meta.get(_STATS_KEY, b"{}"))
         return done
-
-    def is_complete(self) -> bool:
-        return self.fs.get_file_info(self._join(SUCCESS)).type == pafs.FileType.File
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Mark the job complete; written only after every part is in place."""

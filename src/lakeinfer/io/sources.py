@@ -27,6 +27,7 @@ FORMATS = ("parquet", "csv", "jsonl")
 _SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl",
              ".json": "jsonl", ".ndjson": "jsonl"}
 UNIT_ROWS = 1 << 19
+MIN_UNIT_ROWS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -113,14 +114,20 @@ def list_input(uri: str, input_format: str | None = None) -> tuple[pafs.FileSyst
 
 
 def plan_units(fs: pafs.FileSystem, files: Sequence[InputFile], input_format: str,
-               *, unit_rows: int = UNIT_ROWS) -> list[Unit]:
-    """Split the input into units of about ``unit_rows`` rows (whole row groups, whole text files)."""
+               *, unit_rows: int | None = None) -> list[Unit]:
+    """Split the input into units of about ``unit_rows`` rows (whole row groups, whole text files).
+
+    By default a unit is a sixteenth of the input, between 64Ki and 512Ki rows: enough units to
+    keep every worker busy to the end, few enough that each part file is worth opening.
+    """
+    if input_format != "parquet":
+        return [Unit(i, file.path, None, 0, None) for i, file in enumerate(files)]
+    metas = [(file, _parquet_metadata(fs, file.path)) for file in files]
+    if unit_rows is None:
+        total = sum(m.num_rows for _, m in metas)
+        unit_rows = min(UNIT_ROWS, max(MIN_UNIT_ROWS, total // 16))
     units: list[Unit] = []
-    for file in files:
-        if input_format != "parquet":
-            units.append(Unit(len(units), file.path, None, 0, None))
-            continue
-        metadata = _parquet_metadata(fs, file.path)
+    for file, metadata in metas:
         group: list[int] = []
         rows = first = 0
         for rg in range(metadata.num_row_groups):

@@ -32,6 +32,14 @@ def _dtype(ort_type: str) -> str:
     return _ORT_DTYPES.get(ort_type, ort_type)
 
 
+def _written_dtype(ort_type: str, shape: Sequence[Any]) -> str:
+    """The dtype as written: vectors of floats become list<double> (see schema.to_arrow)."""
+    dtype = _dtype(ort_type)
+    if (len(shape) >= 2 or ort_type.startswith("seq(map")) and dtype.startswith("float"):
+        return "float64"
+    return dtype
+
+
 def _shape(shape: Sequence[Any]) -> tuple[int | None, ...]:
     return tuple(d if isinstance(d, int) else None for d in shape) or (None,)
 
@@ -70,7 +78,8 @@ class _OnnxOutputs:
         self.names = [_output_name(o.name, len(outs)) for o in outs]
         if len(set(self.names)) != len(self.names):  # two "label"s: keep the model's own names
             self.names = list(self.raw_names)
-        self.specs = tuple(TensorSpec(n, _dtype(o.type), _shape(o.shape)) for n, o in zip(self.names, outs, strict=True))
+        self.specs = tuple(TensorSpec(n, _written_dtype(o.type, o.shape), _shape(o.shape))
+                           for n, o in zip(self.names, outs, strict=True))
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
         results = self.session.run(self.raw_names, feeds)

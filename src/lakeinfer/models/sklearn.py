@@ -61,7 +61,7 @@ class SklearnModel(TabularModel):
         self._proba = classes is not None and hasattr(estimator, "predict_proba")
         outputs = [TensorSpec("prediction", str(np.asarray(classes).dtype) if classes is not None else "float64")]
         if self._proba:
-            outputs.append(TensorSpec("probability", "float64", (None, len(classes))))
+            outputs.append(TensorSpec("probability", "float64", (None, len(classes))))  # type: ignore[arg-type]
         signature = Signature(
             inputs=(TensorSpec("X", "float64", (None, width)),),
             outputs=tuple(outputs),

@@ -1,0 +1,148 @@
+"""Local batch scoring throughput, side by side in one run.
+
+For a RandomForest (100 trees, depth 12) and an MLP (256, 256), both exported to ONNX, over a
+generated Parquet input of N rows x 20 float32 features, it measures rows/s of:
+
+  (a) ceiling  onnxruntime over an in-memory numpy array, all cores, no I/O
+  (b) lakeinfer `lakeinfer batch` Parquet -> Parquet, the real CLI, start-up included
+  (c) pandas   a plain script: read everything with pandas, predict with onnxruntime, write
+
+and prints the ratios b/a and b/c; then the peak RSS (all processes) of (b) on a 5x larger input.
+
+    python bench/batch_local.py            # 2M rows, RSS check on 10M rows
+    python bench/batch_local.py --rows 200000 --rss-rows 1000000   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FEATURES = [f"f{i}" for i in range(20)]
+CORES = os.cpu_count() or 1
+
+
+def make_input(folder: Path, rows: int, seed: int = 0, file_rows: int = 1_000_000) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for start in range(0, rows, file_rows):
+        n = min(file_rows, rows - start)
+        cols = {"id": pa.array(np.arange(start, start + n, dtype=np.int64))}
+        cols.update({f: rng.normal(size=n).astype(np.float32) for f in FEATURES})
+        pq.write_table(pa.table(cols), folder / f"part-{start // file_rows:04d}.parquet", row_group_size=131_072)
+    return folder
+
+
+def train_models(folder: Path) -> dict[str, Path]:
+    from skl2onnx import to_onnx
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.neural_network import MLPClassifier
+
+    rng = np.random.default_rng(42)
+    x = rng.normal(size=(60_000, len(FEATURES))).astype(np.float32)
+    y = ((x[:, 0] + x[:, 1] * x[:, 2] - x[:, 3]) > 0).astype(np.int64)
+    models = {
+        "random_forest": RandomForestClassifier(n_estimators=100, max_depth=12, n_jobs=-1, random_state=0),
+        "mlp": MLPClassifier(hidden_layer_sizes=(256, 256), max_iter=5, random_state=0),
+    }
+    paths = {}
+    for name, model in models.items():
+        model.fit(x, y)
+        onx = to_onnx(model, x[:1], options={"zipmap": False})
+        entry = onx.metadata_props.add()
+        entry.key, entry.value = "feature_names", ",".join(FEATURES)
+        paths[name] = folder / f"{name}.onnx"
+        paths[name].write_bytes(onx.SerializeToString())
+    return paths
+
+
+def ceiling(model: Path, data: Path) -> float:
+    import onnxruntime as ort
+
+    x = np.column_stack([pq.read_table(data, columns=[f]).column(f).to_numpy() for f in FEATURES])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = CORES
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    session.run(None, {name: x[:1024]})
+    start = time.perf_counter()
+    for i in range(0, len(x), 262_144):
+        session.run(None, {name: x[i:i + 262_144]})
+    return len(x) / (time.perf_counter() - start)
+
+
+def lakeinfer_cli(model: Path, data: Path, out: Path, rows: int) -> tuple[float, int]:
+    """rows/s of the real CLI (process start-up included) and the peak RSS of its process tree."""
+    import psutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "lakeinfer", "batch", "--model", str(model), "--input", str(data),
+                             "--output", str(out), "--keep", "id", "--quiet"])
+    peak = 0
+    parent = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            tree = [parent, *parent.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"lakeinfer batch failed with exit code {proc.returncode}")
+    assert pq.ParquetDataset(out).read(columns=["id"]).num_rows == rows
+    return rows / elapsed, peak
+
+
+def pandas_script(model: Path, data: Path, out: Path) -> float:
+    import onnxruntime as ort
+    import pandas as pd
+
+    start = time.perf_counter()
+    frame = pd.read_parquet(data)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = CORES
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    labels, proba = session.run(None, {session.get_inputs()[0].name: frame[FEATURES].to_numpy(np.float32)})
+    pd.DataFrame({"id": frame["id"], "prediction": labels, "probability": list(proba.astype(np.float64))}).to_parquet(out)
+    return len(frame) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--rss-rows", type=int, default=10_000_000)
+    parser.add_argument("--dir", help="work folder (default: a temporary one)")
+    args = parser.parse_args()
+    work = Path(args.dir or tempfile.mkdtemp(prefix="lakeinfer-bench-"))
+    print(f"machine: {CORES} cores; input {args.rows:,} rows x {len(FEATURES)} float32; work folder {work}", flush=True)
+    data = make_input(work / "input", args.rows)
+    models = train_models(work)
+    print(f"{'model':<14}{'(a) ceiling':>14}{'(b) lakeinfer':>15}{'(c) pandas':>13}{'b/a':>7}{'b/c':>7}   rows/s")
+    for name, model in models.items():
+        a = ceiling(model, data)
+        b, _ = lakeinfer_cli(model, data, work / f"out-{name}", args.rows)
+        c = pandas_script(model, data, work / f"pandas-{name}.parquet")
+        print(f"{name:<14}{a:>14,.0f}{b:>15,.0f}{c:>13,.0f}{b / a:>7.2f}{b / c:>7.2f}", flush=True)
+    if args.rss_rows:
+        big = make_input(work / "input-big", args.rss_rows, seed=1)
+        rate, peak = lakeinfer_cli(models["random_forest"], big, work / "out-big", args.rss_rows)
+        print(f"peak RSS of lakeinfer batch (all processes) on {args.rss_rows:,} rows: {peak / 2**20:,.0f} MiB "
+              f"({rate:,.0f} rows/s)")
+    if not args.dir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
