@@ -38,8 +38,8 @@ def run(*args: str) -> None:
 
 
 def main() -> None:
-    from sklearn.ensemble import RandomForestClassifier
     from skl2onnx import to_onnx
+    from sklearn.ensemble import RandomForestClassifier
 
     shutil.rmtree(ROOT, ignore_errors=True)
     (ROOT / "customers").mkdir(parents=True)

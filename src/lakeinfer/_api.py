@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .engines.local import BatchSummary, run_batch
+from .engines.local import DEFAULT_BATCH_SIZE, BatchSummary, run_batch
 from .errors import ConfigError
 from .models import load_model
 from .spec import JobSpec, load_spec
@@ -21,7 +21,9 @@ def batch(input: str | None = None, output: str | None = None, *, model: str | N
     """Score ``input`` (a file, folder or glob; local or ``s3://``) into Parquet under ``output``.
 
     Options left as None come from ``spec`` (a TOML/YAML job spec) when given, else defaults:
-    ``workers`` = the number of cores (each loads the model once), ``batch_size`` = 65536,
+    ``workers``: worker processes, each loading the model once; by default one per core, or
+    one process using every core for flavors with their own thread pool (ONNX, PyTorch,
+    XGBoost, LightGBM); ``batch_size`` = 16384 rows per model call,
     ``on_error`` = ``"fail"``. A rerun of an interrupted job resumes it: finished parts are
     kept and the rest is scored, so every input row appears in the output exactly once.
     """
@@ -45,7 +47,7 @@ def batch(input: str | None = None, output: str | None = None, *, model: str | N
         recipe, input_uri, output_uri,
         keep=tuple(pick(keep, "keep", ())),
         workers=pick(workers, "workers", None),
-        batch_size=int(pick(batch_size, "batch_size", 65536)),
+        batch_size=int(pick(batch_size, "batch_size", DEFAULT_BATCH_SIZE)),
         input_format=pick(input_format, "input_format", None),
         overwrite=bool(pick(overwrite, "overwrite", False)),
         unit_rows=unit_rows,

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from .. import errors
+from ..io.overlap import WriteBehind, prefetch
 from ..io.sinks import OutputFolder
 from ..io.sources import Unit, read_unit
 from ..pipeline import Pipeline
@@ -92,9 +93,11 @@ def _run_unit(unit: Unit, job: UnitJob) -> dict[str, Any]:
         return {"index": unit.index, "error": _STATE.load_error or ("ModelLoadError", "the model did not load")}
     folder = OutputFolder(job.output_uri)
     writer = folder.open_part(unit.index, job.schema)
+    behind = WriteBehind(writer.write)
     rows_in = rows_out = 0
     try:
-        for batch in read_unit(job.fs, unit, job.input_format, batch_size=job.batch_size, columns=job.columns):
+        batches = read_unit(job.fs, unit, job.input_format, batch_size=job.batch_size, columns=job.columns)
+        for batch in prefetch(batches):
             try:
                 scored = pipeline.transform(batch)
             except errors.BadRecordError as exc:
@@ -107,14 +110,19 @@ def _run_unit(unit: Unit, job: UnitJob) -> dict[str, Any]:
             except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 raise errors.SchemaError(f"input file {unit.path}: output does not match the job's schema "
                                          f"{job.schema}: {exc}") from exc
-            writer.write(out)
+            behind.put(out)
             rows_in += batch.num_rows
             rows_out += out.num_rows
             if _STATE.progress is not None:
                 _STATE.progress.put(batch.num_rows)
+        behind.close()
         stats = {"rows_in": rows_in, "rows_out": rows_out, "rows_skipped": rows_in - rows_out}
         writer.commit(stats)
     except BaseException:
+        try:
+            behind.close()
+        except BaseException:
+            pass  # the first error is the one to report
         writer.abort()
         raise
     return {"index": unit.index, **stats, "pid": os.getpid(), "loads": _STATE.loads}

@@ -9,7 +9,14 @@ import queue
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -20,6 +27,7 @@ from .. import errors
 from .._version import __version__
 from ..io.sinks import OutputFolder
 from ..io.sources import list_input, plan_units, read_unit
+from ..models import CONCURRENT_FLAVORS, THREADED_FLAVORS, detect_flavor
 from ..pipeline import ModelStep, Pipeline
 from ..runtime import PipelineRecipe
 from . import _worker
@@ -27,6 +35,20 @@ from . import _worker
 __all__ = ["BatchSummary", "run_batch"]
 
 SAMPLE_ROWS = 64
+DEFAULT_BATCH_SIZE = 16384
+
+
+def plan_workers(recipe: PipelineRecipe, workers: int | None, units: int) -> tuple[int, int]:
+    """(worker processes, scoring threads per process) for this model and this many units.
+
+    By default one process per core; for flavors with their own thread pool one process using
+    every core, as several scoring threads over one model where the runtime allows it.
+    """
+    cores = os.cpu_count() or 1
+    flavor = recipe.flavor or detect_flavor(recipe.model_path)
+    processes = max(1, min(workers or (1 if flavor in THREADED_FLAVORS else cores), units))
+    threads = min(cores, units) if processes == 1 and flavor in CONCURRENT_FLAVORS else 1
+    return processes, max(1, threads)
 
 
 @dataclass
@@ -37,6 +59,7 @@ class BatchSummary:
     parts: int
     parts_resumed: int
     workers: int
+    threads: int
     model_loads: int
     seconds: float
 
@@ -48,21 +71,20 @@ class BatchSummary:
         resumed = f", {self.parts_resumed} resumed" if self.parts_resumed else ""
         return (f"scored {self.rows:,} rows ({self.rows_skipped:,} skipped) into {self.parts} parts{resumed} "
                 f"at {self.output} in {self.seconds:.1f}s ({self.rows_per_second:,.0f} rows/s, "
-                f"{self.workers} workers, {self.model_loads} model loads)")
+                f"{self.workers} workers x {self.threads} threads, {self.model_loads} model loads)")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "rows_per_second": self.rows_per_second}
 
 
 def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: Sequence[str] = (),
-              workers: int | None = None, batch_size: int = 65536, input_format: str | None = None,
+              workers: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, input_format: str | None = None,
               overwrite: bool = False, unit_rows: int | None = None, progress: bool = False) -> BatchSummary:
     """Score ``input_uri`` into Parquet parts under ``output_uri``; see :func:`lakeinfer.batch`."""
     start = time.perf_counter()
     if batch_size < 1:
         raise errors.ConfigError(f"batch size must be at least 1, not {batch_size}")
-    workers = workers or os.cpu_count() or 1
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise errors.ConfigError(f"workers must be at least 1, not {workers}")
     fs, files, fmt = list_input(input_uri, input_format)
     units = plan_units(fs, files, fmt, unit_rows=unit_rows)
@@ -78,12 +100,12 @@ def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: 
     folder = OutputFolder(output_uri)
     done = folder.check(fingerprint, overwrite=overwrite)
     todo = [u for u in units if u.index not in done]
-    workers = max(1, min(workers, len(todo)))
+    workers, threads = plan_workers(recipe, workers, len(todo))
     # Worker processes start now, so their model loads overlap the checks below.
-    pool = _Workers(recipe, workers) if workers > 1 else None
+    pool = _Scorers.processes(recipe, workers) if workers > 1 else None
     try:
         # Check the model, the columns and the output schema on a few rows before writing anything.
-        model = recipe.load_model(threads=1 if pool else None)
+        model = recipe.load_model(threads=1 if pool or threads > 1 else None)
         pipeline = recipe.build(model=model)
         columns = tuple(dict.fromkeys([*model.input_columns, *keep])) if recipe.model_only else None
         probe = todo[0] if todo else units[0]
@@ -103,11 +125,9 @@ def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: 
         total_rows = sum(u.num_rows or 0 for u in todo) if fmt == "parquet" else None
         with _Bar(total_rows, progress and bool(todo)) as bar:
             if pool is None:
-                _worker.use_in_process(pipeline, bar)
-                results = [_checked(_worker.run_unit(unit, job)) for unit in todo]
-            else:
-                del pipeline, model  # the workers have their own
-                results = pool.run(todo, job, bar)
+                pool = _Scorers.threads(pipeline, threads, bar)
+            del pipeline, model  # the workers hold theirs
+            results = pool.run(todo, job, bar)
     finally:
         if pool is not None:
             pool.close()
@@ -120,6 +140,7 @@ def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: 
         parts=len(units),
         parts_resumed=len(done),
         workers=workers if todo else 0,
+        threads=threads if todo else 0,
         model_loads=_model_loads(results),
         seconds=time.perf_counter() - start,
     )
@@ -153,18 +174,31 @@ def _model_loads(results: list[dict[str, Any]]) -> int:
     return sum(per_worker.values())
 
 
-class _Workers:
-    """A pool of spawned worker processes; each loads the model once, in its initializer."""
+class _Scorers:
+    """Runs units on an executor, a bounded number in flight, and gathers their results."""
 
-    def __init__(self, recipe: PipelineRecipe, workers: int) -> None:
+    def __init__(self, executor: Executor, width: int, feed: Any = None) -> None:
+        self.executor = executor
+        self.width = width
+        self.feed = feed
+
+    @classmethod
+    def processes(cls, recipe: PipelineRecipe, workers: int) -> _Scorers:
+        """Spawned worker processes, each loading the model once in its initializer, started now."""
         context = multiprocessing.get_context("spawn")
-        self.workers = workers
-        self.feed = context.Queue()
+        feed = context.Queue()
         threads = max(1, (os.cpu_count() or 1) // workers)
-        self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker.init_worker,
-                                        initargs=(recipe, threads, self.feed))
+        executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker.init_worker,
+                                       initargs=(recipe, threads, feed))
         for _ in range(workers):
-            self.pool.submit(_worker.ready)
+            executor.submit(_worker.ready)
+        return cls(executor, workers, feed)
+
+    @classmethod
+    def threads(cls, pipeline: Pipeline, threads: int, bar: _Bar) -> _Scorers:
+        """Scoring threads in this process over the one pipeline already built."""
+        _worker.use_in_process(pipeline, bar)
+        return cls(ThreadPoolExecutor(threads, thread_name_prefix="lakeinfer-score"), threads)
 
     def run(self, todo: list[Any], job: _worker.UnitJob, bar: _Bar) -> list[dict[str, Any]]:
         pending = iter(todo)
@@ -172,11 +206,11 @@ class _Workers:
         results: list[dict[str, Any]] = []
         try:
             while True:
-                while len(running) < 2 * self.workers:  # a bounded number of units in flight
+                while len(running) < 2 * self.width:
                     unit = next(pending, None)
                     if unit is None:
                         break
-                    running.add(self.pool.submit(_worker.run_unit, unit, job))
+                    running.add(self.executor.submit(_worker.run_unit, unit, job))
                 if not running:
                     return results
                 finished, running = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -191,6 +225,8 @@ class _Workers:
             self._pump(bar)
 
     def _pump(self, bar: _Bar) -> None:
+        if self.feed is None:
+            return
         rows = 0
         try:
             while True:
@@ -200,7 +236,7 @@ class _Workers:
         bar.put(rows)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _checked(result: dict[str, Any]) -> dict[str, Any]:

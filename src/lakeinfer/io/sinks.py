@@ -26,6 +26,7 @@ MANIFEST = "_lakeinfer_job.json"
 SUCCESS = "_SUCCESS"
 _TMP_PREFIX = ".tmp-"
 _STATS_KEY = b"lakeinfer.stats"
+ROW_GROUP_ROWS = 1 << 17
 
 
 def part_name(index: int) -> str:
@@ -121,7 +122,11 @@ class OutputFolder:
 
 
 class PartWriter:
-    """Streams one unit's batches into a Parquet file that appears under its name only when closed."""
+    """Streams one unit's batches into a Parquet file that appears under its name only when closed.
+
+    Small batches are gathered into row groups of about ``ROW_GROUP_ROWS`` rows, so the batch
+    size suits the model while the file suits its readers.
+    """
 
     def __init__(self, folder: OutputFolder, index: int, schema: pa.Schema) -> None:
         self.folder = folder
@@ -129,12 +134,24 @@ class PartWriter:
         self.tmp = folder._join(f"{_TMP_PREFIX}{os.getpid()}-{part_name(index)}")
         self.schema = schema
         self._stream = folder.fs.open_output_stream(self.tmp)
-        self._writer = pq.ParquetWriter(self._stream, schema, compression="zstd")
+        self._writer = pq.ParquetWriter(self._stream, schema, compression="snappy")
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
-        self._writer.write_batch(batch)
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        if self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            table = pa.Table.from_batches(self._pending, schema=self.schema)
+            self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+        self._pending, self._pending_rows = [], 0
 
     def commit(self, stats: dict[str, int]) -> None:
+        self._flush()
         self._writer.add_key_value_metadata({_STATS_KEY: json.dumps(stats).encode()})
         self._writer.close()
         self._stream.close()

@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import ConfigError, ModelLoadError
 from ._base import Model, TabularModel
 
-__all__ = ["FLAVORS", "Model", "TabularModel", "detect_flavor", "load_model", "model_digest"]
+__all__ = ["CONCURRENT_FLAVORS", "FLAVORS", "THREADED_FLAVORS", "Model", "TabularModel", "detect_flavor", "load_model", "model_digest"]
 
 # flavor -> (module, loader keyword arguments); read-only so no caller can grow it by accident.
 FLAVORS: MappingProxyType[str, tuple[str, dict[str, Any]]] = MappingProxyType({
@@ -26,6 +26,14 @@ FLAVORS: MappingProxyType[str, tuple[str, dict[str, Any]]] = MappingProxyType({
     "torch_export": ("torch", {"exported": True}),
     "mlflow": ("mlflow", {}),
 })
+
+# Flavors whose runtime scores a batch on its own thread pool with the GIL released: one
+# process using every core beats one process per core (they would share nothing, not even
+# the CPU caches that hold the model).
+THREADED_FLAVORS = frozenset({"onnx", "xgboost", "lightgbm", "torchscript", "torch_export"})
+# Flavors whose predict may run on several threads at once over one loaded model (onnxruntime's
+# Run is thread-safe): several single-threaded calls in flight beat one call on a thread pool.
+CONCURRENT_FLAVORS = frozenset({"onnx"})
 
 _BY_SUFFIX = {
     ".onnx": "onnx",

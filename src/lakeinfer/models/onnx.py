@@ -61,6 +61,8 @@ def _session(path: str, threads: int | None) -> Any:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning pool threads would take the cycles the read-ahead and write-behind threads need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = [p for p in ort.get_available_providers() if p in ("CUDAExecutionProvider", "CPUExecutionProvider")]
     try:
         return ort.InferenceSession(path, options, providers=providers)

@@ -1,0 +1,83 @@
+"""Overlap I/O with the model: read ahead and write behind on threads.
+
+Arrow's readers, writers and the model runtimes release the GIL, so while the model scores one
+batch the next one is decoded and the previous one compressed, on otherwise idle cycles.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+_END = object()
+
+
+def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Yield ``items``, produced by a thread up to ``depth`` ahead; its errors re-raise here."""
+    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((_END, None))
+        except BaseException as exc:  # handed to the consumer
+            slots.put((_END, exc))
+
+    thread = threading.Thread(target=produce, name="lakeinfer-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class WriteBehind:
+    """Calls ``write(item)`` on a thread, at most ``depth`` items behind; ``close`` waits and re-raises."""
+
+    def __init__(self, write: Callable[[Any], None], depth: int = 2) -> None:
+        self._write = write
+        self._slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="lakeinfer-write-behind", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            item = self._slots.get()
+            if item is _END:
+                return
+            if self._error is None:
+                try:
+                    self._write(item)
+                except BaseException as exc:
+                    self._error = exc
+
+    def put(self, item: Any) -> None:
+        if self._error is not None:
+            raise self._error
+        self._slots.put(item)
+
+    def close(self) -> None:
+        self._slots.put(_END)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
