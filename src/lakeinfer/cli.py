@@ -7,10 +7,14 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .errors import LakeinferError
 from .pipeline import ON_ERROR
+
+if TYPE_CHECKING:
+    from .serve.config import ServeConfig
 
 
 def _columns(value: str) -> list[str]:
@@ -59,6 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     batch.add_argument("--json", action="store_true", help="print the summary as JSON")
 
+    serve = commands.add_parser("serve", help="serve the model over HTTP (Open Inference Protocol v2)")
+    _model_options(serve, required=False)
+    serve.add_argument("--name", help="the model's name in URLs (default: the model file's name)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8080)")
+    serve.add_argument("--workers", type=_positive, help="worker processes, each loading the model once (default 1)")
+    serve.add_argument("--max-batch-size", type=_positive, help="rows per model call (default 256)")
+    serve.add_argument("--max-wait-ms", type=float, help="longest wait for a batch to fill under load (default 2)")
+    serve.add_argument("--max-queue", type=_positive, help="waiting requests before 503 (default 256)")
+    serve.add_argument("--timeout-ms", type=float, help="per-request timeout, answered 504 (default 30000)")
+    serve.add_argument("--max-body-bytes", type=_positive, help="largest request body, else 413 (default 16 MiB)")
+    serve.add_argument("--api-key-env", help="environment variable holding the API key clients must send")
+    serve.add_argument("--spec", help="job spec file (TOML or YAML) with [model], [pipeline] and [serve]")
+
     inspect = commands.add_parser("inspect", help="print a model's flavor and signature")
     _model_options(inspect, required=True)
     inspect.add_argument("--json", action="store_true", help="print JSON")
@@ -76,6 +94,11 @@ def _run(args: argparse.Namespace) -> int:
         else:
             _print_inspect(info)
         return 0
+    if args.command == "serve":
+        from .serve.server import run
+
+        run(_serve_config(args))
+        return 0
     summary = _api.batch(
         args.input, args.output, model=args.model, flavor=args.flavor, trust=args.trust_model,
         features=args.features, keep=args.keep, workers=args.workers, batch_size=args.batch_size,
@@ -87,6 +110,27 @@ def _run(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print(summary.line())
     return 0
+
+
+def _serve_config(args: argparse.Namespace) -> ServeConfig:
+    from .errors import ConfigError
+    from .serve.config import ServeConfig
+    from .spec import JobSpec, load_spec
+
+    job = load_spec(args.spec) if args.spec else JobSpec(model={}, steps=[])
+    options = {**job.serve}
+    cli = {"name": args.name, "host": args.host, "port": args.port, "workers": args.workers,
+           "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "max_queue": args.max_queue,
+           "timeout_ms": args.timeout_ms, "max_body_bytes": args.max_body_bytes, "api_key_env": args.api_key_env}
+    options.update({k: v for k, v in cli.items() if v is not None})
+    model = {**job.model, **{k: v for k, v in {"path": args.model, "flavor": args.flavor, "trust": args.trust_model,
+                                                "features": args.features}.items() if v is not None}}
+    if "path" not in model:
+        raise ConfigError("serve needs a model (--model or [model] path in the spec)")
+    try:
+        return ServeConfig(model=model.pop("path"), steps=job.steps, **model, **options)
+    except TypeError as exc:
+        raise ConfigError(f"serve: {exc}") from None
 
 
 def _print_inspect(info: dict) -> None:  # type: ignore[type-arg]

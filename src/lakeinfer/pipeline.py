@@ -153,7 +153,7 @@ class ModelStep(Transformer):
         if self.on_error == "fail":
             column, row = bad
             raise BadRecordError(
-                f"row {row}: feature column '{column}' is null (use --on-error skip or null, or a fill_null step)",
+                f"row {row}: feature column '{column}' is null",
                 column=column, row=row,
             )
         valid = pc.invert(mask)
@@ -268,6 +268,23 @@ class Pipeline(Transformer):
         for _, step in self.steps:
             batch = step.transform(batch)
         return batch
+
+    def split_at_model(self) -> tuple[Pipeline, Pipeline]:
+        """(the steps before the model step, the model step and the steps after it)."""
+        for i, (_, step) in enumerate(self.steps):
+            if isinstance(step, ModelStep):
+                return Pipeline(self.steps[:i]), Pipeline(self.steps[i:])
+        return Pipeline([]), Pipeline(self.steps)
+
+    def outputs(self, batch: pa.RecordBatch) -> tuple[list[str], pa.RecordBatch]:
+        """Transform ``batch``; also name the columns the model and the steps after it wrote."""
+        before_model, rest = self.split_at_model()
+        before = before_model.transform(batch)
+        after = rest.transform(before)
+        model = self.model_step
+        written = set(model.model.output_names) if model is not None else set()
+        names = [n for n in after.schema.names if n not in before.schema.names or n in written]
+        return names, after
 
     @property
     def model_step(self) -> ModelStep | None:

@@ -39,6 +39,8 @@ from .runtime import PipelineRecipe
 __all__ = ["JobSpec", "load_spec"]
 
 _MODEL_KEYS = {"path", "flavor", "trust", "features", "device"}
+_SERVE_KEYS = {"name", "host", "port", "workers", "max_batch_size", "max_wait_ms", "max_queue", "timeout_ms",
+               "max_body_bytes", "api_key_env"}
 _BATCH_KEYS = {"input", "output", "input_format", "keep", "workers", "batch_size", "on_error", "overwrite", "engine"}
 
 
@@ -112,5 +114,9 @@ def load_spec(path: str) -> JobSpec:
     for i, step in enumerate(steps):
         if not isinstance(step, dict) or "op" not in step:
             raise ConfigError(f"job spec {path}: pipeline step {i + 1} needs an 'op'")
-    return JobSpec(model=model, steps=steps, batch=batch, serve=dict(data.get("serve") or {}),
+    serve = dict(data.get("serve") or {})
+    bad = set(serve) - _SERVE_KEYS
+    if bad:
+        raise ConfigError(f"job spec {path}: unknown [serve] key(s) {', '.join(sorted(bad))}")
+    return JobSpec(model=model, steps=steps, batch=batch, serve=serve,
                    stream=dict(data.get("stream") or {}), source=path)

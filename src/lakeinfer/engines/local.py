@@ -28,7 +28,7 @@ from .._version import __version__
 from ..io.sinks import OutputFolder
 from ..io.sources import list_input, plan_units, read_unit
 from ..models import CONCURRENT_FLAVORS, THREADED_FLAVORS, detect_flavor
-from ..pipeline import ModelStep, Pipeline
+from ..pipeline import Pipeline
 from ..runtime import PipelineRecipe
 from . import _worker
 
@@ -112,13 +112,12 @@ def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: 
         sample = next(read_unit(fs, probe, fmt, batch_size=SAMPLE_ROWS, columns=columns), None)
         if sample is None:
             raise errors.InputError(f"input file {probe.path} has no rows and no schema")
-        before, scored = _score_sample(pipeline, sample, probe.path)
+        added, scored = _score_sample(pipeline, sample, probe.path)
         for name in keep:
             if name not in scored.schema.names:
                 raise errors.SchemaError(f"--keep column '{name}' is not in the input or a pipeline step dropped "
                                          f"it (the input has: {', '.join(sample.schema.names)})")
         # the output: the kept columns, then what the model and the steps after it wrote
-        added = [n for n in scored.schema.names if n not in before]
         schema = pa.schema([scored.schema.field(n) for n in dict.fromkeys([*keep, *added])])
         folder.claim(fingerprint, overwrite=overwrite)
         job = _worker.UnitJob(fs, fmt, batch_size, columns, output_uri, schema)
@@ -148,15 +147,10 @@ def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: 
     return summary
 
 
-def _score_sample(pipeline: Pipeline, sample: pa.RecordBatch, path: str) -> tuple[set[str], pa.RecordBatch]:
-    """The column names just before the model step, and the sample's pipeline output."""
+def _score_sample(pipeline: Pipeline, sample: pa.RecordBatch, path: str) -> tuple[list[str], pa.RecordBatch]:
+    """The columns the model and the steps after it write, and the sample's pipeline output."""
     try:
-        before = sample
-        for _, step in pipeline.steps:
-            if isinstance(step, ModelStep):
-                break
-            before = step.transform(before)
-        return set(before.schema.names), pipeline.transform(sample)
+        return pipeline.outputs(sample)
     except errors.BadRecordError as exc:
         raise errors.BadRecordError(
             f"input file {path}, row {exc.row}: feature column '{exc.column}' is null "

@@ -1,0 +1,172 @@
+"""Adaptive batching: concurrent requests merged into one model call, each caller getting
+exactly its own rows back.
+
+An idle batcher does not wait: a lone request runs at once. Under load, requests that arrive
+while the model is busy are merged into the next call, up to ``max_batch_size`` rows; when the
+last call merged several requests, the batcher may wait up to ``max_wait_ms`` for more.
+The queue is bounded: past ``max_queue`` waiting requests, ``submit`` raises :class:`Overloaded`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from ..errors import InputError, LakeinferError
+
+__all__ = ["AdaptiveBatcher", "Overloaded"]
+
+
+class Overloaded(LakeinferError):
+    """The queue is full; the caller should retry later."""
+
+
+@dataclass
+class _Request:
+    batch: pa.RecordBatch
+    future: asyncio.Future[pa.RecordBatch]
+
+
+class AdaptiveBatcher:
+    """Runs ``predict(batch) -> batch`` (row-preserving) over merged requests on one thread."""
+
+    def __init__(self, predict: Callable[[pa.RecordBatch], pa.RecordBatch], *, max_batch_size: int = 256,
+                 max_wait_ms: float = 2.0, max_queue: int = 1024, executor: Executor | None = None,
+                 on_batch: Callable[[int, int], None] | None = None) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, not {max_batch_size}")
+        self._predict = predict
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="lakeinfer-model")
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._on_batch = on_batch
+        self._busy_before = False
+        self._closing = False
+        self._running = 0
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for the model."""
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="lakeinfer-batcher")
+
+    async def submit(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The model's output rows for ``batch``'s rows."""
+        if self._closing:
+            raise Overloaded("the server is shutting down")
+        if self._queue.qsize() >= self.max_queue:
+            raise Overloaded(f"{self._queue.qsize()} requests are waiting (max_queue={self.max_queue})")
+        future: asyncio.Future[pa.RecordBatch] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Request(batch, future))
+        return await future
+
+    async def _loop(self) -> None:
+        carry: _Request | None = None
+        while True:
+            first = carry or await self._queue.get()
+            carry = None
+            self._running += 1  # from here until its results are handed out
+            group, rows = [first], first.batch.num_rows
+            deadline = time.monotonic() + self.max_wait if self._busy_before else None
+            while rows < self.max_batch_size:
+                nxt = await self._next(deadline)
+                if nxt is None:
+                    break
+                if rows + nxt.batch.num_rows > self.max_batch_size:
+                    carry = nxt  # a request's own rows count: it leads the next call instead
+                    break
+                group.append(nxt)
+                rows += nxt.batch.num_rows
+            self._busy_before = len(group) > 1
+            try:
+                await self._run(group)
+            finally:
+                self._running -= 1
+
+    async def _next(self, deadline: float | None) -> _Request | None:
+        """A queued request now, or by ``deadline`` (None: only one already queued)."""
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            pass
+        remaining = deadline - time.monotonic() if deadline is not None else 0.0
+        if remaining <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), remaining)
+        except TimeoutError:
+            return None
+
+    async def _run(self, group: list[_Request]) -> None:
+        live = [r for r in group if not r.future.done()]  # callers that timed out are skipped
+        if not live:
+            return
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self._executor, _predict_group, self._predict,
+                                             [r.batch for r in live])
+        for request, result in zip(live, results, strict=True):
+            if request.future.done():
+                continue
+            if isinstance(result, BaseException):
+                request.future.set_exception(result)
+            else:
+                request.future.set_result(result)
+        if self._on_batch is not None:
+            self._on_batch(len(live), sum(r.batch.num_rows for r in live))
+
+    async def drain(self) -> None:
+        """Refuse new requests and finish every one already queued."""
+        self._closing = True
+        while self._queue.qsize() or self._running:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
+
+
+def _predict_group(predict: Callable[[pa.RecordBatch], pa.RecordBatch],
+                   batches: list[pa.RecordBatch]) -> list[pa.RecordBatch | BaseException]:
+    """One model call for requests of one schema; a bad request fails alone, with its own reason."""
+    if len(batches) == 1:
+        return [_call(predict, batches[0])]
+    if any(b.schema != batches[0].schema for b in batches[1:]):
+        return [_call(predict, b) for b in batches]
+    merged = pa.Table.from_batches(batches).combine_chunks().to_batches()
+    merged_batch = merged[0] if merged else batches[0]
+    try:
+        out = predict(merged_batch)
+    except InputError:
+        # one request's bad rows must not fail its neighbours: score them one by one
+        return [_call(predict, b) for b in batches]
+    except BaseException as exc:
+        return [exc] * len(batches)
+    if out.num_rows != merged_batch.num_rows:
+        return [_call(predict, b) for b in batches]
+    results: list[pa.RecordBatch | BaseException] = []
+    offset = 0
+    for b in batches:
+        results.append(out.slice(offset, b.num_rows))
+        offset += b.num_rows
+    return results
+
+
+def _call(predict: Callable[[pa.RecordBatch], pa.RecordBatch], batch: pa.RecordBatch) -> pa.RecordBatch | BaseException:
+    try:
+        return predict(batch)
+    except BaseException as exc:
+        return exc

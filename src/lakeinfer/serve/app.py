@@ -1,0 +1,237 @@
+"""The ASGI application: Open Inference Protocol v2 REST, a records endpoint, metrics, OpenAPI.
+
+Status codes are chosen here and only here: bad input 400, missing or wrong API key 401, unknown
+model 404, oversized body 413, full queue or model not loaded 503 (Retry-After), timeout 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pyarrow as pa
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from ..errors import InputError, LakeinferError
+from .config import ServeConfig
+from .dataplane import DataPlane, Overloaded
+from .openapi import DOCS_PAGE, openapi_document
+from .v2 import HEADER_LENGTH, ProtocolError, decode_request, encode_response, requested_outputs
+
+log = logging.getLogger("lakeinfer.serve")
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class HTTPFailure(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def create_app(config: ServeConfig) -> Starlette:
+    plane = DataPlane(config)
+    api_key = config.api_key()
+    timeout = config.timeout_ms / 1000.0
+
+    def endpoint(label: str, *, public: bool = False) -> Callable[[Handler], Handler]:
+        """Auth, error mapping and metrics around a handler."""
+
+        def wrap(handler: Handler) -> Handler:
+            async def run(request: Request) -> Response:
+                start = time.perf_counter()
+                try:
+                    if api_key and not public:
+                        _check_key(request, api_key)
+                    response = await handler(request)
+                except HTTPFailure as exc:
+                    response = _error(exc.status, str(exc), exc.headers)
+                except Overloaded as exc:
+                    response = _error(503, str(exc), {"Retry-After": "1"})
+                except TimeoutError:
+                    response = _error(504, f"no answer within the {config.timeout_ms:g} ms timeout")
+                except InputError as exc:
+                    response = _error(400, str(exc))
+                except LakeinferError as exc:
+                    response = _error(500, str(exc))
+                except Exception as exc:  # a bug: the reason, logged with its traceback, not sent
+                    log.exception("lakeinfer: unexpected error on %s", request.url.path)
+                    response = _error(500, f"internal error ({type(exc).__name__})")
+                if response.status_code >= 400:
+                    plane.metrics.error(str(response.status_code))
+                plane.metrics.request(label, response.status_code, time.perf_counter() - start)
+                return response
+
+            return run
+
+        return wrap
+
+    def _model(request: Request) -> None:
+        name = request.path_params["name"]
+        if name != plane.name:
+            raise HTTPFailure(404, f"unknown model '{name}' (this server has '{plane.name}')")
+
+    @endpoint("live", public=True)
+    async def live(request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    @endpoint("ready", public=True)
+    async def ready(request: Request) -> Response:
+        ok = plane.ready()
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @endpoint("server_metadata")
+    async def server_metadata(request: Request) -> Response:
+        return JSONResponse(plane.server_metadata())
+
+    @endpoint("model_metadata")
+    async def model_metadata(request: Request) -> Response:
+        _model(request)
+        if not plane.loaded:
+            raise Overloaded("the model is loading")
+        return JSONResponse(plane.metadata())
+
+    @endpoint("model_ready")
+    async def model_ready(request: Request) -> Response:
+        _model(request)
+        ok = plane.ready()
+        return JSONResponse({"name": plane.name, "ready": ok}, status_code=200 if ok else 503)
+
+    @endpoint("infer")
+    async def infer(request: Request) -> Response:
+        _model(request)
+        body = await _read_body(request, config.max_body_bytes)
+        header_length = _header_length(request, len(body))
+        batch, payload = decode_request(body, header_length, plane.features)
+        chosen = requested_outputs(payload, [o["name"] for o in plane.outputs] or _all_outputs(plane))
+        out = await plane.infer(batch, timeout)
+        response, blobs = encode_response(out, chosen, model_name=plane.name, request_id=payload.get("id"))
+        if not blobs:
+            return JSONResponse(response)
+        head = json.dumps(response).encode()
+        return Response(head + b"".join(blobs), media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(len(head))})
+
+    @endpoint("predict")
+    async def predict(request: Request) -> Response:
+        _model(request)
+        body = await _read_body(request, config.max_body_bytes)
+        batch = _records(body)
+        out = await plane.infer(batch, timeout)
+        return JSONResponse({"predictions": out.to_pylist()})
+
+    @endpoint("metrics")
+    async def metrics(request: Request) -> Response:
+        return PlainTextResponse(plane.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document(plane.name))
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(DOCS_PAGE)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loading = asyncio.get_running_loop().create_task(plane.load())
+        yield
+        await loading
+        await plane.close()  # uvicorn has let the requests in flight finish; drain the queue too
+
+    routes = [
+        Route("/v2", server_metadata),
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", ready),
+        Route("/v2/models/{name}", model_metadata),
+        Route("/v2/models/{name}/versions/{version}", model_metadata),
+        Route("/v2/models/{name}/ready", model_ready),
+        Route("/v2/models/{name}/versions/{version}/ready", model_ready),
+        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
+        Route("/v1/models/{name}/predict", predict, methods=["POST"]),
+        Route("/metrics", metrics),
+        Route("/openapi.json", openapi),
+        Route("/docs", docs),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.plane = plane
+    return app
+
+
+def _all_outputs(plane: DataPlane) -> list[str]:
+    return [o["name"] for o in plane.outputs]
+
+
+def _check_key(request: Request, key: str) -> None:
+    given = request.headers.get("x-api-key") or ""
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    if not given or not hmac.compare_digest(given.encode(), key.encode()):
+        raise HTTPFailure(401, "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')",
+                          {"WWW-Authenticate": "Bearer"})
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPFailure(413, f"the request body of {int(declared):,} bytes is over the {limit:,}-byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPFailure(413, f"the request body is over the {limit:,}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _header_length(request: Request, body_size: int) -> int | None:
+    raw = request.headers.get(HEADER_LENGTH)
+    if raw is None:
+        return None
+    if not raw.isdigit() or int(raw) > body_size:
+        raise ProtocolError(f"header Inference-Header-Content-Length: {raw!r} does not fit a {body_size}-byte body")
+    return int(raw)
+
+
+def _records(body: bytes) -> pa.RecordBatch:
+    """``{"instances": [{column: value, ...}, ...]}`` as a record batch, naming any bad field."""
+    try:
+        payload: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
+        raise ProtocolError("the request body must be an object with a list field 'instances'")
+    instances = payload["instances"]
+    if not instances:
+        raise ProtocolError("'instances' is empty")
+    names: dict[str, None] = {}
+    for i, instance in enumerate(instances):
+        if not isinstance(instance, dict):
+            raise ProtocolError(f"instances[{i}] must be an object of column: value")
+        names.update(dict.fromkeys(instance))
+    columns = {}
+    for name in names:
+        values = [instance.get(name) for instance in instances]
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+            raise ProtocolError(f"field '{name}': values of mixed or unsupported types ({exc})") from None
+    return pa.RecordBatch.from_pydict(columns)
+
+
+def app_from_env() -> Starlette:
+    """The factory each uvicorn worker process calls."""
+    return create_app(ServeConfig.from_env())

@@ -1,0 +1,67 @@
+"""The server's settings: from the CLI, a job spec's [serve] table, or the environment of a worker."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+from ..runtime import PipelineRecipe
+
+CONFIG_ENV = "LAKEINFER_SERVE_CONFIG"
+
+
+@dataclass
+class ServeConfig:
+    model: str
+    flavor: str | None = None
+    trust: bool = False
+    features: list[str] | None = None
+    device: str | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    max_batch_size: int = 256
+    max_wait_ms: float = 2.0
+    max_queue: int = 256
+    timeout_ms: float = 30_000.0
+    max_body_bytes: int = 16 << 20
+    api_key_env: str | None = None
+    state_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = os.path.splitext(os.path.basename(self.model.rstrip("/")))[0] or "model"
+        for key in ("workers", "max_batch_size", "max_queue", "max_body_bytes"):
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(f"serve: {key} must be at least 1, not {getattr(self, key)}")
+        if self.timeout_ms <= 0 or self.max_wait_ms < 0:
+            raise ConfigError("serve: timeout_ms must be positive and max_wait_ms not negative")
+
+    def recipe(self) -> PipelineRecipe:
+        # a bad row fails its own request (400); it is never scored as null
+        return PipelineRecipe(model_path=self.model, flavor=self.flavor, trust=self.trust,
+                              features=tuple(self.features) if self.features else None, device=self.device,
+                              steps=tuple(self.steps), on_error="fail")
+
+    def api_key(self) -> str | None:
+        if not self.api_key_env:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ConfigError(f"--api-key-env names {self.api_key_env}, which is not set")
+        return key
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls) -> ServeConfig:
+        raw = os.environ.get(CONFIG_ENV)
+        if not raw:
+            raise ConfigError(f"{CONFIG_ENV} is not set; start the server with `lakeinfer serve`")
+        return cls(**json.loads(raw))

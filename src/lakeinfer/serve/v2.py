@@ -1,0 +1,228 @@
+"""Open Inference Protocol (KServe v2) codec: request JSON (and the binary tensor extension)
+to an Arrow record batch, and output columns back to response tensors."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import InputError
+
+__all__ = ["ProtocolError", "DATATYPES", "decode_request", "encode_response", "datatype_of", "requested_outputs"]
+
+HEADER_LENGTH = "inference-header-content-length"
+
+DATATYPES: dict[str, Any] = {
+    "BOOL": np.bool_, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": object,
+}
+_BY_NUMPY = {np.dtype(v).name: k for k, v in DATATYPES.items() if v is not object}
+
+
+class ProtocolError(InputError):
+    """A request that does not follow the protocol; the message names the field."""
+
+
+def datatype_of(arrow_type: pa.DataType) -> str:
+    """The v2 datatype of an Arrow column (a list column: its element's)."""
+    if pa.types.is_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type):
+        arrow_type = arrow_type.value_type
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_binary(arrow_type):
+        return "BYTES"
+    try:
+        return _BY_NUMPY[np.dtype(arrow_type.to_pandas_dtype()).name]
+    except (KeyError, NotImplementedError, TypeError):
+        return "BYTES"
+
+
+def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in obj:
+        raise ProtocolError(f"{where}: missing field '{key}'")
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ProtocolError(f"{where}: field '{key}' must be {_kind_name(kind)}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {list: "a list", str: "a string", dict: "an object", int: "an integer"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _params(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ProtocolError(f"{where}: field 'parameters' must be an object")
+    return params
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    if data and isinstance(data[0], list):
+        out: list[Any] = []
+        for item in data:
+            out.extend(_flatten(item))
+        return out
+    return data
+
+
+def _bytes_elements(blob: bytes, where: str) -> list[str]:
+    values, offset = [], 0
+    while offset < len(blob):
+        if offset + 4 > len(blob):
+            raise ProtocolError(f"{where}: truncated BYTES element")
+        (size,) = struct.unpack_from("<I", blob, offset)
+        values.append(blob[offset + 4: offset + 4 + size].decode("utf-8", "replace"))
+        offset += 4 + size
+    return values
+
+
+def _tensor(spec: dict[str, Any], index: int, blobs: list[bytes]) -> tuple[str, np.ndarray, list[int]]:
+    where = f"inputs[{index}]"
+    if not isinstance(spec, dict):
+        raise ProtocolError(f"{where} must be an object")
+    name = _field(spec, "name", str, where)
+    where = f"input '{name}'"
+    shape = _field(spec, "shape", list, where)
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape) or not shape:
+        raise ProtocolError(f"{where}: shape must be a non-empty list of non-negative integers, not {shape}")
+    datatype = _field(spec, "datatype", str, where)
+    if datatype not in DATATYPES:
+        raise ProtocolError(f"{where}: unknown datatype '{datatype}' (one of {', '.join(DATATYPES)})")
+    count = math.prod(shape)
+    binary_size = _params(spec, where).get("binary_data_size")
+    if binary_size is not None:
+        if not blobs:
+            raise ProtocolError(f"{where}: binary_data_size given but the request carries no binary data")
+        blob = blobs.pop(0)
+        if datatype == "BYTES":
+            values = np.array(_bytes_elements(blob, where), dtype=object)
+        else:
+            dtype = np.dtype(DATATYPES[datatype])
+            if len(blob) != count * dtype.itemsize:
+                raise ProtocolError(f"{where}: {len(blob)} bytes of binary data for shape {shape} of {datatype}")
+            values = np.frombuffer(blob, dtype=dtype)
+    else:
+        data = _flatten(_field(spec, "data", list, where))
+        try:
+            values = np.array(data, dtype=DATATYPES[datatype]) if datatype != "BYTES" else np.array(
+                [str(v) for v in data], dtype=object)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ProtocolError(f"{where}: data do not match datatype {datatype} ({exc})") from None
+        if datatype != "BYTES" and values.dtype == object:
+            raise ProtocolError(f"{where}: data do not match datatype {datatype}")
+    if values.size != count:
+        raise ProtocolError(f"{where}: shape {shape} needs {count} values, got {values.size}")
+    return name, values, shape
+
+
+def decode_request(body: bytes, header_length: int | None, features: Sequence[str]) -> tuple[pa.RecordBatch, dict[str, Any]]:
+    """The request's rows as a record batch, and the request JSON (for id and outputs).
+
+    An input of shape [N] (or [N, 1]) is one column; an input of shape [N, K] whose name is not
+    a feature column and whose K equals the number of features gives the feature columns; any
+    other [N, K] input is a column of K-vectors.
+    """
+    json_part, blob_part = (body[:header_length], body[header_length:]) if header_length is not None else (body, b"")
+    try:
+        request = json.loads(json_part)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(request, dict):
+        raise ProtocolError("the request body must be a JSON object")
+    inputs = _field(request, "inputs", list, "request")
+    if not inputs:
+        raise ProtocolError("request: 'inputs' is empty")
+    blobs = _split_blobs(inputs, blob_part)
+    columns: dict[str, pa.Array] = {}
+    rows: int | None = None
+    for i, spec in enumerate(inputs):
+        name, values, shape = _tensor(spec, i, blobs)
+        n = shape[0]
+        if rows is not None and n != rows:
+            raise ProtocolError(f"input '{name}' has {n} rows; the other inputs have {rows}")
+        rows = n
+        width = math.prod(shape[1:]) if len(shape) > 1 else 1
+        matrix = values.reshape(n, width)
+        if width == 1:
+            columns[name] = pa.array(matrix[:, 0])
+        elif name not in features and width == len(features):
+            for j, feature in enumerate(features):
+                columns[feature] = pa.array(matrix[:, j])
+        else:
+            offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
+            columns[name] = pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
+    return pa.RecordBatch.from_pydict(columns), request
+
+
+def _split_blobs(inputs: list[Any], blob_part: bytes) -> list[bytes]:
+    blobs, offset = [], 0
+    for spec in inputs:
+        size = _params(spec, "input").get("binary_data_size") if isinstance(spec, dict) else None
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(blob_part):
+                raise ProtocolError(f"input '{spec.get('name')}': binary_data_size {size} does not fit the body")
+            blobs.append(blob_part[offset: offset + size])
+            offset += size
+    return blobs
+
+
+def requested_outputs(request: dict[str, Any], available: Sequence[str]) -> list[tuple[str, bool]]:
+    """(output name, as binary) for each output to send; all of them when none are asked for."""
+    binary_default = bool(_params(request, "request").get("binary_data_output", False))
+    asked = request.get("outputs")
+    if asked is None:
+        return [(n, binary_default) for n in available]
+    if not isinstance(asked, list):
+        raise ProtocolError("request: field 'outputs' must be a list")
+    chosen = []
+    for i, spec in enumerate(asked):
+        name = _field(spec, "name", str, f"outputs[{i}]") if isinstance(spec, dict) else None
+        if name is None:
+            raise ProtocolError(f"outputs[{i}] must be an object with a name")
+        if name not in available:
+            raise ProtocolError(f"output '{name}' is not one of the model's outputs ({', '.join(available)})")
+        chosen.append((name, bool(_params(spec, f"output '{name}'").get("binary_data", binary_default))))
+    return chosen
+
+
+def encode_response(out: pa.RecordBatch, chosen: list[tuple[str, bool]], *, model_name: str,
+                    request_id: Any) -> tuple[dict[str, Any], list[bytes]]:
+    """The response JSON, and the binary blobs that follow it (outputs asked for as binary)."""
+    outputs, blobs = [], []
+    for name, binary in chosen:
+        column = out.column(name)
+        datatype = datatype_of(column.type)
+        if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type):
+            width = len(column[0]) if len(column) else 0
+            values = column.flatten().to_numpy(zero_copy_only=False)
+            shape = [len(column), width]
+        else:
+            values = column.to_numpy(zero_copy_only=False)
+            shape = [len(column)]
+        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
+        if binary:
+            if datatype == "BYTES":
+                blob = b"".join(struct.pack("<I", len(v)) + v for v in (str(x).encode() for x in values))
+            else:
+                blob = np.ascontiguousarray(values.astype(DATATYPES[datatype], copy=False)).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            tensor["data"] = [None if x is None else x for x in values.tolist()]
+        outputs.append(tensor)
+    response: dict[str, Any] = {"model_name": model_name, "model_version": "1", "outputs": outputs}
+    if request_id is not None:
+        response["id"] = request_id
+    return response, blobs
