@@ -18,3 +18,20 @@ class SlowClassifier:
     def predict(self, x: np.ndarray) -> np.ndarray:
         time.sleep(self.delay)
         return (np.asarray(x)[:, 0] > 0).astype(np.int64)
+
+
+class SlowEcho:
+    """A regressor whose prediction identifies its row (10 x the first feature), after ``delay`` seconds."""
+
+    def __init__(self, n_features: int, delay: float, load_delay: float = 0.0) -> None:
+        self.n_features_in_ = n_features
+        self.delay = delay
+        self.load_delay = load_delay
+
+    def __setstate__(self, state: dict) -> None:  # type: ignore[type-arg]
+        self.__dict__.update(state)
+        time.sleep(self.load_delay)  # a model that takes a while to load
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        time.sleep(self.delay)
+        return np.asarray(x)[:, 0] * 10.0

@@ -15,18 +15,19 @@ def _json(ref: str) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
 
 
-def _get(summary: str, ok: str, *, name: bool = False, codes: tuple[str, ...] = ()) -> dict[str, Any]:
+def _get(summary: str, ok: str, *, name: list[dict[str, Any]] | None = None,
+         codes: tuple[str, ...] = ()) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "ok", **_json(ok)}}}
     for code in codes:
         op["responses"][code] = _ERROR
     if name:
-        op["parameters"] = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+        op["parameters"] = name
     return {"get": op}
 
 
 def openapi_document(model_name: str) -> dict[str, Any]:
-    name_param = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
-                   "example": model_name}]
+    # one server, one model: the only name that exists is this one (others get 404)
+    name_param = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": [model_name]}}]
     errors = {code: _ERROR for code in ("400", "401", "404", "413", "503", "504")}
     tensor = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
         "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
@@ -40,8 +41,8 @@ def openapi_document(model_name: str) -> dict[str, Any]:
             "/v2": _get("Server metadata", "ServerMetadata", codes=("401",)),
             "/v2/health/live": _get("Liveness", "Live"),
             "/v2/health/ready": _get("Readiness: every worker has loaded the model", "Ready", codes=("503",)),
-            "/v2/models/{name}": _get("Model metadata", "ModelMetadata", name=True, codes=("401", "404", "503")),
-            "/v2/models/{name}/ready": _get("Model readiness", "Ready", name=True, codes=("401", "404", "503")),
+            "/v2/models/{name}": _get("Model metadata", "ModelMetadata", name=name_param, codes=("401", "404", "503")),
+            "/v2/models/{name}/ready": _get("Model readiness", "Ready", name=name_param, codes=("401", "404", "503")),
             "/v2/models/{name}/infer": {"post": {
                 "summary": "Inference (v2 tensors)", "parameters": name_param,
                 "requestBody": {"required": True, **_json("InferRequest")},

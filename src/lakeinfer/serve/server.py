@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import sys
 import tempfile
 
 from ..errors import require
@@ -19,6 +21,9 @@ def run(config: ServeConfig) -> None:
     state = tempfile.mkdtemp(prefix="lakeinfer-serve-")
     config.state_dir = state
     os.environ[CONFIG_ENV] = config.to_env()
+    # uvicorn drains on SIGTERM, then raises the signal again for the handler it found: a
+    # drained shutdown is a clean exit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run("lakeinfer.serve.app:app_from_env", factory=True, host=config.host, port=config.port,
                     workers=config.workers, log_level="warning", access_log=False,
