@@ -119,7 +119,8 @@ class DataPlane:
     async def infer(self, batch: pa.RecordBatch, timeout: float) -> pa.RecordBatch:
         if self.batcher is None:
             raise Overloaded(self.load_error and f"the model did not load: {self.load_error}" or "the model is loading")
-        return await asyncio.wait_for(self.batcher.submit(batch), timeout)
+        async with asyncio.timeout(timeout):  # no extra task per request, unlike wait_for
+            return await self.batcher.submit(batch)
 
     def metadata(self) -> dict[str, Any]:
         model = self.pipeline.model_step.model if self.pipeline and self.pipeline.model_step else None

@@ -3,6 +3,7 @@ to an Arrow record batch, and output columns back to response tensors."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -30,6 +31,7 @@ class ProtocolError(InputError):
     """A request that does not follow the protocol; the message names the field."""
 
 
+@functools.lru_cache(maxsize=64)
 def datatype_of(arrow_type: pa.DataType) -> str:
     """The v2 datatype of an Arrow column (a list column: its element's)."""
     if pa.types.is_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type):
@@ -154,13 +156,15 @@ def decode_request(body: bytes, header_length: int | None, features: Sequence[st
             raise ProtocolError(f"input '{name}' has {n} rows; the other inputs have {rows}")
         rows = n
         width = math.prod(shape[1:]) if len(shape) > 1 else 1
-        matrix = values.reshape(n, width)
         if width == 1:
-            columns[name] = pa.array(matrix[:, 0])
+            columns[name] = pa.array(values.reshape(n))
         elif name not in features and width == len(features):
+            # one Arrow array, column-major, sliced (zero-copy) into the feature columns
+            flat = pa.array(np.ascontiguousarray(values.reshape(n, width).T).reshape(-1))
             for j, feature in enumerate(features):
-                columns[feature] = pa.array(matrix[:, j])
+                columns[feature] = flat.slice(j * n, n)
         else:
+            matrix = values.reshape(n, width)
             offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
             columns[name] = pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
     return pa.RecordBatch.from_pydict(columns), request
@@ -204,15 +208,12 @@ def encode_response(out: pa.RecordBatch, chosen: list[tuple[str, bool]], *, mode
     for name, binary in chosen:
         column = out.column(name)
         datatype = datatype_of(column.type)
-        if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type):
-            width = len(column[0]) if len(column) else 0
-            values = column.flatten().to_numpy(zero_copy_only=False)
-            shape = [len(column), width]
-        else:
-            values = column.to_numpy(zero_copy_only=False)
-            shape = [len(column)]
+        vector = pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type)
+        flat = column.flatten() if vector else column
+        shape = [len(column), len(flat) // len(column) if len(column) else 0] if vector else [len(column)]
         tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
         if binary:
+            values = flat.to_numpy(zero_copy_only=False)
             if datatype == "BYTES":
                 blob = b"".join(struct.pack("<I", len(v)) + v for v in (str(x).encode() for x in values))
             else:
@@ -220,7 +221,7 @@ def encode_response(out: pa.RecordBatch, chosen: list[tuple[str, bool]], *, mode
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            tensor["data"] = [None if x is None else x for x in values.tolist()]
+            tensor["data"] = flat.to_pylist()
         outputs.append(tensor)
     response: dict[str, Any] = {"model_name": model_name, "model_version": "1", "outputs": outputs}
     if request_id is not None:

@@ -1,0 +1,199 @@
+"""Serving throughput and latency, side by side in one run, with a real load generator (hey).
+
+Models: the RandomForest of bench/batch_local.py (100 trees, depth 12, 20 features) and a tiny
+logistic regression. Servers, each one process on 127.0.0.1, sent the same one-row v2 request:
+
+  lakeinfer  `lakeinfer serve` on the ONNX export (adaptive batching on, the defaults: one process)
+  lakeinfer-w2  the same with --workers 2 (two processes)
+  mlserver   MLServer's scikit-learn runtime on the joblib file, adaptive batching on
+             (max_batch_size 64, max_batch_time 5 ms); installed into its own venv on first use
+  fastapi    a plain FastAPI + uvicorn endpoint calling the sklearn model per request
+
+For concurrency 1, 16 and 64 it prints req/s, p50 and p99, and the ratios of lakeinfer to the
+others; and the model's own time per one-row call, for the latency lakeinfer adds at concurrency 1.
+
+    python bench/serve.py                 # 8 s per point
+    python bench/serve.py --seconds 3     # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+FEATURES = [f"f{i}" for i in range(20)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def train(folder: Path) -> dict[str, dict[str, Path]]:
+    import joblib
+    from skl2onnx import to_onnx
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(42)
+    x = rng.normal(size=(60_000, len(FEATURES))).astype(np.float32)
+    y = ((x[:, 0] + x[:, 1] * x[:, 2] - x[:, 3]) > 0).astype(np.int64)
+    out = {}
+    for name, model in {"random_forest": RandomForestClassifier(100, max_depth=12, n_jobs=-1, random_state=0),
+                        "logistic": LogisticRegression(max_iter=300)}.items():
+        model.fit(x, y)
+        if hasattr(model, "n_jobs"):
+            model.n_jobs = 1  # one row per call: joblib's thread fan-out only costs
+        joblib.dump(model, folder / f"{name}.joblib")
+        onx = to_onnx(model, x[:1], options={"zipmap": False})
+        entry = onx.metadata_props.add()
+        entry.key, entry.value = "feature_names", ",".join(FEATURES)
+        (folder / f"{name}.onnx").write_bytes(onx.SerializeToString())
+        out[name] = {"joblib": folder / f"{name}.joblib", "onnx": folder / f"{name}.onnx"}
+    return out
+
+
+def mlserver_bin(venv: Path) -> Path:
+    binary = venv / "bin" / "mlserver"
+    if not binary.exists():
+        print(f"installing MLServer into {venv} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "mlserver", "mlserver-sklearn",
+                        "uvloop<0.22"], check=True)  # MLServer 1.7 fails to start on uvloop 0.22+
+    return binary
+
+
+def start(kind: str, name: str, paths: dict[str, Path], work: Path, venv: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ}
+    if kind.startswith("lakeinfer"):
+        cmd = [sys.executable, "-m", "lakeinfer", "serve", "--model", str(paths["onnx"]), "--name", name,
+               "--port", str(port), "--workers", "2" if kind == "lakeinfer-w2" else "1"]
+    elif kind == "fastapi":
+        env["BENCH_MODEL"] = str(paths["joblib"])
+        cmd = [sys.executable, "-m", "uvicorn", "_fastapi_app:app", "--port", str(port), "--log-level", "warning",
+               "--no-access-log", "--app-dir", str(HERE)]
+    else:
+        folder = work / f"mlserver-{name}"
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(paths["joblib"], folder / name / "model.joblib")
+        (folder / "settings.json").write_text(json.dumps(
+            {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "parallel_workers": 1}))
+        (folder / name / "model-settings.json").write_text(json.dumps(
+            {"name": name, "implementation": "mlserver_sklearn.SKLearnModel", "parameters": {"uri": "./model.joblib"},
+             "max_batch_size": 64, "max_batch_time": 0.005}))
+        cmd = [str(mlserver_bin(venv)), "start", str(folder)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v2/models/{name}/infer"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.post(url, content=body(), headers={"Content-Type": "application/json"}, timeout=5).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    stop(proc)
+    raise SystemExit(f"{kind} did not come up")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def body() -> bytes:
+    row = np.random.default_rng(7).normal(size=len(FEATURES)).round(4).tolist()
+    return json.dumps({"inputs": [{"name": "predict", "shape": [1, len(FEATURES)], "datatype": "FP32",
+                                   "data": row}]}).encode()
+
+
+def hey(url: str, concurrency: int, seconds: float, body_file: Path) -> tuple[float, float, float]:
+    out = subprocess.run(["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-T", "application/json",
+                          "-D", str(body_file), url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = float(re.search(r"50% in ([\d.]+) secs", out).group(1)) * 1000  # type: ignore[union-attr]
+    p99 = float(re.search(r"99% in ([\d.]+) secs", out).group(1)) * 1000  # type: ignore[union-attr]
+    codes = re.findall(r"\[(\d+)\]\s+(\d+) responses", out)
+    if any(code != "200" for code, _ in codes):
+        print(f"    non-200 answers: {codes}")
+    return rps, p50, p99
+
+
+def model_time_ms(paths: dict[str, Path]) -> float:
+    """Median of onnxruntime's own time for one one-row call (what lakeinfer serves)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(paths["onnx"]), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(7).normal(size=(1, len(FEATURES))).astype(np.float32)
+    times = []
+    for _ in range(300):
+        start = time.perf_counter()
+        session.run(None, {session.get_inputs()[0].name: x})
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--servers", default="lakeinfer,lakeinfer-w2,mlserver,fastapi")
+    parser.add_argument("--mlserver-venv", default=str(HERE.parent / ".bench" / "mlserver-venv"))
+    args = parser.parse_args()
+    if shutil.which("hey") is None:
+        raise SystemExit("bench/serve.py needs the load generator hey: apt-get install hey")
+    work = Path(tempfile.mkdtemp(prefix="lakeinfer-serve-bench-"))
+    body_file = work / "body.json"
+    body_file.write_bytes(body())
+    models = train(work)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    servers = args.servers.split(",")
+    print(f"machine: {os.cpu_count()} cores; one-row requests; {args.seconds:g} s per point")
+    for name, paths in models.items():
+        own = model_time_ms(paths)
+        print(f"\n{name}: the model's own time per one-row call (onnxruntime) {own:.3f} ms")
+        print(f"  {'server':<10}{'conc':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+        results: dict[tuple[str, int], tuple[float, float, float]] = {}
+        for kind in servers:
+            proc, url = start(kind, name, paths, work, Path(args.mlserver_venv))
+            try:
+                hey(url, 4, 1, body_file)  # warm-up
+                for c in levels:
+                    results[(kind, c)] = hey(url, c, args.seconds, body_file)
+                    rps, p50, p99 = results[(kind, c)]
+                    print(f"  {kind:<10}{c:>6}{rps:>10,.0f}{p50:>9.2f}{p99:>9.2f}", flush=True)
+            finally:
+                stop(proc)
+        for mine in (k for k in servers if k.startswith("lakeinfer")):
+            for c in levels:
+                ours = results[(mine, c)][0]
+                ratios = ", ".join(f"{ours / results[(k, c)][0]:.2f}x {k}" for k in servers if not k.startswith("lakeinfer"))
+                print(f"  concurrency {c}: {mine} req/s = {ratios}")
+            if 1 in levels:
+                print(f"  lakeinfer p50 at concurrency 1 over the model's own time: "
+                      f"{results[('lakeinfer', 1)][1] - own:.2f} ms")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
