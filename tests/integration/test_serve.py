@@ -235,3 +235,26 @@ def test_schemathesis_finds_no_server_error(onnx_server, tmp_path: Path) -> None
          "--suppress-health-check", "all", "--workers", "1", "--seed", "1"],
         capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_serve_from_a_job_spec(onnx_model: Trained, tmp_path: Path) -> None:
+    spec = tmp_path / "job.toml"
+    spec.write_text(f'[model]\npath = "{onnx_model.path}"\nfeatures = {FEATURES!r}\n\n'
+                    '[[pipeline.steps]]\nop = "model"\n\n'
+                    '[[pipeline.steps]]\nop = "label_map"\nlabels = ["low", "mid", "high"]\n\n'
+                    '[serve]\nname = "tiers"\nmax_batch_size = 32\n'.replace("'", '"'))
+    with serving("--spec", spec) as server:
+        answer = httpx.post(f"{server.url}/v1/models/tiers/predict", json={"instances": [{f: 0.0 for f in FEATURES}]})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predictions"][0]["prediction"] in ("low", "mid", "high")
+        meta = httpx.get(f"{server.url}/v2/models/tiers").json()
+        assert {"name": "prediction", "datatype": "BYTES", "shape": [-1]} in meta["outputs"]
+
+
+def test_serve_with_a_model_that_does_not_load(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"nope")
+    result = run_cli("serve", "--model", broken, "--features", "f0", "--port", "1")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "cannot load ONNX model" in result.stderr
