@@ -17,7 +17,8 @@ def batch(input: str | None = None, output: str | None = None, *, model: str | N
           workers: int | None = None, batch_size: int | None = None, input_format: str | None = None,
           on_error: str | None = None, overwrite: bool | None = None, device: str | None = None,
           spec: str | JobSpec | None = None, engine: str | None = None, progress: bool = False,
-          unit_rows: int | None = None) -> BatchSummary:
+          unit_rows: int | None = None, master: str | None = None, spark_conf: dict[str, str] | None = None,
+          partition_by: Sequence[str] | None = None) -> BatchSummary:
     """Score ``input`` (a file, folder or glob; local or ``s3://``) into Parquet under ``output``.
 
     Options left as None come from ``spec`` (a TOML/YAML job spec) when given, else defaults:
@@ -36,13 +37,23 @@ def batch(input: str | None = None, output: str | None = None, *, model: str | N
         return value if value is not None else b.get(key, default)
 
     engine = pick(engine, "engine", "local")
-    if engine != "local":
-        raise ConfigError(f"unknown engine '{engine}'; this build has: local")
+    if engine not in ("local", "spark"):
+        raise ConfigError(f"unknown engine '{engine}'; choose local or spark")
     input_uri, output_uri = pick(input, "input", None), pick(output, "output", None)
     if not input_uri or not output_uri:
         raise ConfigError("batch needs an input and an output (--input/--output or [batch] in the spec)")
     recipe = job.recipe(path=model, flavor=flavor, trust=trust, features=features, device=device,
                         on_error=on_error)
+    if engine == "spark":
+        from .engines.spark import run_spark_batch
+
+        return run_spark_batch(  # type: ignore[no-any-return]
+            recipe, input_uri, output_uri, keep=tuple(pick(keep, "keep", ())),
+            input_format=pick(input_format, "input_format", None),
+            batch_size=int(pick(batch_size, "batch_size", DEFAULT_BATCH_SIZE)),
+            master=pick(master, "master", None), spark_conf={**b.get("spark_conf", {}), **(spark_conf or {})},
+            partition_by=tuple(pick(partition_by, "partition_by", ())),
+            overwrite=bool(pick(overwrite, "overwrite", False)))
     return run_batch(
         recipe, input_uri, output_uri,
         keep=tuple(pick(keep, "keep", ())),

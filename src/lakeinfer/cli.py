@@ -24,6 +24,13 @@ def _columns(value: str) -> list[str]:
     return names
 
 
+def _key_value(value: str) -> tuple[str, str]:
+    key, sep, setting = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not '{value}'")
+    return key, setting
+
+
 def _positive(value: str) -> int:
     try:
         number = int(value)
@@ -57,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--workers", type=_positive, help="worker processes, each loading the model once (default: one per core; one using every core for ONNX, PyTorch, XGBoost, LightGBM)")
     batch.add_argument("--batch-size", type=_positive, help="rows per model call (default 16384)")
     batch.add_argument("--on-error", choices=ON_ERROR, help="rows with a null feature: fail (default), skip, null")
-    batch.add_argument("--engine", choices=("local",), help="execution engine (default local)")
+    batch.add_argument("--engine", choices=("local", "spark"), help="execution engine (default local)")
+    batch.add_argument("--master", help="Spark master for --engine spark: local[N], spark://HOST:PORT, yarn, k8s://...")
+    batch.add_argument("--spark-conf", action="append", type=_key_value, metavar="KEY=VALUE",
+                       help="a Spark setting for --engine spark (repeatable)")
+    batch.add_argument("--partition-by", type=_columns, help="--engine spark: partition the output by these columns")
     batch.add_argument("--spec", help="job spec file (TOML or YAML); options given here win")
     batch.add_argument("--overwrite", action="store_true", default=None, help="replace what the output folder holds")
     batch.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -103,7 +114,8 @@ def _run(args: argparse.Namespace) -> int:
         args.input, args.output, model=args.model, flavor=args.flavor, trust=args.trust_model,
         features=args.features, keep=args.keep, workers=args.workers, batch_size=args.batch_size,
         input_format=args.input_format, on_error=args.on_error, overwrite=args.overwrite,
-        spec=args.spec, engine=args.engine, progress=not args.quiet,
+        spec=args.spec, engine=args.engine, progress=not args.quiet, master=args.master,
+        spark_conf=dict(args.spark_conf or []), partition_by=args.partition_by,
     )
     if args.json:
         print(json.dumps(summary.to_dict()))

@@ -41,7 +41,8 @@ __all__ = ["JobSpec", "load_spec"]
 _MODEL_KEYS = {"path", "flavor", "trust", "features", "device"}
 _SERVE_KEYS = {"name", "host", "port", "workers", "max_batch_size", "max_wait_ms", "max_queue", "timeout_ms",
                "max_body_bytes", "api_key_env"}
-_BATCH_KEYS = {"input", "output", "input_format", "keep", "workers", "batch_size", "on_error", "overwrite", "engine"}
+_BATCH_KEYS = {"input", "output", "input_format", "keep", "workers", "batch_size", "on_error", "overwrite", "engine",
+               "master", "spark_conf", "partition_by"}
 
 
 @dataclass

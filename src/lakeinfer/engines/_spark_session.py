@@ -1,0 +1,79 @@
+"""Spark plumbing for ``lakeinfer batch --engine spark``: the session, readers and the job record."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+from typing import Any
+
+from .. import errors
+from ..io.sinks import MANIFEST, SUCCESS
+from ..io.sources import list_input
+from .local import BatchSummary
+
+
+def session(master: str | None, conf: dict[str, str]) -> Any:
+    errors.require("pyspark", "spark", "the Spark engine")
+    import warnings
+
+    from pyspark.sql import SparkSession
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"pyspark\..*")
+
+    # executors run this interpreter, where lakeinfer and the model's framework are installed
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName("lakeinfer").config("spark.ui.showConsoleProgress", "false")
+    builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    if master:
+        builder = builder.master(master)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def read(spark: Any, uri: str, input_format: str | None) -> tuple[Any, str]:
+    """The input as a DataFrame; the format from the file names unless given."""
+    _, files, fmt = list_input(uri, input_format)
+    paths = [f.path for f in files]
+    reader = spark.read
+    if fmt == "parquet":
+        return reader.parquet(*paths), fmt
+    if fmt == "csv":
+        return reader.csv(paths, header=True, inferSchema=True), fmt
+    return reader.json(paths), fmt
+
+
+def finished(output: str) -> dict[str, Any] | None:
+    """The record of a job that completed into ``output``, if one did."""
+    manifest = os.path.join(output, MANIFEST)
+    if not (os.path.exists(manifest) and os.path.exists(os.path.join(output, SUCCESS))):
+        return None
+    with open(manifest) as fh:
+        return json.load(fh)  # type: ignore[no-any-return]
+
+
+def record(spark: Any, output: str, fingerprint: dict[str, Any], stats: Any, master: str | None,
+           seconds: float) -> BatchSummary:
+    """Write the job record beside Spark's _SUCCESS and return the summary."""
+    rows_in, rows_out = stats.counts.value if stats is not None else (0, 0)
+    if stats is None:  # a Spark ML PipelineModel: no Python workers involved
+        rows_out = rows_in = spark.read.parquet(output).count()
+    parts = len(glob.glob(os.path.join(output, "**", "part-*"), recursive=True))
+    summary = BatchSummary(output=output, rows=rows_out, rows_skipped=rows_in - rows_out, parts=parts,
+                           parts_resumed=0, workers=stats.workers if stats else 0, threads=1,
+                           model_loads=stats.model_loads if stats else 0, seconds=seconds)
+    with open(os.path.join(output, MANIFEST), "w") as fh:
+        json.dump({"fingerprint": fingerprint, "summary": summary.to_dict(), "master": master}, fh, indent=2)
+    return summary
+
+
+def summary_of(previous: dict[str, Any], *, resumed: bool, seconds: float) -> BatchSummary:
+    s = previous["summary"]
+    return BatchSummary(output=s["output"], rows=s["rows"], rows_skipped=s["rows_skipped"], parts=s["parts"],
+                        parts_resumed=s["parts"] if resumed else 0, workers=0, threads=0, model_loads=0,
+                        seconds=seconds)

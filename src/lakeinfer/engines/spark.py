@@ -1,0 +1,248 @@
+"""The Spark engine: the pipeline over a DataFrame through ``mapInArrow``, the iterator pattern.
+
+The model's bytes are broadcast once; each Python worker writes them to a local file and builds
+the pipeline once, keeping it in a process cache keyed by the model's digest, so a model loads
+at most once per Python worker for the whole job (again only if Spark recycles the worker).
+Spark ML PipelineModels run natively with ``transform``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from .. import errors
+from ..models import detect_flavor
+from ..pipeline import Pipeline
+from ..runtime import PipelineRecipe
+
+__all__ = ["ScoreStats", "score", "run_spark_batch", "lakeinfer_error"]
+
+SAMPLE_ROWS = 64
+_CACHE: dict[str, Pipeline] = {}  # per Python worker process: digest -> built pipeline
+
+
+def _pyspark() -> Any:
+    return errors.require("pyspark", "spark", "the Spark engine")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shipped:
+    """What each task receives: the recipe, the broadcast model bytes and the load counters."""
+
+    recipe: PipelineRecipe
+    digest: str
+    is_dir: bool
+    name: str
+    payload: Any  # Broadcast[bytes]
+    loads: Any  # Accumulator[int]
+    pids: Any  # Accumulator[set[int]]
+    counts: Any  # Accumulator[list[int]]: rows in, rows out
+
+
+def _pack(path: str) -> bytes:
+    if os.path.isfile(path):
+        with open(path, "rb") as fh:
+            return fh.read()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for root, _, names in os.walk(path):
+            for name in names:
+                full = os.path.join(root, name)
+                archive.write(full, os.path.relpath(full, path))
+    return buffer.getvalue()
+
+
+def _worker_pipeline(shipped: _Shipped) -> Pipeline:
+    pipeline = _CACHE.get(shipped.digest)
+    if pipeline is None:
+        folder = tempfile.mkdtemp(prefix=f"lakeinfer-model-{shipped.digest[:12]}-")
+        local = os.path.join(folder, shipped.name)
+        data = shipped.payload.value
+        if shipped.is_dir:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                archive.extractall(local)
+        else:
+            with open(local, "wb") as fh:
+                fh.write(data)
+        pipeline = dataclasses.replace(shipped.recipe, model_path=local).build()
+        _CACHE[shipped.digest] = pipeline
+        shipped.loads.add(1)
+        shipped.pids.add({os.getpid()})
+    return pipeline
+
+
+def _score_batches(batches: Iterator[pa.RecordBatch], shipped: _Shipped, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    pipeline = _worker_pipeline(shipped)
+    rows_in = rows_out = 0
+    for batch in batches:
+        out = pipeline.transform(batch).select(schema.names).cast(schema)
+        rows_in += batch.num_rows
+        rows_out += out.num_rows
+        yield out
+    shipped.counts.add([rows_in, rows_out])
+
+
+class _SetParam:
+    """Accumulates sets (the pids of the Python workers that loaded the model)."""
+
+    def zero(self, value: set[int]) -> set[int]:
+        return set()
+
+    def addInPlace(self, a: set[int], b: set[int]) -> set[int]:  # noqa: N802 (Spark's name)
+        a |= b
+        return a
+
+
+class _PairParam:
+    def zero(self, value: list[int]) -> list[int]:
+        return [0, 0]
+
+    def addInPlace(self, a: list[int], b: list[int]) -> list[int]:  # noqa: N802
+        return [a[0] + b[0], a[1] + b[1]]
+
+
+@dataclasses.dataclass
+class ScoreStats:
+    """Counters of one ``score`` call, read after the action that ran it."""
+
+    loads: Any
+    pids: Any
+    counts: Any
+
+    @property
+    def model_loads(self) -> int:
+        return int(self.loads.value)
+
+    @property
+    def workers(self) -> int:
+        return len(self.pids.value)
+
+
+def _as_recipe(model: str | PipelineRecipe, options: dict[str, Any]) -> PipelineRecipe:
+    if isinstance(model, PipelineRecipe):
+        return model
+    return PipelineRecipe(model_path=model, **{k: v for k, v in options.items() if v is not None})
+
+
+def score(df: Any, model: str | PipelineRecipe, *, keep: Sequence[str] = (), features: Sequence[str] | None = None,
+          flavor: str | None = None, trust: bool = False, on_error: str = "fail", steps: Sequence[Any] | None = None,
+          batch_size: int | None = None, stats: list[ScoreStats] | None = None) -> Any:
+    """``df`` scored by the model (a path or a :class:`PipelineRecipe`): ``keep`` columns, then the outputs.
+
+    A Spark ML PipelineModel folder runs natively through ``PipelineModel.load(...).transform``.
+    """
+    path = model.model_path if isinstance(model, PipelineRecipe) else model
+    if (flavor or (model.flavor if isinstance(model, PipelineRecipe) else None) or detect_flavor(path)) == "spark":
+        return _score_spark_ml(df, path, keep)
+    recipe = _as_recipe(model, {"flavor": flavor, "trust": trust, "on_error": on_error,
+                                "features": tuple(features) if features else None,
+                                "steps": tuple(steps) if steps else None})
+    spark = df.sparkSession
+    if batch_size:
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
+    driver = recipe.build()  # the driver checks the model and derives the output schema
+    sample = df.limit(SAMPLE_ROWS).toArrow()
+    batch = sample.combine_chunks().to_batches()[0] if sample.num_rows else pa.RecordBatch.from_pylist([], schema=sample.schema)
+    names, scored = driver.outputs(batch)
+    for name in keep:
+        if name not in scored.schema.names:
+            raise errors.SchemaError(f"--keep column '{name}' is not in the input (it has: {', '.join(df.columns)})")
+    schema = pa.schema([scored.schema.field(n) for n in dict.fromkeys([*keep, *names])])
+    del driver
+    context = spark.sparkContext
+    from pyspark.accumulators import AccumulatorParam
+
+    set_param = type("SetParam", (_SetParam, AccumulatorParam), {})()
+    pair_param = type("PairParam", (_PairParam, AccumulatorParam), {})()
+    shipped = _Shipped(recipe=recipe, digest=recipe.digest, is_dir=os.path.isdir(path),
+                       name=os.path.basename(path.rstrip("/")), payload=context.broadcast(_pack(path)),
+                       loads=context.accumulator(0), pids=context.accumulator(set(), set_param),
+                       counts=context.accumulator([0, 0], pair_param))
+    if stats is not None:
+        stats.append(ScoreStats(shipped.loads, shipped.pids, shipped.counts))
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return df.mapInArrow(lambda it: _score_batches(it, shipped, schema), from_arrow_schema(schema))
+
+
+def _score_spark_ml(df: Any, path: str, keep: Sequence[str]) -> Any:
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.ml.linalg import VectorUDT
+
+    out = PipelineModel.load(path).transform(df)
+    added = [f for f in out.schema.fields if f.name not in df.columns]
+    columns = [out[k] for k in keep]
+    for field in added:
+        value = vector_to_array(out[field.name]) if isinstance(field.dataType, VectorUDT) else out[field.name]
+        columns.append(value.alias(field.name))
+    return out.select(*columns)
+
+
+_ERROR = re.compile(r"lakeinfer\.errors\.(\w+): (.+)")
+
+
+def lakeinfer_error(exc: BaseException) -> errors.LakeinferError:
+    """The lakeinfer error inside a failed Spark job's report, or one line of the Spark error."""
+    text = str(exc)
+    match = _ERROR.search(text)
+    if match:
+        cls = getattr(errors, match.group(1), errors.LakeinferError)
+        message = match.group(2).strip()
+        if cls in (errors.BadRecordError, errors.MissingExtraError) or not issubclass(cls, errors.LakeinferError):
+            cls = errors.InputError if cls is errors.BadRecordError else errors.LakeinferError
+        return cls(message)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return errors.LakeinferError(f"the Spark job failed: {first[:500]}")
+
+
+def run_spark_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: Sequence[str] = (),
+                    input_format: str | None = None, batch_size: int = 16384, master: str | None = None,
+                    spark_conf: dict[str, str] | None = None, partition_by: Sequence[str] = (),
+                    overwrite: bool = False) -> Any:
+    """``lakeinfer batch --engine spark``: read with Spark, score, write Parquet with Spark's commit protocol."""
+    from ..io.sinks import MANIFEST, SUCCESS
+    from ._spark_session import finished, read, session, summary_of
+
+    start = time.perf_counter()
+    spark = session(master, spark_conf or {})
+    df, fmt = read(spark, input_uri, input_format)
+    fingerprint = {"input": input_uri, "format": fmt, "keep": list(keep), "pipeline": recipe.describe(),
+                   "partition_by": list(partition_by)}
+    previous = finished(output_uri)
+    if previous is not None and not overwrite:
+        if previous.get("fingerprint") == fingerprint:
+            return summary_of(previous, resumed=True, seconds=time.perf_counter() - start)
+        raise errors.OutputError(f"output folder {output_uri} holds another job's results; "
+                                 "choose another folder or pass --overwrite")
+    if previous is None and os.path.isdir(output_uri) and not overwrite:
+        # what a failed Spark attempt leaves (uncommitted parts) is redone; anything else is not ours
+        foreign = [n for n in os.listdir(output_uri)
+                   if not n.startswith(("part-", ".", "_temporary", SUCCESS, MANIFEST)) and "=" not in n]
+        if foreign:
+            raise errors.OutputError(f"output folder {output_uri} is not empty and holds no lakeinfer job "
+                                     f"({foreign[0]}); choose an empty folder or pass --overwrite")
+    stats: list[ScoreStats] = []
+    try:
+        scored = score(df, recipe, keep=keep, batch_size=batch_size, stats=stats)
+        writer = scored.write.mode("overwrite")
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        writer.parquet(output_uri)
+    except errors.LakeinferError:
+        raise
+    except Exception as exc:
+        raise lakeinfer_error(exc) from exc
+    from ._spark_session import record
+
+    return record(spark, output_uri, fingerprint, stats[0] if stats else None, master, time.perf_counter() - start)

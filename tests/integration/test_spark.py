@@ -1,0 +1,140 @@
+"""The Spark engine: same answers as the local engine, one model load per Python worker, Spark ML
+PipelineModels run natively, and a real standalone cluster on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lakeinfer.engines._spark_session import session
+from lakeinfer.engines.spark import ScoreStats, score
+from tests.conftest import FEATURES, Trained, read_output, run_cli
+from tests.serving import free_port
+
+
+@pytest.fixture(scope="module")
+def spark():  # type: ignore[no-untyped-def]
+    spark = session("local[2]", {"spark.sql.shuffle.partitions": "4"})
+    yield spark
+    spark.stop()
+
+
+def test_spark_cli_equals_local_engine(onnx_model: Trained, datasets: dict[str, Path], tmp_path: Path) -> None:
+    local = run_cli("batch", "--model", onnx_model.path, *onnx_model.cli, "--input", datasets["parquet"],
+                    "--output", tmp_path / "local", "--keep", "id")
+    assert local.returncode == 0, local.stderr
+    on_spark = run_cli("batch", "--engine", "spark", "--master", "local[2]", "--model", onnx_model.path,
+                       *onnx_model.cli, "--input", datasets["csv"], "--output", tmp_path / "spark", "--keep", "id")
+    assert on_spark.returncode == 0, on_spark.stderr
+    assert "scored 900 rows" in on_spark.stdout
+    a, b = read_output(tmp_path / "local"), read_output(tmp_path / "spark")
+    assert a["id"].tolist() == b["id"].tolist() == list(range(900))
+    np.testing.assert_array_equal(a["prediction"], b["prediction"])
+    np.testing.assert_allclose(np.stack(a["probability"]), np.stack(b["probability"]), atol=1e-6)
+    again = run_cli("batch", "--engine", "spark", "--master", "local[2]", "--model", onnx_model.path,
+                    *onnx_model.cli, "--input", datasets["csv"], "--output", tmp_path / "spark", "--keep", "id")
+    assert again.returncode == 0 and "resumed" in again.stdout
+
+
+def test_model_loads_once_per_python_worker(spark, xgboost_model: Trained, frame: pd.DataFrame,  # type: ignore[no-untyped-def]
+                                            tmp_path: Path) -> None:
+    df = spark.createDataFrame(frame[["id", *FEATURES]]).repartition(50)
+    stats: list[ScoreStats] = []
+    scored = score(df, str(xgboost_model.path), keep=["id"], stats=stats)
+    result = scored.toPandas().sort_values("id")
+    assert df.rdd.getNumPartitions() == 50
+    assert 1 <= stats[0].model_loads <= stats[0].workers <= 2, (stats[0].model_loads, stats[0].workers)
+    np.testing.assert_array_equal(result["prediction"], xgboost_model.labels)
+
+
+def test_pipeline_model_runs_natively(spark, frame: pd.DataFrame, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from pyspark.ml import Pipeline
+    from pyspark.ml.classification import LogisticRegression
+    from pyspark.ml.feature import StringIndexer, VectorAssembler
+
+    data = frame[["id", *FEATURES, "label"]].copy()
+    data["segment"] = np.where(frame["f4"] > 0, "north", "south")
+    data["label"] = data["label"].astype(float)
+    pq.write_table(pa.Table.from_pandas(data, preserve_index=False), tmp_path / "train.parquet")
+    df = spark.read.parquet(str(tmp_path / "train.parquet"))
+    pipeline = Pipeline(stages=[
+        StringIndexer(inputCol="segment", outputCol="segment_idx"),
+        VectorAssembler(inputCols=[*FEATURES, "segment_idx"], outputCol="features"),
+        LogisticRegression(maxIter=20),
+    ])
+    model_dir = tmp_path / "pipeline-model"
+    pipeline.fit(df).write().save(str(model_dir))
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.functions import vector_to_array
+
+    expected = PipelineModel.load(str(model_dir)).transform(df).select(
+        "id", "prediction", vector_to_array("probability").alias("probability")).toPandas().sort_values("id")
+
+    result = run_cli("batch", "--engine", "spark", "--master", "local[1]", "--model", model_dir,
+                     "--input", tmp_path / "train.parquet", "--output", tmp_path / "out", "--keep", "id")
+    assert result.returncode == 0, result.stderr
+    out = read_output(tmp_path / "out")
+    assert {"segment_idx", "features", "rawPrediction", "probability", "prediction"} <= set(out.columns)
+    np.testing.assert_array_equal(out["prediction"], expected["prediction"])
+    np.testing.assert_allclose(np.stack(out["probability"]), np.stack(expected["probability"]), atol=1e-12)
+
+    local = run_cli("batch", "--model", model_dir, "--input", tmp_path / "train.parquet", "--output", tmp_path / "l")
+    assert local.returncode == 1 and "use --engine spark" in local.stderr
+
+
+def test_bad_rows_on_spark_give_one_line(onnx_model: Trained, tmp_path: Path) -> None:
+    rows = {"id": list(range(10)), **{f: [1.0] * 10 for f in FEATURES}}
+    rows["f2"][7] = None
+    pq.write_table(pa.table(rows), tmp_path / "in.parquet")
+    result = run_cli("batch", "--engine", "spark", "--master", "local[1]", "--model", onnx_model.path,
+                     *onnx_model.cli, "--input", tmp_path / "in.parquet", "--output", tmp_path / "out")
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("lakeinfer:")]
+    assert len(lines) == 1 and "feature column 'f2' is null" in lines[0], result.stderr[-2000:]
+
+
+def _spark_class() -> list[str]:
+    import pyspark
+
+    home = os.path.dirname(pyspark.__file__)
+    return [os.path.join(home, "bin", "spark-class")]
+
+
+def test_standalone_cluster(onnx_model: Trained, datasets: dict[str, Path], tmp_path: Path) -> None:
+    import pyspark
+
+    env = {**os.environ, "SPARK_HOME": os.path.dirname(pyspark.__file__), "PYSPARK_PYTHON": sys.executable,
+           "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_WORKER_DIR": str(tmp_path / "work")}
+    port, ui = free_port(), free_port()
+    master = subprocess.Popen([*_spark_class(), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                               "--port", str(port), "--webui-port", str(ui)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen([*_spark_class(), "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}",
+                               "--host", "127.0.0.1", "--cores", "2", "--memory", "2g", "--webui-port", str(free_port())],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(3)
+        result = run_cli("batch", "--engine", "spark", "--master", f"spark://127.0.0.1:{port}",
+                         "--spark-conf", "spark.executor.memory=1g", "--spark-conf", "spark.cores.max=2",
+                         "--model", onnx_model.path, *onnx_model.cli, "--input", datasets["parquet"],
+                         "--output", tmp_path / "out", "--keep", "id", env={"SPARK_LOCAL_IP": "127.0.0.1"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        out = read_output(tmp_path / "out")
+        assert out["id"].tolist() == list(range(900))
+        np.testing.assert_array_equal(out["prediction"], onnx_model.labels)
+    finally:
+        for proc in (worker, master):
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
