@@ -47,6 +47,7 @@ class _Shipped:
     loads: Any  # Accumulator[int]
     pids: Any  # Accumulator[set[int]]
     counts: Any  # Accumulator[list[int]]: rows in, rows out
+    threads: int  # the model's own threads: the cores of one task (spark.task.cpus)
 
 
 def _pack(path: str) -> bytes:
@@ -74,7 +75,7 @@ def _worker_pipeline(shipped: _Shipped) -> Pipeline:
         else:
             with open(local, "wb") as fh:
                 fh.write(data)
-        pipeline = dataclasses.replace(shipped.recipe, model_path=local).build()
+        pipeline = dataclasses.replace(shipped.recipe, model_path=local).build(threads=shipped.threads)
         _CACHE[shipped.digest] = pipeline
         shipped.loads.add(1)
         shipped.pids.add({os.getpid()})
@@ -167,7 +168,8 @@ def score(df: Any, model: str | PipelineRecipe, *, keep: Sequence[str] = (), fea
     shipped = _Shipped(recipe=recipe, digest=recipe.digest, is_dir=os.path.isdir(path),
                        name=os.path.basename(path.rstrip("/")), payload=context.broadcast(_pack(path)),
                        loads=context.accumulator(0), pids=context.accumulator(set(), set_param),
-                       counts=context.accumulator([0, 0], pair_param))
+                       counts=context.accumulator([0, 0], pair_param),
+                       threads=int(spark.conf.get("spark.task.cpus", "1") or 1))
     if stats is not None:
         stats.append(ScoreStats(shipped.loads, shipped.pids, shipped.counts))
     from pyspark.sql.pandas.types import from_arrow_schema
