@@ -8,7 +8,7 @@ def test_all_names_exist_and_are_public() -> None:
         assert hasattr(lakeinfer, name), name
     assert len(set(lakeinfer.__all__)) == len(lakeinfer.__all__)
     public = {n for n in vars(lakeinfer) if not n.startswith("_")} - {
-        "engines", "errors", "models", "pipeline", "runtime", "schema", "spec", "io", "cli"}
+        "engines", "errors", "models", "pipeline", "runtime", "schema", "spec", "io", "cli", "serve", "spark"}
     assert public <= set(lakeinfer.__all__), public - set(lakeinfer.__all__)
 
 

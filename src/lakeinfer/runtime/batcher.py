@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from ..errors import InputError, LakeinferError
 
-__all__ = ["AdaptiveBatcher", "Overloaded"]
+__all__ = ["AdaptiveBatcher", "Overloaded", "score_group"]
 
 # Model calls shorter than this (on average) may run on the event loop itself when it is idle.
 INLINE_SECONDS = 0.0005
@@ -120,11 +120,11 @@ class AdaptiveBatcher:
         if self._call_seconds < INLINE_SECONDS and self._queue.empty():
             # A fast model and nobody waiting: two thread hand-offs would cost more than the call.
             start = time.perf_counter()
-            results = _predict_group(self._predict, batches)
+            results = score_group(self._predict, batches)
         else:
             start = time.perf_counter()
             loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self._executor, _predict_group, self._predict, batches)
+            results = await loop.run_in_executor(self._executor, score_group, self._predict, batches)
         elapsed = time.perf_counter() - start
         self._call_seconds = elapsed if self._call_seconds == float("inf") else 0.8 * self._call_seconds + 0.2 * elapsed
         for request, result in zip(live, results, strict=True):
@@ -151,7 +151,7 @@ class AdaptiveBatcher:
         self._executor.shutdown(wait=True)
 
 
-def _predict_group(predict: Callable[[pa.RecordBatch], pa.RecordBatch],
+def score_group(predict: Callable[[pa.RecordBatch], pa.RecordBatch],
                    batches: list[pa.RecordBatch]) -> list[pa.RecordBatch | BaseException]:
     """One model call for requests of one schema; a bad request fails alone, with its own reason."""
     if len(batches) == 1:
