@@ -88,6 +88,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key-env", help="environment variable holding the API key clients must send")
     serve.add_argument("--spec", help="job spec file (TOML or YAML) with [model], [pipeline] and [serve]")
 
+    stream = commands.add_parser("stream", help="score a Kafka topic into another, continuously")
+    _model_options(stream, required=False)
+    stream.add_argument("--bootstrap-servers", help="Kafka bootstrap servers, HOST:PORT[,...]")
+    stream.add_argument("--input-topic", help="topic of JSON records to score")
+    stream.add_argument("--output-topic", help="topic for the predictions (JSON, the input's key)")
+    stream.add_argument("--group-id", help="consumer group (default lakeinfer)")
+    stream.add_argument("--dead-letter-topic", help="topic for messages that cannot be scored, with the reason")
+    stream.add_argument("--exactly-once", action="store_true", default=None,
+                        help="outputs and offsets in one Kafka transaction (default: at-least-once)")
+    stream.add_argument("--transactional-id", help="--exactly-once: the producer's id (distinct per process of a group)")
+    stream.add_argument("--keep", type=_columns, help="input fields copied into each prediction")
+    stream.add_argument("--max-batch-size", type=_positive, help="messages per model call (default 500)")
+    stream.add_argument("--max-wait-ms", type=float, help="longest wait for a batch to fill (default 50)")
+    stream.add_argument("--metrics-interval", type=float, help="seconds between metrics log lines (default 10)")
+    stream.add_argument("--max-poll-interval-ms", type=_positive,
+                        help="the consumer's max.poll.interval.ms (default 300000); a slow model never overruns it")
+    stream.add_argument("--engine", choices=("local", "spark"), help="local (default) or spark (Structured Streaming)")
+    stream.add_argument("--master", help="--engine spark: the Spark master (default local[*])")
+    stream.add_argument("--checkpoint", help="--engine spark: checkpoint location (required there)")
+    stream.add_argument("--trigger", help="--engine spark: processing-time trigger, e.g. '5 seconds' (default: as fast as possible)")
+    stream.add_argument("--spec", help="job spec file with [model], [pipeline] and [stream]")
+
     inspect = commands.add_parser("inspect", help="print a model's flavor and signature")
     _model_options(inspect, required=True)
     inspect.add_argument("--json", action="store_true", help="print JSON")
@@ -105,6 +127,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             _print_inspect(info)
         return 0
+    if args.command == "stream":
+        return _stream(args)
     if args.command == "serve":
         from .serve.server import run
 
@@ -143,6 +167,44 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         return ServeConfig(model=model.pop("path"), steps=job.steps, **model, **options)
     except TypeError as exc:
         raise ConfigError(f"serve: {exc}") from None
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .spec import JobSpec, load_spec
+    from .stream.kafka import StreamConfig
+
+    job = load_spec(args.spec) if args.spec else JobSpec(model={}, steps=[])
+    options = {**job.stream}
+    cli = {"bootstrap_servers": args.bootstrap_servers, "input_topic": args.input_topic,
+           "output_topic": args.output_topic, "group_id": args.group_id, "dead_letter_topic": args.dead_letter_topic,
+           "exactly_once": args.exactly_once, "transactional_id": args.transactional_id, "keep": args.keep,
+           "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
+           "metrics_interval_s": args.metrics_interval, "max_poll_interval_ms": args.max_poll_interval_ms,
+           "engine": args.engine, "master": args.master,
+           "checkpoint": args.checkpoint, "trigger": args.trigger}
+    options.update({k: v for k, v in cli.items() if v is not None})
+    model = {**job.model, **{k: v for k, v in {"path": args.model, "flavor": args.flavor, "trust": args.trust_model,
+                                                "features": args.features}.items() if v is not None}}
+    missing = [k for k in ("bootstrap_servers", "input_topic", "output_topic") if not options.get(k)]
+    if "path" not in model or missing:
+        raise ConfigError("stream needs --model, --bootstrap-servers, --input-topic and --output-topic "
+                          f"(missing: {', '.join(['model'] * ('path' not in model) + missing)})")
+    engine = options.pop("engine", "local")
+    spark_options = {k: options.pop(k) for k in ("master", "checkpoint", "trigger") if k in options}
+    try:
+        config = StreamConfig(model=model.pop("path"), steps=job.steps, **model, **options)
+    except TypeError as exc:
+        raise ConfigError(f"stream: {exc}") from None
+    if engine == "spark":
+        from .stream.spark import run_spark_stream
+
+        run_spark_stream(config, **spark_options)
+        return 0
+    from .stream.kafka import run
+
+    run(config)
+    return 0
 
 
 def _print_inspect(info: dict) -> None:  # type: ignore[type-arg]

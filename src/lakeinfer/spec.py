@@ -41,6 +41,10 @@ __all__ = ["JobSpec", "load_spec"]
 _MODEL_KEYS = {"path", "flavor", "trust", "features", "device"}
 _SERVE_KEYS = {"name", "host", "port", "workers", "max_batch_size", "max_wait_ms", "max_queue", "timeout_ms",
                "max_body_bytes", "api_key_env"}
+_STREAM_KEYS = {"bootstrap_servers", "input_topic", "output_topic", "group_id", "dead_letter_topic", "exactly_once",
+                "transactional_id", "keep", "max_batch_size", "max_wait_ms", "metrics_interval_s", "max_poll_interval_ms",
+                "engine", "master",
+                "checkpoint", "trigger"}
 _BATCH_KEYS = {"input", "output", "input_format", "keep", "workers", "batch_size", "on_error", "overwrite", "engine",
                "master", "spark_conf", "partition_by"}
 
@@ -115,9 +119,13 @@ def load_spec(path: str) -> JobSpec:
     for i, step in enumerate(steps):
         if not isinstance(step, dict) or "op" not in step:
             raise ConfigError(f"job spec {path}: pipeline step {i + 1} needs an 'op'")
+    stream = dict(data.get("stream") or {})
+    bad = set(stream) - _STREAM_KEYS
+    if bad:
+        raise ConfigError(f"job spec {path}: unknown [stream] key(s) {', '.join(sorted(bad))}")
     serve = dict(data.get("serve") or {})
     bad = set(serve) - _SERVE_KEYS
     if bad:
         raise ConfigError(f"job spec {path}: unknown [serve] key(s) {', '.join(sorted(bad))}")
     return JobSpec(model=model, steps=steps, batch=batch, serve=serve,
-                   stream=dict(data.get("stream") or {}), source=path)
+                   stream=stream, source=path)

@@ -1,0 +1,163 @@
+"""lakeinfer stream against a real Kafka broker started from Maven Central jars by scripts/kafka.sh."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import FEATURES, Trained, read_output, run_cli
+from tests.kafka_helpers import consume, create_topics, produce, records, start_broker, stop_broker, stream_cli
+from tests.serving import free_port
+from tests.slow_model import SlowEcho
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    home = tmp_path_factory.mktemp("kafka")
+    bootstrap = start_broker(home, free_port())
+    yield bootstrap
+    stop_broker(home)
+
+
+def _topics(broker: str) -> tuple[str, str, str]:
+    suffix = uuid.uuid4().hex[:8]
+    names = (f"in-{suffix}", f"out-{suffix}", f"dlq-{suffix}")
+    create_topics(broker, *names)
+    return names
+
+
+def _stop(proc) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def _wait_for(broker: str, topic: str, n: int, timeout: float = 90) -> list:  # type: ignore[type-arg]
+    return consume(broker, topic, expect=n, timeout=timeout)
+
+
+def test_records_in_predictions_out_equal_batch(broker: str, onnx_model: Trained, tmp_path: Path) -> None:
+    source, sink, dlq = _topics(broker)
+    sent = records(600)
+    produce(broker, source, sent)
+    proc = stream_cli("--model", onnx_model.path, *onnx_model.cli, "--bootstrap-servers", broker,
+                      "--input-topic", source, "--output-topic", sink, "--dead-letter-topic", dlq, "--keep", "id",
+                      "--group-id", f"g-{source}")
+    got = _wait_for(broker, sink, 600)
+    code, err = _stop(proc)
+    assert code == 0, err
+    assert "stopped: consumed=600 produced=600" in err
+    assert len(got) == 600
+    by_id = {json.loads(m.value())["id"]: (m.key(), json.loads(m.value())) for m in got}
+    assert sorted(by_id) == list(range(600))
+    assert all(key == str(i).encode() for i, (key, _) in by_id.items())  # the input's key
+
+    table = pa.Table.from_pylist([json.loads(v) for _, v in sent])
+    pq.write_table(table, tmp_path / "rows.parquet")
+    assert run_cli("batch", "--model", onnx_model.path, *onnx_model.cli, "--input", tmp_path / "rows.parquet",
+                   "--output", tmp_path / "out", "--keep", "id").returncode == 0
+    batch = read_output(tmp_path / "out")
+    assert [by_id[i][1]["prediction"] for i in range(600)] == batch["prediction"].tolist()
+    np.testing.assert_allclose([by_id[i][1]["probability"] for i in range(600)], np.stack(batch["probability"]),
+                               atol=1e-12)
+
+
+def test_poison_messages_go_to_the_dead_letter_topic(broker: str, onnx_model: Trained) -> None:
+    source, sink, dlq = _topics(broker)
+    good = records(100)
+    poison = [(b"p1", b"{not json"),
+              (b"p2", json.dumps({"id": 1000, **{f: 1.0 for f in FEATURES[:-1]}}).encode()),
+              (b"p3", json.dumps({"id": 1001, **{f: 1.0 for f in FEATURES}, "f2": "high"}).encode()),
+              (b"p4", b"[1, 2, 3]"),
+              (b"p5", b"\xff\xfe binary")]
+    produce(broker, source, good[:50] + poison + good[50:])
+    proc = stream_cli("--model", onnx_model.path, *onnx_model.cli, "--bootstrap-servers", broker,
+                      "--input-topic", source, "--output-topic", sink, "--dead-letter-topic", dlq,
+                      "--group-id", f"g-{source}", "--max-batch-size", "40")
+    outputs = _wait_for(broker, sink, 100)
+    dead = _wait_for(broker, dlq, 5)
+    code, err = _stop(proc)
+    assert code == 0, err
+    assert len(outputs) == 100
+    letters = {m.key(): json.loads(m.value()) for m in dead}
+    assert set(letters) == {b"p1", b"p2", b"p3", b"p4", b"p5"}
+    assert "not valid JSON" in letters[b"p1"]["error"] and letters[b"p1"]["value"] == "{not json"
+    assert letters[b"p2"]["error"] == "missing field 'f4'"
+    assert letters[b"p3"]["error"] == "field 'f2' is str; the model needs a number"
+    assert "JSON object" in letters[b"p4"]["error"]
+    assert letters[b"p5"]["value_encoding"] == "hex"
+    assert all(v["topic"] == source and v["offset"] >= 0 and v["partition"] >= 0 for v in letters.values())
+    headers = dict(next(m for m in dead if m.key() == b"p2").headers())
+    assert headers["lakeinfer.error"] == b"missing field 'f4'"
+
+
+@pytest.mark.parametrize("exactly_once", [True, False])
+def test_sigkill_and_restart(broker: str, tmp_path: Path, exactly_once: bool) -> None:
+    model = tmp_path / "echo.joblib"
+    joblib.dump(SlowEcho(len(FEATURES), delay=0.15), model)
+    source, sink, dlq = _topics(broker)
+    total = 3000
+    produce(broker, source, records(total))
+    args = ["--model", model, "--trust-model", "--features", ",".join(FEATURES), "--bootstrap-servers", broker,
+            "--input-topic", source, "--output-topic", sink, "--group-id", f"g-{source}", "--keep", "id",
+            "--max-batch-size", "100", *(["--exactly-once"] if exactly_once else [])]
+    first = stream_cli(*args)
+    deadline = time.monotonic() + 60
+    seen = 0
+    while seen < 300:
+        assert time.monotonic() < deadline and first.poll() is None, "the stream produced nothing"
+        seen = len(consume(broker, sink, expect=300, timeout=2, read_committed=False, settle=0))
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert seen < total, "the stream finished before it could be killed"
+    second = stream_cli(*args)
+    got = consume(broker, sink, expect=total, timeout=120, settle=3)
+    code, err = _stop(second)
+    assert code == 0, err
+    ids = [json.loads(m.value())["id"] for m in got]
+    assert set(ids) == set(range(total))  # nothing lost
+    if exactly_once:
+        assert len(ids) == total  # a read_committed consumer sees every input exactly once
+    first_feature = {json.loads(v)["id"]: json.loads(v)["f0"] for _, v in records(total)}
+    for m in got:  # each output belongs to its own input
+        value = json.loads(m.value())
+        assert value["prediction"] == pytest.approx(10 * first_feature[value["id"]])
+
+
+def test_slow_model_does_not_lose_its_partitions(broker: str, tmp_path: Path) -> None:
+    model = tmp_path / "slow.joblib"
+    joblib.dump(SlowEcho(len(FEATURES), delay=8.0), model)
+    source, sink, _ = _topics(broker)
+    produce(broker, source, records(20))
+    proc = stream_cli("--model", model, "--trust-model", "--features", ",".join(FEATURES), "--bootstrap-servers",
+                      broker, "--input-topic", source, "--output-topic", sink, "--group-id", f"g-{source}",
+                      "--max-batch-size", "20", "--max-wait-ms", "2000", "--max-poll-interval-ms", "6000", "--keep", "id",
+                      "--exactly-once", env={"LAKEINFER_LOG": "WARNING"})
+    got = consume(broker, sink, expect=20, timeout=90, settle=1)
+    code, err = _stop(proc)
+    assert code == 0, err
+    assert sorted(json.loads(m.value())["id"] for m in got) == list(range(20))
+    assert "max.poll.interval" not in err and "rebalance" not in err.lower(), err[-2000:]
+
+
+def test_two_processes_share_the_partitions(broker: str, onnx_model: Trained) -> None:
+    source, sink, _ = _topics(broker)
+    produce(broker, source, records(2000))
+    args = ["--model", onnx_model.path, *onnx_model.cli, "--bootstrap-servers", broker, "--input-topic", source,
+            "--output-topic", sink, "--group-id", f"g-{source}", "--keep", "id", "--max-batch-size", "50"]
+    procs = [stream_cli(*args), stream_cli(*args)]
+    got = consume(broker, sink, expect=2000, timeout=90, settle=2)
+    results = [_stop(p) for p in procs]
+    assert sorted(json.loads(m.value())["id"] for m in got) == list(range(2000))
+    consumed = [int(err.split("stopped: consumed=")[1].split()[0]) for _, err in results]
+    assert all(code == 0 for code, _ in results)
+    assert sum(consumed) == 2000 and all(c > 0 for c in consumed), consumed
