@@ -15,7 +15,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import FEATURES, Trained, read_output, run_cli
-from tests.kafka_helpers import consume, create_topics, produce, records, start_broker, stop_broker, stream_cli
+from tests.kafka_helpers import (
+    consume,
+    create_topics,
+    produce,
+    records,
+    start_broker,
+    stop_broker,
+    stream_cli,
+)
 from tests.serving import free_port
 from tests.slow_model import SlowEcho
 
@@ -161,3 +169,24 @@ def test_two_processes_share_the_partitions(broker: str, onnx_model: Trained) ->
     consumed = [int(err.split("stopped: consumed=")[1].split()[0]) for _, err in results]
     assert all(code == 0 for code, _ in results)
     assert sum(consumed) == 2000 and all(c > 0 for c in consumed), consumed
+
+
+def test_spark_structured_streaming(broker: str, onnx_model: Trained, tmp_path: Path) -> None:
+    source, sink, _ = _topics(broker)
+    sent = records(300)
+    produce(broker, source, sent)
+    proc = stream_cli("--engine", "spark", "--master", "local[2]", "--checkpoint", tmp_path / "checkpoint",
+                      "--trigger", "1 second", "--model", onnx_model.path, *onnx_model.cli,
+                      "--bootstrap-servers", broker, "--input-topic", source, "--output-topic", sink, "--keep", "id")
+    got = consume(broker, sink, expect=300, timeout=240, settle=2)
+    code, err = _stop(proc)
+    assert code == 0, err[-3000:]
+    values = {json.loads(m.value())["id"]: json.loads(m.value()) for m in got}
+    assert sorted(values) == list(range(300)), err[-3000:]
+    assert all(m.key() == str(json.loads(m.value())["id"]).encode() for m in got)
+    table = pa.Table.from_pylist([json.loads(v) for _, v in sent])
+    pq.write_table(table, tmp_path / "rows.parquet")
+    assert run_cli("batch", "--model", onnx_model.path, *onnx_model.cli, "--input", tmp_path / "rows.parquet",
+                   "--output", tmp_path / "out", "--keep", "id").returncode == 0
+    batch = read_output(tmp_path / "out")
+    assert [values[i]["prediction"] for i in range(300)] == batch["prediction"].tolist()

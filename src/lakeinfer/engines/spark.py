@@ -137,8 +137,11 @@ def _as_recipe(model: str | PipelineRecipe, options: dict[str, Any]) -> Pipeline
 
 def score(df: Any, model: str | PipelineRecipe, *, keep: Sequence[str] = (), features: Sequence[str] | None = None,
           flavor: str | None = None, trust: bool = False, on_error: str = "fail", steps: Sequence[Any] | None = None,
-          batch_size: int | None = None, stats: list[ScoreStats] | None = None) -> Any:
+          batch_size: int | None = None, stats: list[ScoreStats] | None = None,
+          sample: pa.RecordBatch | None = None) -> Any:
     """``df`` scored by the model (a path or a :class:`PipelineRecipe`): ``keep`` columns, then the outputs.
+
+    ``sample`` (rows shaped like ``df``'s) gives the output schema; by default a few rows of ``df``.
 
     A Spark ML PipelineModel folder runs natively through ``PipelineModel.load(...).transform``.
     """
@@ -152,9 +155,11 @@ def score(df: Any, model: str | PipelineRecipe, *, keep: Sequence[str] = (), fea
     if batch_size:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
     driver = recipe.build()  # the driver checks the model and derives the output schema
-    sample = df.limit(SAMPLE_ROWS).toArrow()
-    batch = sample.combine_chunks().to_batches()[0] if sample.num_rows else pa.RecordBatch.from_pylist([], schema=sample.schema)
-    names, scored = driver.outputs(batch)
+    if sample is None:  # a streaming DataFrame cannot be sampled: its caller passes rows
+        table = df.limit(SAMPLE_ROWS).toArrow()
+        sample = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist(
+            [], schema=table.schema)
+    names, scored = driver.outputs(sample)
     for name in keep:
         if name not in scored.schema.names:
             raise errors.SchemaError(f"--keep column '{name}' is not in the input (it has: {', '.join(df.columns)})")
