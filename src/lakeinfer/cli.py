@@ -99,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="outputs and offsets in one Kafka transaction (default: at-least-once)")
     stream.add_argument("--transactional-id", help="--exactly-once: the producer's id (distinct per process of a group)")
     stream.add_argument("--keep", type=_columns, help="input fields copied into each prediction")
-    stream.add_argument("--max-batch-size", type=_positive, help="messages per model call (default 500)")
-    stream.add_argument("--max-wait-ms", type=float, help="longest wait for a batch to fill (default 50)")
+    stream.add_argument("--max-batch-size", type=_positive, help="messages per model call (default 1000)")
+    stream.add_argument("--max-wait-ms", type=float, help="longest wait for a batch to fill (default 10)")
     stream.add_argument("--metrics-interval", type=float, help="seconds between metrics log lines (default 10)")
     stream.add_argument("--max-poll-interval-ms", type=_positive,
                         help="the consumer's max.poll.interval.ms (default 300000); a slow model never overruns it")

@@ -41,8 +41,8 @@ class StreamConfig:
     dead_letter_topic: str | None = None
     exactly_once: bool = False
     keep: list[str] = dataclasses.field(default_factory=list)
-    max_batch_size: int = 500
-    max_wait_ms: float = 50.0
+    max_batch_size: int = 1000
+    max_wait_ms: float = 10.0
     flavor: str | None = None
     trust: bool = False
     features: list[str] | None = None
@@ -100,9 +100,10 @@ class KafkaScorer:
             "auto.offset.reset": "earliest", "isolation.level": "read_committed",
             "enable.partition.eof": False, "max.poll.interval.ms": c.max_poll_interval_ms,
             "session.timeout.ms": min(45_000, c.max_poll_interval_ms),
+            "fetch.wait.max.ms": 10,  # an idle partition answers fast when a record arrives
         })
         producer = {"bootstrap.servers": c.bootstrap_servers, "enable.idempotence": True, "acks": "all",
-                    "linger.ms": 5, "compression.type": "lz4"}
+                    "linger.ms": 1, "compression.type": "lz4"}
         if c.exactly_once:
             # stable across restarts, so a restarted process fences its killed predecessor and aborts
             # its open transaction at once; two exactly-once processes of one group need distinct ids
@@ -203,9 +204,16 @@ class KafkaScorer:
         return out.select(names)
 
     def _wait(self, future: Future[Any]) -> Any:
-        """Keep the group membership alive while the model works: pause, poll, resume."""
-        if future.done():
-            return future.result()
+        """The model's result; a long call keeps the group membership alive: pause, poll, resume.
+
+        Pausing drops the consumer's prefetched messages, so it is done only for calls that take
+        a good share of ``max.poll.interval.ms``, never for the usual quick batch.
+        """
+        grace = min(1.0, self.config.max_poll_interval_ms / 10_000)
+        try:
+            return future.result(timeout=grace)
+        except TimeoutError:
+            pass
         assignment = self._consumer.assignment()
         self._consumer.pause(assignment)
         try:

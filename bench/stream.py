@@ -1,0 +1,194 @@
+"""Streaming throughput and latency against a real Kafka broker (scripts/kafka.sh), in one run.
+
+With the RandomForest of bench/batch_local.py (ONNX, 20 float32 features):
+
+  batch      `lakeinfer batch` over the same records as Parquet (the anchor: rows/s)
+  alo        `lakeinfer stream`, at-least-once: sustained msgs/s over N JSON records
+  eos        the same with --exactly-once (Kafka transactions)
+  latency    end-to-end latency p50/p99 at a fixed 1,000 msg/s, both modes (producer send ->
+             prediction readable by a read_committed consumer)
+  spark      `lakeinfer stream --engine spark` (Structured Streaming) on the same broker: msgs/s
+
+and the ratios eos/batch (target >= 0.5) and the p99 at 1,000 msg/s (target <= 50 ms).
+
+    python bench/stream.py [--records 1000000] [--latency-seconds 20] [--no-spark]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+from batch_local import FEATURES, train_models  # noqa: E402
+from tests.kafka_helpers import create_topics, start_broker, stop_broker  # noqa: E402
+from tests.serving import free_port  # noqa: E402
+
+
+def produce_records(bootstrap: str, topic: str, n: int) -> pa.Table:
+    from confluent_kafka import Producer
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, len(FEATURES))).astype(np.float32)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000,
+                         "compression.type": "lz4", "queue.buffering.max.messages": 500_000})
+    rows = x.round(5).tolist()
+    for i, row in enumerate(rows):
+        value = json.dumps({"id": i, **dict(zip(FEATURES, row, strict=True))}).encode()
+        while True:
+            try:
+                producer.produce(topic, key=str(i).encode(), value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 10000 == 0:
+            producer.poll(0)
+    producer.flush(120)
+    return pa.table({"id": np.arange(n), **{f: x[:, j].round(5) for j, f in enumerate(FEATURES)}})
+
+
+def stream_throughput(bootstrap: str, model: Path, source: str, n: int, exactly_once: bool) -> float:
+    from lakeinfer.stream.kafka import KafkaScorer, StreamConfig
+
+    sink = f"out-{uuid.uuid4().hex[:6]}"
+    create_topics(bootstrap, sink)
+    config = StreamConfig(model=str(model), bootstrap_servers=bootstrap, input_topic=source, output_topic=sink,
+                          group_id=f"bench-{uuid.uuid4().hex[:6]}", exactly_once=exactly_once, keep=["id"],
+                          max_messages=n, metrics_interval_s=3600)
+    start = time.perf_counter()
+    stats = KafkaScorer(config).run()
+    elapsed = time.perf_counter() - start
+    assert stats.produced == n, stats
+    return n / elapsed
+
+
+def latency(bootstrap: str, model: Path, exactly_once: bool, seconds: float, rate: int = 1000) -> tuple[float, float]:
+    from confluent_kafka import Consumer, Producer
+
+    source, sink = f"lat-in-{uuid.uuid4().hex[:6]}", f"lat-out-{uuid.uuid4().hex[:6]}"
+    create_topics(bootstrap, source, sink)
+    proc = subprocess.Popen([sys.executable, "-m", "lakeinfer", "stream", "--model", str(model), "--bootstrap-servers",
+                             bootstrap, "--input-topic", source, "--output-topic", sink, "--keep", "sent",
+                             "--group-id", f"lat-{uuid.uuid4().hex[:6]}", "--max-wait-ms", "5",
+                             *(["--exactly-once"] if exactly_once else [])],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-check-{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+                         "fetch.wait.max.ms": 5})
+    consumer.subscribe([sink])
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    row = dict(zip(FEATURES, np.random.default_rng(1).normal(size=len(FEATURES)).round(5).tolist(), strict=True))
+    time.sleep(8)  # the stream joins its group
+    done = threading.Event()
+
+    def send() -> None:
+        start = time.perf_counter()
+        i = 0
+        while time.perf_counter() - start < seconds:
+            producer.produce(source, value=json.dumps({**row, "sent": time.time()}).encode())
+            producer.poll(0)
+            i += 1
+            pause = start + i / rate - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+        producer.flush(30)
+        done.set()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    latencies = []
+    deadline = time.monotonic() + seconds + 30
+    while time.monotonic() < deadline and not (done.is_set() and len(latencies) >= rate * seconds * 0.99):
+        m = consumer.poll(0.05)  # one at a time: consume(n, t) would wait to fill n
+        if m is not None and m.error() is None:
+            latencies.append(time.time() - json.loads(m.value())["sent"])
+    sender.join()
+    consumer.close()
+    proc.terminate()
+    proc.wait(60)
+    warm = np.array(latencies[rate * 2:]) * 1000  # after the first two seconds
+    return float(np.percentile(warm, 50)), float(np.percentile(warm, 99))
+
+
+def spark_throughput(bootstrap: str, model: Path, source: str, n: int, work: Path) -> float:
+    from confluent_kafka import Consumer, TopicPartition
+
+    sink = f"spark-out-{uuid.uuid4().hex[:6]}"
+    create_topics(bootstrap, sink)
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "lakeinfer", "stream", "--engine", "spark", "--master", "local[2]",
+                             "--checkpoint", str(work / "checkpoint"), "--model", str(model), "--bootstrap-servers",
+                             bootstrap, "--input-topic", source, "--output-topic", sink, "--keep", "id"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "spark-count"})
+    try:
+        while proc.poll() is None:
+            total = sum(consumer.get_watermark_offsets(TopicPartition(sink, p), timeout=5)[1] for p in range(4))
+            if total >= n:
+                return n / (time.perf_counter() - start)
+            time.sleep(0.5)
+        raise SystemExit("the Spark stream exited early")
+    finally:
+        consumer.close()
+        proc.terminate()
+        proc.wait(120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--latency-seconds", type=float, default=20)
+    parser.add_argument("--no-spark", action="store_true")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="lakeinfer-stream-bench-"))
+    home = work / "kafka"
+    bootstrap = start_broker(home, free_port())
+    try:
+        model = train_models(work)["random_forest"]
+        source = f"records-{uuid.uuid4().hex[:6]}"
+        create_topics(bootstrap, source)
+        start = time.perf_counter()
+        table = produce_records(bootstrap, source, args.records)
+        print(f"broker {bootstrap}; produced {args.records:,} JSON records of {len(FEATURES)} features "
+              f"in {time.perf_counter() - start:.1f}s", flush=True)
+        pq.write_table(table, work / "records.parquet", row_group_size=65536)
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "lakeinfer", "batch", "--model", str(model), "--input",
+                        str(work / "records.parquet"), "--output", str(work / "batch-out"), "--keep", "id", "--quiet"],
+                       check=True)
+        batch = args.records / (time.perf_counter() - start)
+        print(f"  batch (Parquet, same rows)      {batch:>10,.0f} rows/s", flush=True)
+        alo = stream_throughput(bootstrap, model, source, args.records, exactly_once=False)
+        print(f"  stream at-least-once            {alo:>10,.0f} msgs/s  ({alo / batch:.2f}x batch)", flush=True)
+        eos = stream_throughput(bootstrap, model, source, args.records, exactly_once=True)
+        print(f"  stream exactly-once             {eos:>10,.0f} msgs/s  ({eos / batch:.2f}x batch)", flush=True)
+        for mode, flag in (("at-least-once", False), ("exactly-once", True)):
+            p50, p99 = latency(bootstrap, model, flag, args.latency_seconds)
+            print(f"  latency at 1,000 msg/s, {mode:<14} p50 {p50:6.1f} ms  p99 {p99:6.1f} ms", flush=True)
+        if not args.no_spark:
+            rate = spark_throughput(bootstrap, model, source, args.records, work)
+            print(f"  Spark Structured Streaming      {rate:>10,.0f} msgs/s  (start-up included)", flush=True)
+    finally:
+        stop_broker(home)
+        if os.environ.get("KEEP_BENCH") is None:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
