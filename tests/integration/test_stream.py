@@ -157,12 +157,16 @@ def test_slow_model_does_not_lose_its_partitions(broker: str, tmp_path: Path) ->
     assert "max.poll.interval" not in err and "rebalance" not in err.lower(), err[-2000:]
 
 
-def test_two_processes_share_the_partitions(broker: str, onnx_model: Trained) -> None:
+def test_two_processes_share_the_partitions(broker: str, tmp_path: Path) -> None:
+    model = tmp_path / "echo.joblib"
+    joblib.dump(SlowEcho(len(FEATURES), delay=0.05), model)
     source, sink, _ = _topics(broker)
-    produce(broker, source, records(2000))
-    args = ["--model", onnx_model.path, *onnx_model.cli, "--bootstrap-servers", broker, "--input-topic", source,
-            "--output-topic", sink, "--group-id", f"g-{source}", "--keep", "id", "--max-batch-size", "50"]
+    args = ["--model", model, "--trust-model", "--features", ",".join(FEATURES), "--bootstrap-servers", broker,
+            "--input-topic", source, "--output-topic", sink, "--group-id", f"g-{source}", "--keep", "id",
+            "--max-batch-size", "50"]
     procs = [stream_cli(*args), stream_cli(*args)]
+    time.sleep(8)  # both join the group before the records arrive
+    produce(broker, source, records(2000))
     got = consume(broker, sink, expect=2000, timeout=90, settle=2)
     results = [_stop(p) for p in procs]
     assert sorted(json.loads(m.value())["id"] for m in got) == list(range(2000))
