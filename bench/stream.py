@@ -125,7 +125,7 @@ def latency(bootstrap: str, model: Path, exactly_once: bool, seconds: float, rat
 
 
 def spark_throughput(bootstrap: str, model: Path, source: str, n: int, work: Path) -> float:
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     sink = f"spark-out-{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, sink)
@@ -137,7 +137,10 @@ def spark_throughput(bootstrap: str, model: Path, source: str, n: int, work: Pat
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "spark-count"})
     try:
         while proc.poll() is None:
-            total = sum(consumer.get_watermark_offsets(TopicPartition(sink, p), timeout=5)[1] for p in range(4))
+            try:
+                total = sum(consumer.get_watermark_offsets(TopicPartition(sink, p), timeout=5)[1] for p in range(4))
+            except KafkaException:  # a leader not elected yet for the new topic
+                total = 0
             if total >= n:
                 return n / (time.perf_counter() - start)
             time.sleep(0.5)
