@@ -265,6 +265,3 @@ class _Bar:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.close()
-
-
-
