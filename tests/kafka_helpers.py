@@ -79,7 +79,7 @@ def consume(bootstrap: str, topic: str, *, expect: int, timeout: float = 60, rea
 def stream_cli(*args: object, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "lakeinfer", "stream", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p), **(env or {})})
 
 
 def records(n: int, start: int = 0, features: int = 5) -> list[tuple[bytes, bytes]]:

@@ -58,7 +58,7 @@ def serving(*args: object, env: dict[str, str] | None = None, ready: bool = True
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "lakeinfer", "serve", "--port", str(port), *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p), **(env or {})})
     server = Server(proc, port)
     try:
         server.wait("/v2/health/ready" if ready else "/v2/health/live")
