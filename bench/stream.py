@@ -62,11 +62,12 @@ def produce_records(bootstrap: str, topic: str, n: int) -> pa.Table:
 
 
 def stream_throughput(bootstrap: str, model: Path, source: str, n: int, exactly_once: bool) -> float:
+    from lakeinfer.runtime import PipelineRecipe
     from lakeinfer.stream.kafka import KafkaScorer, StreamConfig
 
     sink = f"out-{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, sink)
-    config = StreamConfig(model=str(model), bootstrap_servers=bootstrap, input_topic=source, output_topic=sink,
+    config = StreamConfig(recipe=PipelineRecipe(model_path=str(model)), bootstrap_servers=bootstrap, input_topic=source, output_topic=sink,
                           group_id=f"bench-{uuid.uuid4().hex[:6]}", exactly_once=exactly_once, keep=["id"],
                           max_messages=n, metrics_interval_s=3600)
     start = time.perf_counter()

@@ -14,7 +14,9 @@ from .errors import LakeinferError
 from .pipeline import ON_ERROR
 
 if TYPE_CHECKING:
+    from .runtime import PipelineRecipe
     from .serve.config import ServeConfig
+    from .spec import JobSpec
 
 
 def _columns(value: str) -> list[str]:
@@ -148,33 +150,45 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spec(args: argparse.Namespace) -> JobSpec:
+    from .spec import JobSpec, load_spec
+
+    return load_spec(args.spec) if args.spec else JobSpec(model={}, steps=[])
+
+
+def _recipe(job: JobSpec, args: argparse.Namespace, *, on_error: str) -> PipelineRecipe:
+    """The recipe from the spec's [model] and [pipeline], the command line winning."""
+    from .errors import ConfigError
+
+    if not args.model and "path" not in job.model:
+        raise ConfigError(f"{args.command} needs a model (--model or [model] path in the spec)")
+    return job.recipe(path=args.model, flavor=args.flavor, trust=args.trust_model, features=args.features,
+                      on_error=on_error)
+
+
 def _serve_config(args: argparse.Namespace) -> ServeConfig:
     from .errors import ConfigError
     from .serve.config import ServeConfig
-    from .spec import JobSpec, load_spec
 
-    job = load_spec(args.spec) if args.spec else JobSpec(model={}, steps=[])
+    job = _spec(args)
     options = {**job.serve}
     cli = {"name": args.name, "host": args.host, "port": args.port, "workers": args.workers,
            "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "max_queue": args.max_queue,
            "timeout_ms": args.timeout_ms, "max_body_bytes": args.max_body_bytes, "api_key_env": args.api_key_env}
     options.update({k: v for k, v in cli.items() if v is not None})
-    model = {**job.model, **{k: v for k, v in {"path": args.model, "flavor": args.flavor, "trust": args.trust_model,
-                                                "features": args.features}.items() if v is not None}}
-    if "path" not in model:
-        raise ConfigError("serve needs a model (--model or [model] path in the spec)")
+    # a bad row fails its own request (400); it is never scored as null
+    recipe = _recipe(job, args, on_error="fail")
     try:
-        return ServeConfig(model=model.pop("path"), steps=job.steps, **model, **options)
+        return ServeConfig(recipe=recipe, **options)
     except TypeError as exc:
         raise ConfigError(f"serve: {exc}") from None
 
 
 def _stream(args: argparse.Namespace) -> int:
     from .errors import ConfigError
-    from .spec import JobSpec, load_spec
     from .stream.kafka import StreamConfig
 
-    job = load_spec(args.spec) if args.spec else JobSpec(model={}, steps=[])
+    job = _spec(args)
     options = {**job.stream}
     cli = {"bootstrap_servers": args.bootstrap_servers, "input_topic": args.input_topic,
            "output_topic": args.output_topic, "group_id": args.group_id, "dead_letter_topic": args.dead_letter_topic,
@@ -184,16 +198,15 @@ def _stream(args: argparse.Namespace) -> int:
            "engine": args.engine, "master": args.master,
            "checkpoint": args.checkpoint, "trigger": args.trigger}
     options.update({k: v for k, v in cli.items() if v is not None})
-    model = {**job.model, **{k: v for k, v in {"path": args.model, "flavor": args.flavor, "trust": args.trust_model,
-                                                "features": args.features}.items() if v is not None}}
     missing = [k for k in ("bootstrap_servers", "input_topic", "output_topic") if not options.get(k)]
-    if "path" not in model or missing:
+    if (not args.model and "path" not in job.model) or missing:
         raise ConfigError("stream needs --model, --bootstrap-servers, --input-topic and --output-topic "
-                          f"(missing: {', '.join(['model'] * ('path' not in model) + missing)})")
+                          f"(missing: {', '.join(['model'] * (not args.model and 'path' not in job.model) + missing)})")
     engine = options.pop("engine", "local")
     spark_options = {k: options.pop(k) for k in ("master", "checkpoint", "trigger") if k in options}
+    recipe = _recipe(job, args, on_error="fail")
     try:
-        config = StreamConfig(model=model.pop("path"), steps=job.steps, **model, **options)
+        config = StreamConfig(recipe=recipe, **options)
     except TypeError as exc:
         raise ConfigError(f"stream: {exc}") from None
     if engine == "spark":

@@ -13,9 +13,15 @@ Every error a user can cause derives from :class:`LakeinferError`; transports
     │   └── BadRecordError     one row cannot be scored (a null in a required feature)
     ├── OutputError            the output location cannot be written or holds another job
     └── PredictionError        the model itself failed on a batch
+
+Errors cross process and Spark boundaries as data, in one wire format (:func:`to_wire`,
+:func:`from_wire`): the class name, the message, and the column and row where there are some.
 """
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 
 class LakeinferError(Exception):
@@ -54,12 +60,13 @@ class SchemaError(InputError):
 
 
 class BadRecordError(InputError):
-    """A row that cannot be scored under ``on_error='fail'``."""
+    """A row that cannot be scored under ``on_error='fail'``: ``reason`` says why, without the row."""
 
-    def __init__(self, message: str, *, column: str, row: int) -> None:
+    def __init__(self, message: str, *, column: str, row: int, reason: str | None = None) -> None:
         super().__init__(message)
         self.column = column
         self.row = row
+        self.reason = reason or message
 
 
 class OutputError(LakeinferError):
@@ -68,6 +75,51 @@ class OutputError(LakeinferError):
 
 class PredictionError(LakeinferError):
     """The model raised while predicting a batch."""
+
+
+WIRE_MARK = "lakeinfer-error:"
+
+
+def to_wire(exc: BaseException) -> dict[str, Any]:
+    """``exc`` as plain data that pickles and serialises to JSON: class, message, column, row."""
+    if isinstance(exc, LakeinferError):
+        kind, message = type(exc).__name__, str(exc)
+    else:  # a bug or an environment failure: keep the real reason
+        kind, message = "LakeinferError", f"{type(exc).__name__}: {exc}"
+    wire: dict[str, Any] = {"class": kind, "message": message}
+    if isinstance(exc, BadRecordError):
+        wire.update(column=exc.column, row=exc.row, reason=exc.reason)
+    return wire
+
+
+def from_wire(wire: dict[str, Any]) -> LakeinferError:
+    """The error :func:`to_wire` described, as the same class where lakeinfer has it."""
+    cls = globals().get(str(wire.get("class")), LakeinferError)
+    message = str(wire.get("message", ""))
+    if not (isinstance(cls, type) and issubclass(cls, LakeinferError)) or cls is MissingExtraError:
+        cls = LakeinferError
+    if cls is BadRecordError:
+        return BadRecordError(message, column=str(wire.get("column")), row=int(wire.get("row", -1)),
+                              reason=wire.get("reason"))
+    error: LakeinferError = cls(message)
+    return error
+
+
+def wire_text(exc: BaseException) -> str:
+    """One line carrying the wire format inside another system's error text (a Spark task's)."""
+    return WIRE_MARK + json.dumps(to_wire(exc))
+
+
+def find_wire(text: str) -> LakeinferError | None:
+    """The error :func:`wire_text` put inside ``text``, if any."""
+    start = text.find(WIRE_MARK)
+    if start < 0:
+        return None
+    try:
+        wire, _ = json.JSONDecoder().raw_decode(text, start + len(WIRE_MARK))
+    except ValueError:
+        return None
+    return from_wire(wire) if isinstance(wire, dict) else None
 
 
 def require(module: str, extra: str, purpose: str):  # type: ignore[no-untyped-def]

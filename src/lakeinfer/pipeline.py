@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from .errors import BadRecordError, ConfigError, SchemaError
 from .models import Model
-from .schema import column_or_error
+from .schema import column_or_error, invalid_rows
 
 __all__ = [
     "Transformer", "Pipeline", "ModelStep", "Select", "Rename", "Cast", "FillNull", "Assemble",
@@ -24,6 +24,8 @@ __all__ = [
 ]
 
 ON_ERROR = ("fail", "skip", "null")
+REPORT = "report"  # on_error of the server and the stream: null outputs plus the reason per row
+ERROR_COLUMN = "__lakeinfer_error"
 
 
 class Transformer(abc.ABC):
@@ -111,7 +113,11 @@ class FillNull(Transformer):
 
 
 class Assemble(Transformer):
-    """Pack numeric ``columns`` into one vector column ``output`` (Spark ML's VectorAssembler)."""
+    """Pack numeric ``columns`` into one vector column ``output`` (Spark ML's VectorAssembler).
+
+    A null becomes NaN in the vector (VectorAssembler's ``keep``), never a number: the model
+    step then treats the row by the missing-value rule, as it would the columns themselves.
+    """
 
     def __init__(self, columns: Sequence[str], output: str = "features") -> None:
         self.columns = list(columns)
@@ -129,13 +135,16 @@ class Assemble(Transformer):
 class ModelStep(Transformer):
     """Runs the model on its input columns and appends its outputs.
 
-    ``on_error`` says what a row with a null in a required feature gets: ``fail`` raises a
-    :class:`BadRecordError` naming the column and row, ``skip`` drops the row, ``null`` keeps it
-    with null predictions.
+    A row with a value the model cannot take (see :func:`lakeinfer.schema.invalid_rows`: null
+    or NaN for a model that does not handle missing values, +-Infinity for any) is a bad record,
+    and ``on_error`` says what it gets: ``fail`` raises a :class:`BadRecordError` naming the
+    column and row, ``skip`` drops the row, ``null`` keeps it with null predictions. ``report``
+    (the runtime's, for the server and the stream) is ``null`` plus a column
+    :data:`ERROR_COLUMN` holding each bad row's reason.
     """
 
     def __init__(self, model: Model, *, on_error: str = "fail") -> None:
-        if on_error not in ON_ERROR:
+        if on_error not in (*ON_ERROR, REPORT):
             raise ConfigError(f"on_error must be one of {', '.join(ON_ERROR)}, not '{on_error}'")
         self.model = model
         self.on_error = on_error
@@ -147,38 +156,29 @@ class ModelStep(Transformer):
         for name in self.model.output_names:
             if name in batch.schema.names:
                 raise SchemaError(f"the input already has a column '{name}', which the model writes")
-        bad, mask = self._null_rows(batch)
-        if bad is None or mask is None:
-            return _append(batch, self.model.predict(batch))
+        bad = invalid_rows(batch, self.model.input_columns, missing_ok=self.model.handles_missing)
+        if bad is None:
+            out = _append(batch, self.model.predict(batch))
+            return _append_errors(out, None) if self.on_error == REPORT else out
         if self.on_error == "fail":
-            column, row = bad
-            raise BadRecordError(
-                f"row {row}: feature column '{column}' is null",
-                column=column, row=row,
-            )
-        valid = pc.invert(mask)
+            row = bad.first
+            column, reason = bad.reason(row)
+            raise BadRecordError(f"row {row}: {reason}", column=column, row=row, reason=reason)
+        valid = pa.array(~bad.mask)
         good = batch.filter(valid)
         outputs = self.model.predict(good)
         if self.on_error == "skip":
             return _append(good, outputs)
         # null: one output row per input row, null where the input was bad
-        positions = np.cumsum(valid.to_numpy(zero_copy_only=False)) - 1
-        indices = pa.array(positions, mask=mask.to_numpy(zero_copy_only=False))
-        return _append(batch, outputs.take(indices))
+        positions = np.cumsum(~bad.mask) - 1
+        indices = pa.array(positions, mask=bad.mask)
+        out = _append(batch, outputs.take(indices))
+        return _append_errors(out, bad.reasons()) if self.on_error == REPORT else out
 
-    def _null_rows(self, batch: pa.RecordBatch) -> tuple[tuple[str, int] | None, pa.Array | None]:
-        """The first (column, row) with a null in a required feature, and the mask of such rows."""
-        mask = None
-        first: tuple[str, int] | None = None
-        for name in self.model.input_columns:
-            column = column_or_error(batch, name)
-            if column.null_count:
-                nulls = column.is_null()
-                row = int(np.argmax(nulls.to_numpy(zero_copy_only=False)))
-                if first is None or row < first[1]:
-                    first = (name, row)
-                mask = nulls if mask is None else pc.or_(mask, nulls)
-        return first, mask
+
+def _append_errors(batch: pa.RecordBatch, reasons: list[str | None] | None) -> pa.RecordBatch:
+    column = pa.nulls(batch.num_rows, pa.string()) if reasons is None else pa.array(reasons, pa.string())
+    return batch.append_column(ERROR_COLUMN, column)
 
 
 def _append(batch: pa.RecordBatch, outputs: pa.RecordBatch) -> pa.RecordBatch:
@@ -216,9 +216,13 @@ class Argmax(Transformer):
         column = column_or_error(batch, self.column)
         if not (pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type)):
             raise SchemaError(f"argmax needs a vector column; '{self.column}' is {column.type}")
-        width = len(column[0]) if len(column) else 0
-        matrix = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), width)
-        return _set_column(batch, self.output, pa.array(np.argmax(matrix, axis=1).astype(np.int64)))
+        valid = column.is_valid().to_numpy(zero_copy_only=False)
+        dense = column.filter(pa.array(valid)) if column.null_count else column
+        width = len(dense[0]) if len(dense) else 0
+        matrix = dense.flatten().to_numpy(zero_copy_only=False).reshape(len(dense), width)
+        best = np.zeros(len(column), np.int64)
+        best[valid] = np.argmax(matrix, axis=1) if len(dense) else []
+        return _set_column(batch, self.output, pa.array(best, mask=~valid if column.null_count else None))
 
 
 class LabelMap(Transformer):

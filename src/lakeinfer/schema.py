@@ -8,10 +8,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import SchemaError
 
-__all__ = ["TensorSpec", "Signature", "assemble_features", "outputs_to_batch", "to_arrow"]
+__all__ = ["TensorSpec", "Signature", "InvalidRows", "invalid_rows", "assemble_features", "outputs_to_batch",
+           "to_arrow"]
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,8 @@ def assemble_features(batch: pa.RecordBatch, features: Sequence[str], dtype: Any
                 f"feature column '{name}' has type {column.type}; the model needs a number"
             )
         if column.null_count:
-            column = column.fill_null(0)  # rows with nulls were handled by the caller
+            # only a model that handles missing values gets here with nulls: they are NaN to it
+            column = column.cast(pa.float64())
         out[:, j] = column.to_numpy(zero_copy_only=False)
     return out
 
@@ -103,8 +106,100 @@ def _vector_column(column: pa.Array, name: str, dtype: np.dtype) -> np.ndarray:
         if len(lengths) > 1:
             raise SchemaError(f"feature column '{name}' holds vectors of different lengths {lengths.tolist()}")
         width = int(lengths[0]) if len(lengths) else 0
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    return values.astype(dtype, copy=False).reshape(len(column), width)
+    values = column.flatten()
+    if values.null_count:
+        values = values.cast(pa.float64())
+    return values.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(len(column), width)
+
+
+# The one rule for missing and non-finite feature values, in every mode (see the README):
+# null and NaN are missing values, which only models that handle them (XGBoost, LightGBM,
+# HistGradientBoosting, ...) receive, as NaN; +-Infinity is a bad record for every model.
+OK, NULL, NAN, POS_INF, NEG_INF = range(5)
+_WORDS = {NULL: "null", NAN: "NaN", POS_INF: "Infinity", NEG_INF: "-Infinity"}
+
+
+@dataclass(frozen=True)
+class InvalidRows:
+    """The rows of a batch a model cannot take: per row, the first bad column and its value."""
+
+    mask: np.ndarray  # bool, one per row
+    columns: tuple[str, ...]
+    codes: np.ndarray  # int8 (rows, columns): OK, NULL, NAN, POS_INF or NEG_INF
+
+    def reason(self, row: int) -> tuple[str, str]:
+        """(column, reason) for a bad ``row``."""
+        j = int(np.flatnonzero(self.codes[row])[0])
+        column = self.columns[j]
+        return column, f"feature column '{column}' is {_WORDS[int(self.codes[row, j])]}"
+
+    @property
+    def first(self) -> int:
+        return int(np.argmax(self.mask))
+
+    def reasons(self) -> list[str | None]:
+        """One entry per row: the reason, or None for a good row."""
+        out: list[str | None] = [None] * len(self.mask)
+        for row in np.flatnonzero(self.mask):
+            out[int(row)] = self.reason(int(row))[1]
+        return out
+
+
+def invalid_rows(batch: pa.RecordBatch, columns: Sequence[str], *, missing_ok: bool) -> InvalidRows | None:
+    """The rows with a value the model cannot take in one of ``columns``, or None when all are good."""
+    codes: list[np.ndarray] = []
+    bad = False
+    for name in columns:
+        column = column_or_error(batch, name)
+        code = _value_codes(column)
+        if code is not None:
+            if missing_ok:
+                code = np.where((code == NULL) | (code == NAN), OK, code).astype(np.int8)
+            bad = bad or bool(code.any())
+        codes.append(code if code is not None else np.zeros(0, np.int8))
+    if not bad:
+        return None
+    rows = batch.num_rows
+    matrix = np.zeros((rows, len(codes)), np.int8)
+    for j, code in enumerate(codes):
+        if len(code):
+            matrix[:, j] = code
+    return InvalidRows(np.asarray(matrix.any(axis=1)), tuple(columns), matrix)
+
+
+def _value_codes(column: pa.Array) -> np.ndarray | None:
+    """Per value: OK, NULL, NAN, POS_INF or NEG_INF; None when every value is fine (the fast path)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        values = column.flatten()
+        inner = _value_codes(values)
+        if inner is None and not column.null_count:
+            return None
+        rows = np.zeros(len(column), np.int8)
+        if inner is not None:
+            parents = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
+            np.maximum.at(rows, parents, inner)
+        if column.null_count:
+            rows[column.is_null().to_numpy(zero_copy_only=False)] = NULL
+        return rows
+    floating = pa.types.is_floating(kind) and not pa.types.is_dictionary(column.type)
+    if not column.null_count and not floating:
+        return None
+    values = column.to_numpy(zero_copy_only=False) if floating else None
+    if values is not None and not column.null_count and np.isfinite(values).all():
+        return None
+    code = np.zeros(len(column), np.int8)
+    if values is not None:
+        code[np.isnan(values)] = NAN
+        code[np.isposinf(values)] = POS_INF
+        code[np.isneginf(values)] = NEG_INF
+    if column.null_count:
+        code[column.is_null().to_numpy(zero_copy_only=False)] = NULL
+    return code if code.any() else None
 
 
 def to_arrow(values: Any) -> pa.Array:

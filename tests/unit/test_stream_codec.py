@@ -10,13 +10,15 @@ from lakeinfer.stream import codec
 F = ["a", "b"]
 
 
-def test_batch_parse_with_missing_and_null_features() -> None:
+def test_batch_parse_leaves_missing_and_null_features_to_the_runtime() -> None:
     values = [b'{"id": 1, "a": 1, "b": 2.5}', b'{"id": 2, "a": 3}', b'{"id": 3, "a": null, "b": 1}',
               b'{"id": 4, "a": 0.5, "b": -1}']
     table, bad = codec.decode_columns(values, F)  # type: ignore[misc]
     assert table.num_rows == 4
-    assert bad == {1: "missing field 'b'", 2: "field 'a' is null"}
+    assert bad == {}  # null and missing are missing values: the model's rule judges them
     assert table.column("a").type == pa.float64()
+    assert table.column("a").to_pylist() == [1.0, 3.0, None, 0.5]
+    assert table.column("b").to_pylist() == [2.5, None, 1.0, -1.0]
     good = table.take(pa.array([0, 3]))
     outputs = pa.RecordBatch.from_pydict({"prediction": [7, 8], "probability": [[0.1, 0.9], [1.0, 0.0]]})
     rows = [orjson.loads(v) for v in codec.encode_table(good, outputs, ["id", "absent"])]

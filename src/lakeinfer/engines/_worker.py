@@ -15,8 +15,7 @@ from .. import errors
 from ..io.overlap import WriteBehind, prefetch
 from ..io.sinks import OutputFolder
 from ..io.sources import Unit, read_unit
-from ..pipeline import Pipeline
-from ..runtime import PipelineRecipe
+from ..runtime import ModelRuntime, PipelineRecipe
 
 
 @dataclass(frozen=True)
@@ -31,25 +30,84 @@ class UnitJob:
     schema: pa.Schema
 
 
-class _State:
-    pipeline: Pipeline | None = None
-    load_error: tuple[str, str] | None = None
-    loads = 0
-    progress: Any = None
+def bad_record(exc: errors.BadRecordError, path: str, first_row: int) -> errors.BadRecordError:
+    """``exc`` (a row of one batch) as the file and the row in it, with what the user can do."""
+    row = first_row + exc.row
+    return errors.BadRecordError(
+        f"input file {path}, row {row}: {exc.reason} (use --on-error skip or null, or a fill_null step)",
+        column=exc.column, row=row, reason=exc.reason)
 
 
-_STATE = _State()
+class UnitScorer:
+    """Scores units with one runtime; one per job, so jobs in one process share nothing."""
+
+    def __init__(self, runtime: ModelRuntime | None, progress: Any = None, *,
+                 load_error: dict[str, Any] | None = None) -> None:
+        self.runtime = runtime
+        self.progress = progress
+        self.load_error = load_error
+        self.loads = 1 if runtime is not None else 0
+
+    def run(self, unit: Unit, job: UnitJob) -> dict[str, Any]:
+        """Score one unit into its part file; errors come back as data in the wire format."""
+        try:
+            return self._run(unit, job)
+        except BaseException as exc:
+            wire = errors.to_wire(exc)
+            if unit.path not in wire["message"]:
+                wire["message"] = f"input file {unit.path}: {wire['message']}"
+            return {"index": unit.index, "error": wire}
+
+    def _run(self, unit: Unit, job: UnitJob) -> dict[str, Any]:
+        runtime = self.runtime
+        if runtime is None:
+            raise errors.from_wire(self.load_error or {"class": "ModelLoadError", "message": "the model did not load"})
+        folder = OutputFolder(job.output_uri)
+        writer = folder.open_part(unit.index, job.schema)
+        behind = WriteBehind(writer.write)
+        rows_in = rows_out = 0
+        try:
+            batches = read_unit(job.fs, unit, job.input_format, batch_size=job.batch_size, columns=job.columns)
+            for batch in prefetch(batches):
+                try:
+                    scored = runtime.transform(batch)
+                except errors.BadRecordError as exc:
+                    raise bad_record(exc, unit.path, unit.first_row + rows_in) from exc
+                try:
+                    out = scored.select(job.schema.names).cast(job.schema)
+                except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise errors.SchemaError(f"input file {unit.path}: output does not match the job's schema "
+                                             f"{job.schema}: {exc}") from exc
+                behind.put(out)
+                rows_in += batch.num_rows
+                rows_out += out.num_rows
+                if self.progress is not None:
+                    self.progress.put(batch.num_rows)
+            behind.close()
+            stats = {"rows_in": rows_in, "rows_out": rows_out, "rows_skipped": rows_in - rows_out}
+            writer.commit(stats)
+        except BaseException:
+            try:
+                behind.close()
+            except BaseException:
+                pass  # the first error is the one to report
+            writer.abort()
+            raise
+        return {"index": unit.index, **stats, "pid": os.getpid(), "loads": self.loads}
+
+
+# A worker process serves one job for its whole life, so its scorer may live in the process.
+_PROCESS_SCORER: UnitScorer | None = None
 
 
 def init_worker(recipe: PipelineRecipe, threads: int, progress: Any) -> None:
     """Process initializer: the model is loaded here, once for the life of the worker."""
+    global _PROCESS_SCORER
     _watch_parent()
-    _STATE.progress = progress
     try:
-        _STATE.pipeline = recipe.build(threads=threads)
-        _STATE.loads += 1
+        _PROCESS_SCORER = UnitScorer(ModelRuntime(recipe, threads=threads), progress)
     except errors.LakeinferError as exc:  # reported with the first unit, as the real reason
-        _STATE.load_error = (type(exc).__name__, str(exc))
+        _PROCESS_SCORER = UnitScorer(None, progress, load_error=errors.to_wire(exc))
 
 
 def ready() -> int:
@@ -57,9 +115,10 @@ def ready() -> int:
     return os.getpid()
 
 
-def use_in_process(pipeline: Pipeline, progress: Any) -> None:
-    """Run units in this process with an already built pipeline (``workers=1``)."""
-    _STATE.pipeline, _STATE.progress, _STATE.loads = pipeline, progress, 1
+def run_unit(unit: Unit, job: UnitJob) -> dict[str, Any]:
+    """A worker process's task: the unit, scored by the process's own scorer."""
+    assert _PROCESS_SCORER is not None, "init_worker did not run"
+    return _PROCESS_SCORER.run(unit, job)
 
 
 def _watch_parent() -> None:
@@ -73,56 +132,3 @@ def _watch_parent() -> None:
                 os._exit(1)
 
     threading.Thread(target=watch, name="lakeinfer-parent-watch", daemon=True).start()
-
-
-def run_unit(unit: Unit, job: UnitJob) -> dict[str, Any]:
-    """Score one unit into its part file; errors come back as data (they may not pickle)."""
-    try:
-        return _run_unit(unit, job)
-    except errors.LakeinferError as exc:
-        message = str(exc) if unit.path in str(exc) else f"input file {unit.path}: {exc}"
-        return {"index": unit.index, "error": (type(exc).__name__, message)}
-    except Exception as exc:  # a bug or an environment failure: keep the real reason
-        return {"index": unit.index, "error": ("LakeinferError",
-                                                f"input file {unit.path}: {type(exc).__name__}: {exc}")}
-
-
-def _run_unit(unit: Unit, job: UnitJob) -> dict[str, Any]:
-    pipeline = _STATE.pipeline
-    if pipeline is None:
-        return {"index": unit.index, "error": _STATE.load_error or ("ModelLoadError", "the model did not load")}
-    folder = OutputFolder(job.output_uri)
-    writer = folder.open_part(unit.index, job.schema)
-    behind = WriteBehind(writer.write)
-    rows_in = rows_out = 0
-    try:
-        batches = read_unit(job.fs, unit, job.input_format, batch_size=job.batch_size, columns=job.columns)
-        for batch in prefetch(batches):
-            try:
-                scored = pipeline.transform(batch)
-            except errors.BadRecordError as exc:
-                raise errors.BadRecordError(
-                    f"input file {unit.path}, row {unit.first_row + rows_in + exc.row}: "
-                    f"feature column '{exc.column}' is null (use --on-error skip or null, or a fill_null step)",
-                    column=exc.column, row=unit.first_row + rows_in + exc.row) from exc
-            try:
-                out = scored.select(job.schema.names).cast(job.schema)
-            except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise errors.SchemaError(f"input file {unit.path}: output does not match the job's schema "
-                                         f"{job.schema}: {exc}") from exc
-            behind.put(out)
-            rows_in += batch.num_rows
-            rows_out += out.num_rows
-            if _STATE.progress is not None:
-                _STATE.progress.put(batch.num_rows)
-        behind.close()
-        stats = {"rows_in": rows_in, "rows_out": rows_out, "rows_skipped": rows_in - rows_out}
-        writer.commit(stats)
-    except BaseException:
-        try:
-            behind.close()
-        except BaseException:
-            pass  # the first error is the one to report
-        writer.abort()
-        raise
-    return {"index": unit.index, **stats, "pid": os.getpid(), "loads": _STATE.loads}

@@ -8,7 +8,7 @@ import os
 import queue
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import (
     FIRST_COMPLETED,
     Executor,
@@ -28,8 +28,7 @@ from .._version import __version__
 from ..io.sinks import OutputFolder
 from ..io.sources import list_input, plan_units, read_unit
 from ..models import CONCURRENT_FLAVORS, THREADED_FLAVORS, detect_flavor
-from ..pipeline import Pipeline
-from ..runtime import PipelineRecipe
+from ..runtime import ModelRuntime, PipelineRecipe
 from . import _worker
 
 __all__ = ["BatchSummary", "run_batch"]
@@ -105,27 +104,19 @@ def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: 
     pool = _Scorers.processes(recipe, workers) if workers > 1 else None
     try:
         # Check the model, the columns and the output schema on a few rows before writing anything.
-        model = recipe.load_model(threads=1 if pool or threads > 1 else None)
-        pipeline = recipe.build(model=model)
-        columns = tuple(dict.fromkeys([*model.input_columns, *keep])) if recipe.model_only else None
+        runtime: ModelRuntime | None = ModelRuntime(recipe, threads=1 if pool or threads > 1 else None)
+        assert runtime is not None
+        columns = runtime.read_columns(keep)
         probe = todo[0] if todo else units[0]
-        sample = next(read_unit(fs, probe, fmt, batch_size=SAMPLE_ROWS, columns=columns), None)
-        if sample is None:
-            raise errors.InputError(f"input file {probe.path} has no rows and no schema")
-        added, scored = _score_sample(pipeline, sample, probe.path)
-        for name in keep:
-            if name not in scored.schema.names:
-                raise errors.SchemaError(f"--keep column '{name}' is not in the input or a pipeline step dropped "
-                                         f"it (the input has: {', '.join(sample.schema.names)})")
-        # the output: the kept columns, then what the model and the steps after it wrote
-        schema = pa.schema([scored.schema.field(n) for n in dict.fromkeys([*keep, *added])])
+        sample = _sample(fs, probe, fmt, runtime)
+        schema = _output_schema(runtime, sample, keep, probe.path)
         folder.claim(fingerprint, overwrite=overwrite)
         job = _worker.UnitJob(fs, fmt, batch_size, columns, output_uri, schema)
         total_rows = sum(u.num_rows or 0 for u in todo) if fmt == "parquet" else None
         with _Bar(total_rows, progress and bool(todo)) as bar:
             if pool is None:
-                pool = _Scorers.threads(pipeline, threads, bar)
-            del pipeline, model  # the workers hold theirs
+                pool = _Scorers.threads(runtime, threads, bar)
+            runtime = None  # the workers hold theirs
             results = pool.run(todo, job, bar)
     finally:
         if pool is not None:
@@ -147,16 +138,28 @@ def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: 
     return summary
 
 
-def _score_sample(pipeline: Pipeline, sample: pa.RecordBatch, path: str) -> tuple[list[str], pa.RecordBatch]:
-    """The columns the model and the steps after it write, and the sample's pipeline output."""
+def _sample(fs: Any, unit: Any, fmt: str, runtime: ModelRuntime) -> pa.RecordBatch:
+    """A few rows of ``unit``, read with all its columns so a missing one is named against them all."""
+    sample = next(read_unit(fs, unit, fmt, batch_size=SAMPLE_ROWS), None)
+    if sample is None:
+        raise errors.InputError(f"input file {unit.path} has no rows and no schema")
+    columns = runtime.read_columns()
+    if columns is not None:
+        missing = [c for c in columns if c not in sample.schema.names]
+        if missing:
+            raise errors.SchemaError(f"input file {unit.path}: missing feature column '{missing[0]}' "
+                                     f"(the input has: {', '.join(sample.schema.names) or 'no columns'})")
+    return sample
+
+
+def _output_schema(runtime: ModelRuntime, sample: pa.RecordBatch, keep: Sequence[str], path: str) -> pa.Schema:
+    """The job's output schema from the sample; its errors name the file and the row."""
     try:
-        return pipeline.outputs(sample)
+        return runtime.output_schema(sample, keep)
     except errors.BadRecordError as exc:
-        raise errors.BadRecordError(
-            f"input file {path}, row {exc.row}: feature column '{exc.column}' is null "
-            "(use --on-error skip or null, or a fill_null step)", column=exc.column, row=exc.row) from exc
+        raise _worker.bad_record(exc, path, 0) from exc
     except (errors.SchemaError, errors.InputError) as exc:
-        if path in str(exc):
+        if path in str(exc) or "--keep" in str(exc):
             raise
         raise type(exc)(f"input file {path}: {exc}") from exc
 
@@ -171,10 +174,12 @@ def _model_loads(results: list[dict[str, Any]]) -> int:
 class _Scorers:
     """Runs units on an executor, a bounded number in flight, and gathers their results."""
 
-    def __init__(self, executor: Executor, width: int, feed: Any = None) -> None:
+    def __init__(self, executor: Executor, width: int, feed: Any = None,
+                 task: Callable[[Any, _worker.UnitJob], dict[str, Any]] = _worker.run_unit) -> None:
         self.executor = executor
         self.width = width
         self.feed = feed
+        self.task = task
 
     @classmethod
     def processes(cls, recipe: PipelineRecipe, workers: int) -> _Scorers:
@@ -189,10 +194,10 @@ class _Scorers:
         return cls(executor, workers, feed)
 
     @classmethod
-    def threads(cls, pipeline: Pipeline, threads: int, bar: _Bar) -> _Scorers:
-        """Scoring threads in this process over the one pipeline already built."""
-        _worker.use_in_process(pipeline, bar)
-        return cls(ThreadPoolExecutor(threads, thread_name_prefix="lakeinfer-score"), threads)
+    def threads(cls, runtime: ModelRuntime, threads: int, bar: _Bar) -> _Scorers:
+        """Scoring threads in this process over the one runtime already built (this job's own)."""
+        scorer = _worker.UnitScorer(runtime, bar)
+        return cls(ThreadPoolExecutor(threads, thread_name_prefix="lakeinfer-score"), threads, task=scorer.run)
 
     def run(self, todo: list[Any], job: _worker.UnitJob, bar: _Bar) -> list[dict[str, Any]]:
         pending = iter(todo)
@@ -204,7 +209,7 @@ class _Scorers:
                     unit = next(pending, None)
                     if unit is None:
                         break
-                    running.add(self.executor.submit(_worker.run_unit, unit, job))
+                    running.add(self.executor.submit(self.task, unit, job))
                 if not running:
                     return results
                 finished, running = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -235,13 +240,7 @@ class _Scorers:
 
 def _checked(result: dict[str, Any]) -> dict[str, Any]:
     if "error" in result:
-        kind, message = result["error"]
-        cls = getattr(errors, kind, errors.LakeinferError)
-        if cls is errors.BadRecordError:
-            raise errors.InputError(message)
-        if not (isinstance(cls, type) and issubclass(cls, errors.LakeinferError)) or cls is errors.MissingExtraError:
-            cls = errors.LakeinferError
-        raise cls(message)
+        raise errors.from_wire(result["error"])
     return result
 
 

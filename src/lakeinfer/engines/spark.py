@@ -22,13 +22,13 @@ import pyarrow as pa
 
 from .. import errors
 from ..models import detect_flavor
-from ..pipeline import Pipeline
-from ..runtime import PipelineRecipe
+from ..runtime import ModelRuntime, PipelineRecipe
 
 __all__ = ["ScoreStats", "score", "run_spark_batch", "lakeinfer_error"]
 
 SAMPLE_ROWS = 64
-_CACHE: dict[str, Pipeline] = {}  # per Python worker process: digest -> built pipeline
+# per Python worker process: the recipe's key (model digest and every option) -> its runtime
+_CACHE: dict[str, ModelRuntime] = {}
 
 
 def _pyspark() -> Any:
@@ -41,6 +41,7 @@ class _Shipped:
 
     recipe: PipelineRecipe
     digest: str
+    key: str  # the model's digest and the whole recipe: two recipes over one file never share
     is_dir: bool
     name: str
     payload: Any  # Broadcast[bytes]
@@ -63,9 +64,9 @@ def _pack(path: str) -> bytes:
     return buffer.getvalue()
 
 
-def _worker_pipeline(shipped: _Shipped) -> Pipeline:
-    pipeline = _CACHE.get(shipped.digest)
-    if pipeline is None:
+def _worker_runtime(shipped: _Shipped) -> ModelRuntime:
+    runtime = _CACHE.get(shipped.key)
+    if runtime is None:
         folder = tempfile.mkdtemp(prefix=f"lakeinfer-model-{shipped.digest[:12]}-")
         local = os.path.join(folder, shipped.name)
         data = shipped.payload.value
@@ -75,22 +76,32 @@ def _worker_pipeline(shipped: _Shipped) -> Pipeline:
         else:
             with open(local, "wb") as fh:
                 fh.write(data)
-        pipeline = dataclasses.replace(shipped.recipe, model_path=local).build(threads=shipped.threads)
-        _CACHE[shipped.digest] = pipeline
+        runtime = ModelRuntime(dataclasses.replace(shipped.recipe, model_path=local), threads=shipped.threads)
+        _CACHE[shipped.key] = runtime
         shipped.loads.add(1)
         shipped.pids.add({os.getpid()})
-    return pipeline
+    return runtime
 
 
 def _score_batches(batches: Iterator[pa.RecordBatch], shipped: _Shipped, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-    pipeline = _worker_pipeline(shipped)
-    rows_in = rows_out = 0
-    for batch in batches:
-        out = pipeline.transform(batch).select(schema.names).cast(schema)
-        rows_in += batch.num_rows
-        rows_out += out.num_rows
-        yield out
-    shipped.counts.add([rows_in, rows_out])
+    try:
+        runtime = _worker_runtime(shipped)
+        rows_in = rows_out = 0
+        for batch in batches:
+            try:
+                scored = runtime.transform(batch)
+            except errors.BadRecordError as exc:
+                raise errors.BadRecordError(
+                    f"a row of the input: {exc.reason} (use --on-error skip or null, or a fill_null step)",
+                    column=exc.column, row=exc.row, reason=exc.reason) from exc
+            out = scored.select(schema.names).cast(schema)
+            rows_in += batch.num_rows
+            rows_out += out.num_rows
+            yield out
+        shipped.counts.add([rows_in, rows_out])
+    except errors.LakeinferError as exc:
+        # the wire format crosses the JVM inside the task's error text; the driver finds it there
+        raise RuntimeError(errors.wire_text(exc)) from None
 
 
 class _SetParam:
@@ -154,23 +165,19 @@ def score(df: Any, model: str | PipelineRecipe, *, keep: Sequence[str] = (), fea
     spark = df.sparkSession
     if batch_size:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
-    driver = recipe.build()  # the driver checks the model and derives the output schema
+    driver = ModelRuntime(recipe)  # the driver checks the model and derives the output schema
     if sample is None:  # a streaming DataFrame cannot be sampled: its caller passes rows
         table = df.limit(SAMPLE_ROWS).toArrow()
         sample = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist(
             [], schema=table.schema)
-    names, scored = driver.outputs(sample)
-    for name in keep:
-        if name not in scored.schema.names:
-            raise errors.SchemaError(f"--keep column '{name}' is not in the input (it has: {', '.join(df.columns)})")
-    schema = pa.schema([scored.schema.field(n) for n in dict.fromkeys([*keep, *names])])
+    schema = driver.output_schema(sample, keep)
     del driver
     context = spark.sparkContext
     from pyspark.accumulators import AccumulatorParam
 
     set_param = type("SetParam", (_SetParam, AccumulatorParam), {})()
     pair_param = type("PairParam", (_PairParam, AccumulatorParam), {})()
-    shipped = _Shipped(recipe=recipe, digest=recipe.digest, is_dir=os.path.isdir(path),
+    shipped = _Shipped(recipe=recipe, digest=recipe.digest, key=recipe.key, is_dir=os.path.isdir(path),
                        name=os.path.basename(path.rstrip("/")), payload=context.broadcast(_pack(path)),
                        loads=context.accumulator(0), pids=context.accumulator(set(), set_param),
                        counts=context.accumulator([0, 0], pair_param),
@@ -202,6 +209,9 @@ _ERROR = re.compile(r"lakeinfer\.errors\.(\w+): (.+)")
 def lakeinfer_error(exc: BaseException) -> errors.LakeinferError:
     """The lakeinfer error inside a failed Spark job's report, or one line of the Spark error."""
     text = str(exc)
+    found = errors.find_wire(text)
+    if found is not None:
+        return found
     match = _ERROR.search(text)
     if match:
         cls = getattr(errors, match.group(1), errors.LakeinferError)

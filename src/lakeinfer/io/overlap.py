@@ -20,20 +20,28 @@ def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
     slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def offer(entry: tuple[Any, BaseException | None]) -> bool:
+        # every put gives way to a consumer that has stopped: a blocked put would hang its join
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        slots.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer((item, None)):
                     return
-            slots.put((_END, None))
+            offer((_END, None))
         except BaseException as exc:  # handed to the consumer
-            slots.put((_END, exc))
+            offer((_END, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # a generator's finally (an open file) runs on this thread, now
 
     thread = threading.Thread(target=produce, name="lakeinfer-read-ahead", daemon=True)
     thread.start()

@@ -33,6 +33,8 @@ class Model(abc.ABC):
     """
 
     flavor: ClassVar[str] = ""
+    #: the model takes missing values (null, NaN) as NaN itself; for other models they are bad records
+    handles_missing: bool = False
 
     def __init__(self, path: str, signature: Signature) -> None:
         self.path = path

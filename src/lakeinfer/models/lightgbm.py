@@ -28,6 +28,7 @@ def _header(path: str) -> dict[str, str]:
 
 class LightGBMModel(TabularModel):
     flavor = "lightgbm"
+    handles_missing = True  # NaN follows the missing-value branch learned in training
 
     def __init__(self, path: str, *, features: Sequence[str] | None = None, threads: int | None = None) -> None:
         lgb = require("lightgbm", "lightgbm", "a LightGBM model")

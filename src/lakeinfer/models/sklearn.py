@@ -71,6 +71,7 @@ class SklearnModel(TabularModel):
             extra={"estimator": type(estimator).__name__},
         )
         super().__init__(path, signature, features=features, width=width)
+        self.handles_missing = _allows_nan(estimator)
 
     def _predict_array(self, x: np.ndarray, batch: pa.RecordBatch) -> dict[str, Any]:
         data: Any = x
@@ -82,6 +83,20 @@ class SklearnModel(TabularModel):
         labels = self.estimator.predict(data)
         probability = self.estimator.predict_proba(data) if self._proba else None
         return classifier_outputs(labels, probability)
+
+
+def _allows_nan(estimator: Any) -> bool:
+    """scikit-learn's own tag: the estimator (HistGradientBoosting, a Pipeline starting with an
+    imputer, ...) accepts NaN in its input."""
+    try:
+        from sklearn.utils import get_tags
+
+        return bool(get_tags(estimator).input_tags.allow_nan)
+    except ImportError:  # scikit-learn < 1.6
+        tags = getattr(estimator, "_get_tags", None)
+        return bool(tags().get("allow_nan", False)) if tags is not None else False
+    except Exception:  # an estimator whose tags cannot be read is taken as refusing NaN
+        return False
 
 
 def load(path: str, *, trust: bool = False, features: Sequence[str] | None = None,

@@ -16,6 +16,7 @@ from ._base import TabularModel, binary_probability, classifier_outputs
 
 class XGBoostModel(TabularModel):
     flavor = "xgboost"
+    handles_missing = True  # NaN follows the default branch learned in training
     input_dtype = np.float32
 
     def __init__(self, path: str, *, features: Sequence[str] | None = None, threads: int | None = None) -> None:

@@ -1,5 +1,6 @@
-"""What every transport shares: how to build the model pipeline once per worker process."""
+"""What every mode shares: the recipe of a pipeline, and the runtime built from it once per worker."""
 
+from .model_runtime import ModelRuntime, Scored
 from .recipe import MODEL, PipelineRecipe
 
-__all__ = ["MODEL", "PipelineRecipe"]
+__all__ = ["MODEL", "ModelRuntime", "PipelineRecipe", "Scored"]

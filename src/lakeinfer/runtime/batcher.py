@@ -10,6 +10,7 @@ The queue is bounded: past ``max_queue`` waiting requests, ``submit`` raises :cl
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -20,6 +21,8 @@ import pyarrow as pa
 from ..errors import InputError, LakeinferError
 
 __all__ = ["AdaptiveBatcher", "Overloaded", "score_group"]
+
+log = logging.getLogger("lakeinfer.batcher")
 
 # Model calls shorter than this (on average) may run on the event loop itself when it is idle.
 INLINE_SECONDS = 0.0005
@@ -95,6 +98,13 @@ class AdaptiveBatcher:
             self._busy_before = len(group) > 1
             try:
                 await self._run(group)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # the loop outlives any failure: its callers get the error
+                log.exception("lakeinfer: a batch failed outside the model call")
+                for request in group:
+                    if not request.future.done():
+                        request.future.set_exception(exc)
             finally:
                 self._running -= 1
 

@@ -69,6 +69,16 @@ class PipelineRecipe:
     def digest(self) -> str:
         return model_digest(self.model_path)
 
+    @cached_property
+    def key(self) -> str:
+        """The model's digest and every option: equal keys build equal pipelines."""
+        import hashlib
+        import json
+
+        text = json.dumps({**self.describe(), "trust": self.trust, "device": self.device}, sort_keys=True,
+                          default=repr)
+        return hashlib.sha256(text.encode()).hexdigest()
+
     def describe(self) -> dict[str, Any]:
         return {
             "model_digest": self.digest,

@@ -22,6 +22,8 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from ..errors import InputError, LakeinferError
+from ..runtime.records import records_to_batch
+from . import v2
 from .config import ServeConfig
 from .dataplane import DataPlane, Overloaded
 from .openapi import DOCS_PAGE, openapi_document
@@ -95,14 +97,14 @@ def create_app(config: ServeConfig) -> Starlette:
 
     @endpoint("server_metadata")
     async def server_metadata(request: Request) -> Response:
-        return JSONResponse(plane.server_metadata())
+        return JSONResponse(v2.server_metadata())
 
     @endpoint("model_metadata")
     async def model_metadata(request: Request) -> Response:
         _model(request)
         if not plane.loaded:
             raise Overloaded("the model is loading")
-        return JSONResponse(plane.metadata())
+        return JSONResponse(v2.model_metadata(plane.name, plane.flavor, plane.input_schema, plane.output_schema))
 
     @endpoint("model_ready")
     async def model_ready(request: Request) -> Response:
@@ -116,7 +118,7 @@ def create_app(config: ServeConfig) -> Starlette:
         body = await _read_body(request, config.max_body_bytes)
         header_length = _header_length(request, len(body))
         batch, payload = decode_request(body, header_length, plane.features)
-        chosen = requested_outputs(payload, [o["name"] for o in plane.outputs] or _all_outputs(plane))
+        chosen = requested_outputs(payload, plane.output_schema.names)
         out = await plane.infer(batch, timeout)
         response, blobs = encode_response(out, chosen, model_name=plane.name, request_id=payload.get("id"))
         if not blobs:
@@ -130,7 +132,7 @@ def create_app(config: ServeConfig) -> Starlette:
         _model(request)
         body = await _read_body(request, config.max_body_bytes)
         batch = _records(body)
-        out = await plane.infer(batch, timeout)
+        out = await plane.infer(batch, timeout, rows="instances")
         return JSONResponse({"predictions": out.to_pylist()})
 
     @endpoint("metrics")
@@ -168,10 +170,6 @@ def create_app(config: ServeConfig) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.plane = plane
     return app
-
-
-def _all_outputs(plane: DataPlane) -> list[str]:
-    return [o["name"] for o in plane.outputs]
 
 
 def _check_key(request: Request, key: str) -> None:
@@ -214,22 +212,9 @@ def _records(body: bytes) -> pa.RecordBatch:
         raise ProtocolError(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
         raise ProtocolError("the request body must be an object with a list field 'instances'")
-    instances = payload["instances"]
-    if not instances:
+    if not payload["instances"]:
         raise ProtocolError("'instances' is empty")
-    names: dict[str, None] = {}
-    for i, instance in enumerate(instances):
-        if not isinstance(instance, dict):
-            raise ProtocolError(f"instances[{i}] must be an object of column: value")
-        names.update(dict.fromkeys(instance))
-    columns = {}
-    for name in names:
-        values = [instance.get(name) for instance in instances]
-        try:
-            columns[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
-            raise ProtocolError(f"field '{name}': values of mixed or unsupported types ({exc})") from None
-    return pa.RecordBatch.from_pydict(columns)
+    return records_to_batch(payload["instances"], where="instances")
 
 
 def app_from_env() -> Starlette:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
+import base64
 import os
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import pickle
+from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..runtime import PipelineRecipe
@@ -15,12 +15,9 @@ CONFIG_ENV = "LAKEINFER_SERVE_CONFIG"
 
 @dataclass
 class ServeConfig:
-    model: str
-    flavor: str | None = None
-    trust: bool = False
-    features: list[str] | None = None
-    device: str | None = None
-    steps: list[dict[str, Any]] = field(default_factory=list)
+    """The server's own options; the model and its pipeline are the embedded ``recipe``."""
+
+    recipe: PipelineRecipe
     name: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
@@ -35,18 +32,12 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         if not self.name:
-            self.name = os.path.splitext(os.path.basename(self.model.rstrip("/")))[0] or "model"
+            self.name = os.path.splitext(os.path.basename(self.recipe.model_path.rstrip("/")))[0] or "model"
         for key in ("workers", "max_batch_size", "max_queue", "max_body_bytes"):
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"serve: {key} must be at least 1, not {getattr(self, key)}")
         if self.timeout_ms <= 0 or self.max_wait_ms < 0:
             raise ConfigError("serve: timeout_ms must be positive and max_wait_ms not negative")
-
-    def recipe(self) -> PipelineRecipe:
-        # a bad row fails its own request (400); it is never scored as null
-        return PipelineRecipe(model_path=self.model, flavor=self.flavor, trust=self.trust,
-                              features=tuple(self.features) if self.features else None, device=self.device,
-                              steps=tuple(self.steps), on_error="fail")
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
@@ -57,11 +48,15 @@ class ServeConfig:
         return key
 
     def to_env(self) -> str:
-        return json.dumps(asdict(self))
+        # the recipe may hold Transformer objects: pickled for this server's own worker processes
+        return base64.b64encode(pickle.dumps(self)).decode()
 
     @classmethod
     def from_env(cls) -> ServeConfig:
         raw = os.environ.get(CONFIG_ENV)
         if not raw:
             raise ConfigError(f"{CONFIG_ENV} is not set; start the server with `lakeinfer serve`")
-        return cls(**json.loads(raw))
+        config = pickle.loads(base64.b64decode(raw))  # written by this server's parent process
+        if not isinstance(config, cls):
+            raise ConfigError(f"{CONFIG_ENV} does not hold a server configuration")
+        return config

@@ -6,18 +6,15 @@ import asyncio
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
-from .._version import __version__
 from ..errors import LakeinferError
-from ..pipeline import Pipeline
+from ..pipeline import ERROR_COLUMN
+from ..runtime import ModelRuntime, Scored
 from ..runtime.batcher import AdaptiveBatcher, Overloaded
 from .config import ServeConfig
 from .metrics import Metrics
-from .v2 import datatype_of
 
 log = logging.getLogger("lakeinfer.serve")
 
@@ -58,13 +55,14 @@ class ReadyBoard:
 
 
 class DataPlane:
+    """The model behind the batcher, in Arrow only: it knows no protocol (codecs live in v2.py)."""
+
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.name = config.name or "model"
-        self.pipeline: Pipeline | None = None
-        self.features: list[str] = []
-        self.inputs: list[dict[str, Any]] = []
-        self.outputs: list[dict[str, Any]] = []
+        self.runtime: ModelRuntime | None = None
+        self.input_schema = pa.schema([])
+        self.output_schema = pa.schema([])
         self.load_error: str | None = None
         self.batcher: AdaptiveBatcher | None = None
         self.board = ReadyBoard(config.state_dir, config.workers)
@@ -86,28 +84,27 @@ class DataPlane:
 
     def _load(self) -> None:
         threads = max(1, (os.cpu_count() or 1) // self.config.workers)
-        pipeline = self.config.recipe().build(threads=threads)
-        model = pipeline.model_step.model if pipeline.model_step else None
-        assert model is not None
-        self.features = list(model.input_columns)
-        dtype = next((t.dtype for t in model.signature.inputs), "float64")
-        probe_type = pa.from_numpy_dtype(np.dtype(dtype if dtype not in ("string", "object") else "float64"))
-        self.inputs = [{"name": f, "datatype": datatype_of(probe_type), "shape": [-1]} for f in self.features]
-        probe = pa.RecordBatch.from_pydict({f: pa.array([], probe_type) for f in self.features})
-        try:
-            names, out = pipeline.outputs(probe)
-            self.outputs = [{"name": n, "datatype": datatype_of(out.schema.field(n).type),
-                             "shape": [-1, -1] if pa.types.is_list(out.schema.field(n).type) else [-1]} for n in names]
-        except LakeinferError:  # pre-steps that need other columns: describe the model's own outputs
-            self.outputs = [{"name": t.name, "datatype": "FP64" if len(t.shape) > 1 else datatype_of(
-                pa.from_numpy_dtype(np.dtype(t.dtype)) if t.dtype not in ("string", "object") else pa.string()),
-                "shape": [-1] * len(t.shape)} for t in model.signature.outputs]
-        self.pipeline = pipeline
+        runtime = ModelRuntime(self.config.recipe, threads=threads)
+        self.input_schema = runtime.input_schema()
+        self.output_schema = runtime.describe_outputs()
+        self.runtime = runtime
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.input_schema.names)
+
+    @property
+    def flavor(self) -> str | None:
+        return self.runtime.model.flavor if self.runtime is not None else None
 
     def _predict(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        assert self.pipeline is not None
-        names, out = self.pipeline.outputs(batch)
-        return out.select(names)
+        # bad rows are isolated, not raised: a merged batch keeps its good callers' rows, and
+        # each caller's slice carries its own reasons (see infer)
+        assert self.runtime is not None
+        scored = self.runtime.score(batch)
+        if scored.errors is None:
+            return scored.outputs
+        return scored.outputs.append_column(ERROR_COLUMN, pa.array(scored.errors, pa.string()))
 
     @property
     def loaded(self) -> bool:
@@ -116,21 +113,18 @@ class DataPlane:
     def ready(self) -> bool:
         return self.loaded and self.board.all_ready()
 
-    async def infer(self, batch: pa.RecordBatch, timeout: float) -> pa.RecordBatch:
+    async def infer(self, batch: pa.RecordBatch, timeout: float, *, rows: str = "row") -> pa.RecordBatch:
+        """The output columns for ``batch``'s rows; a bad row raises naming it (``rows``: how rows are called)."""
         if self.batcher is None:
             raise Overloaded(self.load_error and f"the model did not load: {self.load_error}" or "the model is loading")
         async with asyncio.timeout(timeout):  # no extra task per request, unlike wait_for
-            return await self.batcher.submit(batch)
-
-    def metadata(self) -> dict[str, Any]:
-        model = self.pipeline.model_step.model if self.pipeline and self.pipeline.model_step else None
-        return {"name": self.name, "versions": ["1"],
-                "platform": f"lakeinfer_{model.flavor}" if model else "lakeinfer",
-                "inputs": self.inputs, "outputs": self.outputs}
-
-    @staticmethod
-    def server_metadata() -> dict[str, Any]:
-        return {"name": "lakeinfer", "version": __version__, "extensions": ["binary_tensor_data"]}
+            out = await self.batcher.submit(batch)
+        index = out.schema.get_field_index(ERROR_COLUMN)
+        if index >= 0:
+            errors = out.column(index).to_pylist()
+            Scored(out.remove_column(index), errors).raise_bad(rows)
+            out = out.remove_column(index)
+        return out
 
     async def close(self) -> None:
         self.board.unmark()

@@ -9,6 +9,7 @@ import sys
 import tempfile
 
 from ..errors import require
+from ..runtime import ModelRuntime
 from .config import CONFIG_ENV, ServeConfig
 
 
@@ -17,7 +18,8 @@ def run(config: ServeConfig) -> None:
     uvicorn = require("uvicorn", "serve", "lakeinfer serve")
     require("starlette", "serve", "lakeinfer serve")
     config.api_key()  # fail now, not in every worker, if the key's variable is unset
-    config.recipe().load_model()  # a model that does not load is a one-line error here, before any worker
+    # a model or pipeline that cannot be built is a one-line error here, before any worker starts
+    ModelRuntime(config.recipe).describe_outputs()
     state = tempfile.mkdtemp(prefix="lakeinfer-serve-")
     config.state_dir = state
     os.environ[CONFIG_ENV] = config.to_env()

@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .._version import __version__
 from ..errors import InputError
 
-__all__ = ["ProtocolError", "DATATYPES", "decode_request", "encode_response", "datatype_of", "requested_outputs"]
+__all__ = ["ProtocolError", "DATATYPES", "decode_request", "encode_response", "datatype_of", "model_metadata",
+           "requested_outputs", "server_metadata"]
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -42,6 +44,24 @@ def datatype_of(arrow_type: pa.DataType) -> str:
         return _BY_NUMPY[np.dtype(arrow_type.to_pandas_dtype()).name]
     except (KeyError, NotImplementedError, TypeError):
         return "BYTES"
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": "lakeinfer", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+
+def model_metadata(name: str, flavor: str | None, inputs: pa.Schema, outputs: pa.Schema) -> dict[str, Any]:
+    """The v2 model metadata: the data plane's Arrow schemas as tensors."""
+    def tensors(schema: pa.Schema) -> list[dict[str, Any]]:
+        return [{"name": f.name, "datatype": datatype_of(f.type),
+                 "shape": [-1, -1] if _is_vector(f.type) else [-1]} for f in schema]
+
+    return {"name": name, "versions": ["1"], "platform": f"lakeinfer_{flavor}" if flavor else "lakeinfer",
+            "inputs": tensors(inputs), "outputs": tensors(outputs)}
+
+
+def _is_vector(kind: pa.DataType) -> bool:
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
 
 
 def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:

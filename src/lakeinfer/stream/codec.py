@@ -8,12 +8,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.json as pjson
-
-_MISSING = object()
 
 
 def decode(values: Sequence[bytes | None], features: Sequence[str] | None
@@ -47,22 +44,20 @@ def decode(values: Sequence[bytes | None], features: Sequence[str] | None
 
 
 def _check(record: dict[str, Any], features: Sequence[str]) -> str | None:
+    # a missing or null feature is a missing value, judged by the runtime's one rule
     for name in features:
-        value = record.get(name, _MISSING)
-        if value is _MISSING:
-            return f"missing field '{name}'"
-        if value is None:
-            return f"field '{name}' is null"
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        value = record.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             return f"field '{name}' is {type(value).__name__}; the model needs a number"
     return None
 
 
 def decode_columns(values: Sequence[bytes | None], features: Sequence[str]
                    ) -> tuple[pa.Table, dict[int, str]] | None:
-    """All messages parsed at once by Arrow's JSON reader: (the table, {position: reason} of rows
-    with a missing or null feature). None when the fast path does not apply (a message that is
-    not one line of JSON, or a value of the wrong type): the caller decodes one by one."""
+    """All messages parsed at once by Arrow's JSON reader: (the table, {position: reason} of bad
+    rows). None when the fast path does not apply (a message that is not one line of JSON, or a
+    value of the wrong type): the caller decodes one by one. A missing or null feature is null
+    here, for the runtime's missing-value rule."""
     if not values or any(v is None or b"\n" in v for v in values):
         return None
     data = b"\n".join(values)  # type: ignore[arg-type]
@@ -76,14 +71,7 @@ def decode_columns(values: Sequence[bytes | None], features: Sequence[str]
         return None
     if table.num_rows != len(values):
         return None
-    bad: dict[int, str] = {}
-    for name in features:
-        column = table.column(name)
-        if column.null_count:
-            for i in map(int, np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))):
-                if i not in bad:
-                    bad[i] = _check(json.loads(values[i] or b"{}"), features) or f"field '{name}' is null"
-    return table, bad
+    return table, {}
 
 
 def encode_table(rows: pa.Table, outputs: pa.RecordBatch, keep: Sequence[str]) -> list[bytes]:
@@ -92,18 +80,6 @@ def encode_table(rows: pa.Table, outputs: pa.RecordBatch, keep: Sequence[str]) -
     table = pa.Table.from_arrays([*(rows.column(k) for k in kept), *outputs.columns],
                                  names=[*kept, *outputs.schema.names])
     return [orjson.dumps(row) for row in table.to_pylist()]
-
-
-def feature_batch(records: Sequence[dict[str, Any]], features: Sequence[str]) -> pa.RecordBatch:
-    """The feature columns of checked records, as float64."""
-    n = len(records)
-    return pa.RecordBatch.from_pydict(
-        {f: pa.array(np.fromiter((r[f] for r in records), dtype=np.float64, count=n)) for f in features})
-
-
-def record_batch(record: dict[str, Any]) -> pa.RecordBatch:
-    """One record as a one-row batch (pipelines with steps before the model read any field)."""
-    return pa.RecordBatch.from_pylist([record])
 
 
 def encode(records: Sequence[dict[str, Any]], outputs: Sequence[dict[str, Any]], keep: Sequence[str]) -> list[bytes]:

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..errors import ConfigError, LakeinferError, require
-from ..pipeline import Pipeline
-from ..runtime import PipelineRecipe
+from ..errors import ConfigError, InputError, LakeinferError, require
+from ..runtime import ModelRuntime, PipelineRecipe, Scored
 from ..runtime.batcher import score_group
+from ..runtime.records import records_to_batch
 from . import codec
 
 log = logging.getLogger("lakeinfer.stream")
@@ -33,7 +33,9 @@ log = logging.getLogger("lakeinfer.stream")
 
 @dataclasses.dataclass
 class StreamConfig:
-    model: str
+    """The stream's own options; the model and its pipeline are the embedded ``recipe``."""
+
+    recipe: PipelineRecipe
     bootstrap_servers: str
     input_topic: str
     output_topic: str
@@ -43,20 +45,11 @@ class StreamConfig:
     keep: list[str] = dataclasses.field(default_factory=list)
     max_batch_size: int = 1000
     max_wait_ms: float = 10.0
-    flavor: str | None = None
-    trust: bool = False
-    features: list[str] | None = None
-    steps: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     metrics_interval_s: float = 10.0
     max_poll_interval_ms: int = 300_000
     transactional_id: str | None = None
     max_messages: int | None = None  # stop after this many (benchmarks); None: until SIGTERM
     idle_exit_s: float | None = None  # stop after this long without messages (benchmarks, tests)
-
-    def recipe(self) -> PipelineRecipe:
-        return PipelineRecipe(model_path=self.model, flavor=self.flavor, trust=self.trust,
-                              features=tuple(self.features) if self.features else None, steps=tuple(self.steps),
-                              on_error="fail")
 
 
 @dataclasses.dataclass
@@ -82,15 +75,15 @@ class KafkaScorer:
         self.kafka = require("confluent_kafka", "kafka", "lakeinfer stream")
         if config.max_batch_size < 1 or config.max_wait_ms < 0:
             raise ConfigError("stream: max_batch_size must be at least 1 and max_wait_ms not negative")
-        self.pipeline: Pipeline = config.recipe().build()
-        model = self.pipeline.model_step.model if self.pipeline.model_step else None
+        self.runtime = ModelRuntime(config.recipe)
         # a pipeline that is the model alone reads only its feature columns: checked per message
-        self.features = list(model.input_columns) if model is not None and config.recipe().model_only else None
+        self.features = list(self.runtime.input_columns) if self.runtime.model_only else None
         self.stats = StreamStats()
         self._stop = threading.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="lakeinfer-model")
         self._consumer: Any = None
         self._producer: Any = None
+        self._delivery_errors: list[str] = []
 
     # -- set-up -------------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -180,10 +173,17 @@ class KafkaScorer:
         if not good:
             return [], [], bad
         features = table.select(self.features).combine_chunks().to_batches()[0]
-        (result,) = self._wait(self._executor.submit(score_group, self._predict, [features]))
+        (result,) = self._wait(self._executor.submit(score_group, self.runtime.score, [features]))
         if isinstance(result, BaseException):
-            return None  # one record the model refuses: the record path finds which
-        return good, codec.encode_table(table, result, self.config.keep), bad
+            return None  # a record the model refuses as a whole: the record path finds which
+        encoded = codec.encode_table(table, result.outputs, self.config.keep)
+        if result.errors is not None:  # bad values (the missing-value rule): dead letters
+            for i, reason in enumerate(result.errors):
+                if reason is not None:
+                    bad[good[i]] = reason
+            encoded = [e for e, reason in zip(encoded, result.errors, strict=True) if reason is None]
+            good = [g for g, reason in zip(good, result.errors, strict=True) if reason is None]
+        return good, encoded, bad
 
     def _process_records(self, messages: Sequence[Any], values: list[Any]
                          ) -> tuple[list[int], list[bytes], dict[int, str]]:
@@ -200,35 +200,50 @@ class KafkaScorer:
 
     def _score(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int, str]]:
         """Outputs of the good records (in order) and {position: reason} of records the model refused."""
-        if self.features is not None:
-            batches = [codec.feature_batch(records, self.features)]
-            sizes = [len(records)]
-        else:
-            batches = [codec.record_batch(r) for r in records]
-            sizes = [1] * len(records)
-        future = self._executor.submit(score_group, self._predict, batches)
-        results = self._wait(future)
-        if len(batches) == 1 and isinstance(results[0], LakeinferError) and len(records) > 1:
-            # one bad record failed the merged call: score one by one to find it
-            batches, sizes = [codec.record_batch(r) for r in records], [1] * len(records)
-            results = self._wait(self._executor.submit(score_group, self._predict, batches))
+        try:
+            batch = records_to_batch(records)
+        except InputError:  # records whose fields do not line up: one by one, each with its reason
+            return self._score_each(records)
+        (result,) = self._wait(self._executor.submit(score_group, self.runtime.score, [batch]))
+        if isinstance(result, BaseException):
+            if not isinstance(result, LakeinferError):
+                raise result
+            return self._score_each(records)  # one record failed the merged call: find which
+        return self._split(result)
+
+    def _score_each(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int, str]]:
         outputs: list[dict[str, Any]] = []
         failed: dict[int, str] = {}
-        position = 0
-        for size, result in zip(sizes, results, strict=True):
+        batches: list[pa.RecordBatch | None] = []
+        for i, record in enumerate(records):
+            try:
+                batches.append(records_to_batch([record]))
+            except InputError as exc:
+                failed[i] = str(exc)
+                batches.append(None)
+        todo = [b for b in batches if b is not None]
+        results = iter(self._wait(self._executor.submit(score_group, self.runtime.score, todo)) if todo else [])
+        for i, batch in enumerate(batches):
+            if batch is None:
+                continue
+            result = next(results)
             if isinstance(result, BaseException):
                 if not isinstance(result, LakeinferError):
                     raise result
-                for i in range(position, position + size):
-                    failed[i] = str(result)
+                failed[i] = str(result)
+            elif result.errors is not None:
+                failed[i] = str(result.errors[0])
             else:
-                outputs.extend(result.to_pylist())
-            position += size
+                outputs.extend(result.outputs.to_pylist())
         return outputs, failed
 
-    def _predict(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        names, out = self.pipeline.outputs(batch)
-        return out.select(names)
+    @staticmethod
+    def _split(result: Scored) -> tuple[list[dict[str, Any]], dict[int, str]]:
+        rows = result.outputs.to_pylist()
+        if result.errors is None:
+            return rows, {}
+        failed = {i: str(e) for i, e in enumerate(result.errors) if e is not None}
+        return [r for r, e in zip(rows, result.errors, strict=True) if e is None], failed
 
     def _wait(self, future: Future[Any]) -> Any:
         """The model's result; a long call keeps the group membership alive: pause, poll, resume.
@@ -274,6 +289,12 @@ class KafkaScorer:
             remaining = self._producer.flush(60)
             if remaining:
                 raise LakeinferError(f"Kafka did not acknowledge {remaining} outputs within 60 s; offsets not committed")
+            if self._delivery_errors:
+                # at-least-once: a batch whose outputs were not all delivered is not committed
+                first, count = self._delivery_errors[0], len(self._delivery_errors)
+                self._delivery_errors.clear()
+                raise LakeinferError(f"Kafka refused {count} outputs ({first}); offsets not committed, "
+                                     "so the batch is consumed again on restart")
             self._consumer.commit(offsets=offsets, asynchronous=False)
 
     def _produce(self, topic: str, key: Any, value: bytes, headers: Any = None) -> None:
@@ -286,7 +307,7 @@ class KafkaScorer:
 
     def _delivered(self, error: Any, message: Any) -> None:
         if error is not None:
-            self._delivery_error = error
+            self._delivery_errors.append(f"{message.topic()}: {error.str() if hasattr(error, 'str') else error}")
 
     def _next_offsets(self, messages: Sequence[Any]) -> list[Any]:
         latest: dict[tuple[str, int], int] = {}

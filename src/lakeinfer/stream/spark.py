@@ -41,7 +41,7 @@ def run_spark_stream(config: StreamConfig, *, master: str | None = None, checkpo
     spark = session(master or "local[*]", {"spark.jars.packages": _connector(),
                                            "spark.sql.shuffle.partitions": "4"})
     kafka = {"kafka.bootstrap.servers": config.bootstrap_servers}
-    recipe = dataclasses.replace(config.recipe(), on_error="null")
+    recipe = dataclasses.replace(config.recipe, on_error="null")
     # the records' JSON schema, from the messages already on the topic (features as doubles)
     seen = spark.read.format("kafka").options(**kafka).option("subscribe", config.input_topic).load().limit(200)
     inferred = spark.read.json(seen.select(F.col("value").cast("string")).rdd.map(lambda r: r[0])).schema

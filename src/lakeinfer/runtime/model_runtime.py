@@ -1,0 +1,117 @@
+"""ModelRuntime: one recipe's pipeline, built once per worker, and the one object every mode calls.
+
+The local engine (in-process and in worker processes), the Spark engine, the server's data plane
+and the Kafka scorer all go through it, so feature checks, the missing-value rule, output schemas
+and bad-record isolation exist once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import BadRecordError, LakeinferError, SchemaError
+from ..models import Model
+from ..pipeline import ERROR_COLUMN, REPORT, ModelStep, Pipeline
+from .recipe import PipelineRecipe
+
+__all__ = ["ModelRuntime", "Scored"]
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The outputs of every row (null where the row was bad) and each bad row's reason."""
+
+    outputs: pa.RecordBatch
+    errors: list[str | None] | None  # None: every row was good
+
+    @property
+    def bad_rows(self) -> list[int]:
+        return [] if self.errors is None else [i for i, e in enumerate(self.errors) if e is not None]
+
+    def slice(self, offset: int, length: int) -> Scored:
+        errors = None if self.errors is None else self.errors[offset: offset + length]
+        if errors is not None and not any(e is not None for e in errors):
+            errors = None
+        return Scored(self.outputs.slice(offset, length), errors)
+
+    def raise_bad(self, where: str = "row") -> None:
+        """Raise a :class:`BadRecordError` for the first bad row, if any (``where``: how rows are named)."""
+        rows = self.bad_rows
+        if rows:
+            row, reason = rows[0], self.errors[rows[0]]  # type: ignore[index]
+            more = f" (and {len(rows) - 1} more bad rows)" if len(rows) > 1 else ""
+            column = str(reason).split("'")[1] if "'" in str(reason) else ""
+            raise BadRecordError(f"{where} {row}: {reason}{more}", column=column, row=row, reason=reason)
+
+
+class ModelRuntime:
+    """The pipeline of ``recipe``: built (the model loaded) once, at construction.
+
+    ``transform`` applies the recipe's ``on_error``; ``score`` isolates bad rows instead, for
+    callers that answer per record (the server, the stream).
+    """
+
+    def __init__(self, recipe: PipelineRecipe, *, threads: int | None = None, model: Model | None = None) -> None:
+        self.recipe = recipe
+        self.pipeline: Pipeline = recipe.build(threads=threads, model=model)
+        step = self.pipeline.model_step
+        if step is None:  # a recipe always places the model; guard against hand-made pipelines
+            raise SchemaError("the pipeline has no model step")
+        self.model: Model = step.model
+        self._reporting = Pipeline([(name, ModelStep(self.model, on_error=REPORT) if isinstance(t, ModelStep) else t)
+                                    for name, t in self.pipeline.steps])
+
+    # -- what the pipeline reads and writes ----------------------------------------------------
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """The model's feature columns."""
+        return self.model.input_columns
+
+    @property
+    def model_only(self) -> bool:
+        return self.recipe.model_only
+
+    def read_columns(self, keep: Sequence[str] = ()) -> tuple[str, ...] | None:
+        """The input columns to read (None: all of them, since steps before the model may read any)."""
+        return tuple(dict.fromkeys([*self.input_columns, *keep])) if self.model_only else None
+
+    def output_schema(self, sample: pa.RecordBatch, keep: Sequence[str] = ()) -> pa.Schema:
+        """The ``keep`` columns, then what the model and the steps after it write, for rows like ``sample``."""
+        names, scored = self.pipeline.outputs(sample)
+        for name in keep:
+            if name not in scored.schema.names:
+                raise SchemaError(f"--keep column '{name}' is not in the input or a pipeline step dropped it "
+                                  f"(the input has: {', '.join(sample.schema.names)})")
+        return pa.schema([scored.schema.field(n) for n in dict.fromkeys([*keep, *names])])
+
+    def input_schema(self) -> pa.Schema:
+        """The feature columns with the type the model takes (float64 where it takes any number)."""
+        dtype = next((t.dtype for t in self.model.signature.inputs), "float64")
+        kind = pa.string() if dtype in ("string", "object") else pa.from_numpy_dtype(np.dtype(dtype))
+        return pa.schema([(name, kind) for name in self.input_columns])
+
+    def describe_outputs(self) -> pa.Schema:
+        """The output columns, from a zero-row probe; the model's own outputs where steps need other columns."""
+        probe = self.input_schema().empty_table().to_batches()
+        batch = probe[0] if probe else pa.RecordBatch.from_pylist([], schema=self.input_schema())
+        try:
+            names, out = self.pipeline.outputs(batch)
+            return pa.schema([out.schema.field(n) for n in names])
+        except LakeinferError:
+            return self.model.predict(batch.slice(0, 0)).schema
+
+    # -- scoring -------------------------------------------------------------------------------
+    def transform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Every column of ``batch`` plus the outputs; bad rows as ``on_error`` says."""
+        return self.pipeline.transform(batch)
+
+    def score(self, batch: pa.RecordBatch) -> Scored:
+        """Only the output columns, one row per input row; bad rows get nulls and a reason."""
+        names, out = self._reporting.outputs(batch)
+        errors = out.column(ERROR_COLUMN)
+        outputs = out.select([n for n in names if n != ERROR_COLUMN])
+        return Scored(outputs, errors.to_pylist() if errors.null_count < len(errors) else None)
