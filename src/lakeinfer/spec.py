@@ -1,5 +1,7 @@
 """Job spec files (TOML or YAML): one file holds the model, the pipeline and the I/O, so that
-``batch``, ``serve`` and ``stream`` run the same pipeline.
+``batch``, ``serve`` and ``stream`` run the same pipeline. Every key is checked against the
+schema in :mod:`lakeinfer._spec_models`; an unknown key or a wrong type is a :class:`ConfigError`
+naming its path (``pipeline.steps[1]: unknown key 'value'``).
 
 .. code-block:: toml
 
