@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ._spec_models import OnError, validate_step
 from .errors import BadRecordError, ConfigError, SchemaError
 from .models import Model
 from .schema import column_or_error, invalid_rows
@@ -23,7 +24,7 @@ __all__ = [
     "Threshold", "Argmax", "LabelMap", "ON_ERROR", "step_from_dict",
 ]
 
-ON_ERROR = ("fail", "skip", "null")
+ON_ERROR: tuple[str, ...] = get_args(OnError)
 REPORT = "report"  # on_error of the server and the stream: null outputs plus the reason per row
 ERROR_COLUMN = "__lakeinfer_error"
 
@@ -313,12 +314,15 @@ _OPS: Mapping[str, Any] = {
 }
 
 
-def step_from_dict(spec: Mapping[str, Any]) -> Transformer:
-    """One declarative step, e.g. ``{"op": "rename", "columns": {"a": "b"}}``."""
-    op = str(spec.get("op"))
+def step_from_dict(spec: Mapping[str, Any], *, index: int | None = None) -> Transformer:
+    """One declarative step, e.g. ``{"op": "rename", "columns": {"a": "b"}}``.
+
+    Options are checked against the step's schema (unknown keys and wrong types are a
+    :class:`ConfigError`); ``index``, the step's place in its pipeline, goes into the message.
+    """
+    options = validate_step(spec, index=index)
+    op = options["op"]
     if op not in _OPS:
-        raise ConfigError(f"unknown pipeline step op '{op}'; choose one of {', '.join(sorted(_OPS))}, model")
-    try:
-        return _OPS[op](spec)  # type: ignore[no-any-return]
-    except KeyError as exc:
-        raise ConfigError(f"pipeline step '{op}' needs the field {exc}") from exc
+        where = f"pipeline.steps[{index}]" if index is not None else "step"
+        raise ConfigError(f"{where}: the '{op}' step is the model's place, not a transformer")
+    return _OPS[op](options)  # type: ignore[no-any-return]

@@ -1,5 +1,7 @@
 """Job spec files (TOML or YAML): one file holds the model, the pipeline and the I/O, so that
-``batch``, ``serve`` and ``stream`` run the same pipeline.
+``batch``, ``serve`` and ``stream`` run the same pipeline. Every key is checked against the
+schema in :mod:`lakeinfer._spec_models`; an unknown key or a wrong type is a :class:`ConfigError`
+naming its path (``pipeline.steps[1]: unknown key 'value'``).
 
 .. code-block:: toml
 
@@ -33,20 +35,13 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
+from ._spec_models import SpecModel, config_error, dump
 from .errors import ConfigError
 from .runtime import PipelineRecipe
 
 __all__ = ["JobSpec", "load_spec"]
-
-_MODEL_KEYS = {"path", "flavor", "trust", "features", "device"}
-_SERVE_KEYS = {"name", "host", "port", "workers", "max_batch_size", "max_wait_ms", "max_queue", "timeout_ms",
-               "max_body_bytes", "api_key_env"}
-_STREAM_KEYS = {"bootstrap_servers", "input_topic", "output_topic", "group_id", "dead_letter_topic", "exactly_once",
-                "transactional_id", "keep", "max_batch_size", "max_wait_ms", "metrics_interval_s", "max_poll_interval_ms",
-                "engine", "master",
-                "checkpoint", "trigger"}
-_BATCH_KEYS = {"input", "output", "input_format", "keep", "workers", "batch_size", "on_error", "overwrite", "engine",
-               "master", "spark_conf", "partition_by"}
 
 
 @dataclass
@@ -95,37 +90,22 @@ def load_spec(path: str) -> JobSpec:
         else:
             data = tomllib.loads(raw.decode())
     except Exception as exc:
-        raise ConfigError(f"job spec {path} is not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'TOML'}: {exc}") from exc
+        kind = "YAML" if path.endswith((".yaml", ".yml")) else "TOML"
+        # parsers point at the line over several lines; the CLI prints errors on one
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"job spec {path} is not valid {kind}: {reason}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"job spec {path} must be a table/mapping at the top level")
-    unknown = set(data) - {"model", "pipeline", "batch", "serve", "stream"}
-    if unknown:
-        raise ConfigError(f"job spec {path}: unknown section(s) {', '.join(sorted(unknown))}")
+    try:
+        parsed = SpecModel.model_validate(data)
+    except ValidationError as exc:
+        raise config_error(exc, f"job spec {path}") from None
     base = os.path.dirname(os.path.abspath(path))
-    model = dict(data.get("model") or {})
-    bad = set(model) - _MODEL_KEYS
-    if bad:
-        raise ConfigError(f"job spec {path}: unknown [model] key(s) {', '.join(sorted(bad))}")
+    model, batch = dump(parsed.model), dump(parsed.batch)
     if "path" in model:
         model["path"] = _resolve(base, model["path"])
-    batch = dict(data.get("batch") or {})
-    bad = set(batch) - _BATCH_KEYS
-    if bad:
-        raise ConfigError(f"job spec {path}: unknown [batch] key(s) {', '.join(sorted(bad))}")
     for key in ("input", "output"):
         if key in batch:
             batch[key] = _resolve(base, batch[key])
-    steps = list((data.get("pipeline") or {}).get("steps") or [])
-    for i, step in enumerate(steps):
-        if not isinstance(step, dict) or "op" not in step:
-            raise ConfigError(f"job spec {path}: pipeline step {i + 1} needs an 'op'")
-    stream = dict(data.get("stream") or {})
-    bad = set(stream) - _STREAM_KEYS
-    if bad:
-        raise ConfigError(f"job spec {path}: unknown [stream] key(s) {', '.join(sorted(bad))}")
-    serve = dict(data.get("serve") or {})
-    bad = set(serve) - _SERVE_KEYS
-    if bad:
-        raise ConfigError(f"job spec {path}: unknown [serve] key(s) {', '.join(sorted(bad))}")
-    return JobSpec(model=model, steps=steps, batch=batch, serve=serve,
-                   stream=stream, source=path)
+    return JobSpec(model=model, steps=[dump(step) for step in parsed.pipeline.steps], batch=batch,
+                   serve=dump(parsed.serve), stream=dump(parsed.stream), source=path)

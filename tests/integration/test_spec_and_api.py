@@ -75,7 +75,8 @@ def test_bad_spec_is_one_line(tmp_path: Path) -> None:
     spec.write_text("[model]\npath = 'm.onnx'\ncolour = 'blue'\n")
     result = run_cli("batch", "--spec", spec)
     assert result.returncode == 1
-    assert "unknown [model] key(s) colour" in result.stderr
+    assert "model: unknown key 'colour'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_api_counts_one_model_load_per_worker(onnx_model: Trained, frame, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -71,9 +71,9 @@ def test_threshold_argmax_label_map() -> None:
 def test_step_specs() -> None:
     step = step_from_dict({"op": "label_map", "labels": ["x", "y"]})
     assert isinstance(step, LabelMap)
-    with pytest.raises(ConfigError, match="unknown pipeline step op 'explode'"):
+    with pytest.raises(ConfigError, match="unknown op 'explode'"):
         step_from_dict({"op": "explode"})
-    with pytest.raises(ConfigError, match="needs the field 'columns'"):
+    with pytest.raises(ConfigError, match="step 'rename': missing required key 'columns'"):
         step_from_dict({"op": "rename"})
 
 

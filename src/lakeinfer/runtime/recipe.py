@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from .._spec_models import validate_step
 from ..errors import ConfigError
 from ..models import Model, load_model, model_digest
 from ..pipeline import ModelStep, Pipeline, Transformer, step_from_dict
@@ -32,9 +33,7 @@ class PipelineRecipe:
     steps: tuple[Any, ...] = (MODEL,)
 
     def __post_init__(self) -> None:
-        steps = [step_from_dict(s) if isinstance(s, Mapping) and s.get("op") != MODEL else s
-                 for s in self.steps]
-        steps = [MODEL if isinstance(s, Mapping) else s for s in steps]
+        steps = [self._step(s, i) for i, s in enumerate(self.steps)]
         if MODEL not in steps:
             steps.append(MODEL)
         if steps.count(MODEL) > 1:
@@ -45,6 +44,15 @@ class PipelineRecipe:
         object.__setattr__(self, "steps", tuple(steps))
         if self.features is not None:
             object.__setattr__(self, "features", tuple(self.features))
+
+    @staticmethod
+    def _step(step: Any, index: int) -> Any:
+        if not isinstance(step, Mapping):
+            return step
+        if step.get("op") == MODEL:
+            validate_step(step, index=index)  # {"op": "model"} takes no options either
+            return MODEL
+        return step_from_dict(step, index=index)
 
     def load_model(self, *, threads: int | None = None) -> Model:
         return load_model(self.model_path, flavor=self.flavor, trust=self.trust,

@@ -1,0 +1,354 @@
+"""The schema of job specs and pipeline step options, as pydantic models.
+
+Every model forbids unknown keys, so a misspelt option is an error naming its path instead of a
+silently used default. Scalars are strict: a string where a number or a bool belongs is refused
+rather than coerced, since ``"false"`` read as true would hide the mistake (an int is still
+taken where a float belongs).
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal, get_args
+
+import pyarrow as pa
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from .errors import ConfigError
+
+__all__ = [
+    "OnError", "STEP_OPS", "SpecModel", "Step", "config_error", "dump", "validate_step",
+]
+
+OnError = Literal["fail", "skip", "null"]
+Engine = Literal["local", "spark"]
+
+
+def _scalar(value: Any) -> Any:
+    # a plain validator, not a union of strict types: one error per bad value, not one per member
+    if isinstance(value, bool | int | float | str | datetime.date | datetime.time):
+        return value
+    raise PydanticCustomError("scalar_type", "expected a number, string or bool, got {got}",
+                              {"got": _show(value)})
+
+
+def _spark_value(value: Any) -> Any:
+    if isinstance(value, bool | int | float | str):
+        return value
+    raise PydanticCustomError("scalar_type", "expected a string, number or bool, got {got}",
+                              {"got": _show(value)})
+
+
+def _labels(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {_scalar(k): _scalar(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_scalar(v) for v in value]
+    raise PydanticCustomError("labels_type", "expected a list or a table of labels, got {got}",
+                              {"got": _show(value)})
+
+
+Scalar = Annotated[Any, AfterValidator(_scalar)]
+SparkValue = Annotated[Any, AfterValidator(_spark_value)]
+Count = Annotated[StrictInt, Field(ge=1)]
+Port = Annotated[StrictInt, Field(ge=0, le=65535)]
+Millis = Annotated[StrictFloat, Field(ge=0)]
+Positive = Annotated[StrictFloat, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- pipeline steps --------------------------------------------------------------------------
+
+class SelectStep(_Strict):
+    op: Literal["select"]
+    columns: list[StrictStr]
+
+
+class RenameStep(_Strict):
+    op: Literal["rename"]
+    columns: dict[StrictStr, StrictStr]
+
+
+def _arrow_type(name: str) -> str:
+    try:
+        pa.type_for_alias(name)
+    except ValueError:
+        raise PydanticCustomError("arrow_type", "unknown Arrow type '{name}'",
+                                  {"name": name}) from None
+    return name
+
+
+class CastStep(_Strict):
+    op: Literal["cast"]
+    columns: dict[StrictStr, Annotated[StrictStr, AfterValidator(_arrow_type)]]
+
+
+class FillNullStep(_Strict):
+    op: Literal["fill_null"]
+    values: dict[StrictStr, Scalar]
+
+
+class AssembleStep(_Strict):
+    op: Literal["assemble"]
+    columns: list[StrictStr]
+    output: StrictStr = "features"
+
+
+class ThresholdStep(_Strict):
+    op: Literal["threshold"]
+    threshold: StrictFloat = 0.5
+    column: StrictStr = "probability"
+    index: StrictInt = 1
+    output: StrictStr = "prediction"
+
+
+class ArgmaxStep(_Strict):
+    op: Literal["argmax"]
+    column: StrictStr = "probability"
+    output: StrictStr = "prediction"
+
+
+class LabelMapStep(_Strict):
+    op: Literal["label_map"]
+    # Any plus a validator, not a union of list and dict: one error per bad value, not per member
+    labels: Annotated[Any, AfterValidator(_labels)]
+    column: StrictStr = "prediction"
+    output: StrictStr | None = None
+
+
+class ModelStepSpec(_Strict):
+    op: Literal["model"]
+
+
+_STEP_MODELS: tuple[type[_Strict], ...] = (
+    SelectStep, RenameStep, CastStep, FillNullStep, AssembleStep, ThresholdStep, ArgmaxStep,
+    LabelMapStep, ModelStepSpec,
+)
+STEP_OPS: tuple[str, ...] = tuple(
+    get_args(m.model_fields["op"].annotation)[0] for m in _STEP_MODELS
+)
+_STEP_BY_OP = dict(zip(STEP_OPS, _STEP_MODELS, strict=True))
+
+Step = Annotated[
+    SelectStep | RenameStep | CastStep | FillNullStep | AssembleStep | ThresholdStep | ArgmaxStep
+    | LabelMapStep | ModelStepSpec,
+    Field(discriminator="op"),
+]
+_STEP_ADAPTER: TypeAdapter[Any] = TypeAdapter(Step)
+
+
+# --- job spec sections -----------------------------------------------------------------------
+
+class ModelSection(_Strict):
+    path: StrictStr | None = None
+    flavor: StrictStr | None = None
+    trust: StrictBool | None = None
+    features: list[StrictStr] | None = None
+    device: StrictStr | None = None
+
+
+class PipelineSection(_Strict):
+    steps: list[Step] = []
+
+
+class BatchSection(_Strict):
+    input: StrictStr | None = None
+    output: StrictStr | None = None
+    input_format: Literal["parquet", "csv", "jsonl"] | None = None
+    keep: list[StrictStr] | None = None
+    workers: Count | None = None
+    batch_size: Count | None = None
+    on_error: OnError | None = None
+    overwrite: StrictBool | None = None
+    engine: Engine | None = None
+    master: StrictStr | None = None
+    spark_conf: dict[StrictStr, SparkValue] | None = None
+    partition_by: list[StrictStr] | None = None
+
+
+class ServeSection(_Strict):
+    name: StrictStr | None = None
+    host: StrictStr | None = None
+    port: Port | None = None
+    workers: Count | None = None
+    max_batch_size: Count | None = None
+    max_wait_ms: Millis | None = None
+    max_queue: Count | None = None
+    timeout_ms: Positive | None = None
+    max_body_bytes: Count | None = None
+    api_key_env: StrictStr | None = None
+
+
+class StreamSection(_Strict):
+    bootstrap_servers: StrictStr | None = None
+    input_topic: StrictStr | None = None
+    output_topic: StrictStr | None = None
+    group_id: StrictStr | None = None
+    dead_letter_topic: StrictStr | None = None
+    exactly_once: StrictBool | None = None
+    transactional_id: StrictStr | None = None
+    keep: list[StrictStr] | None = None
+    max_batch_size: Count | None = None
+    max_wait_ms: Millis | None = None
+    metrics_interval_s: Positive | None = None
+    metrics_port: Port | None = None
+    max_poll_interval_ms: Count | None = None
+    engine: Engine | None = None
+    master: StrictStr | None = None
+    checkpoint: StrictStr | None = None
+    trigger: StrictStr | None = None
+
+
+def _table(value: Any) -> Any:
+    # an empty YAML section (``batch:``) reads as null; it means the same as leaving it out
+    return {} if value is None else value
+
+
+class SpecModel(_Strict):
+    model: Annotated[ModelSection, BeforeValidator(_table)] = ModelSection()
+    pipeline: Annotated[PipelineSection, BeforeValidator(_table)] = PipelineSection()
+    batch: Annotated[BatchSection, BeforeValidator(_table)] = BatchSection()
+    serve: Annotated[ServeSection, BeforeValidator(_table)] = ServeSection()
+    stream: Annotated[StreamSection, BeforeValidator(_table)] = StreamSection()
+
+
+_SECTIONS: dict[str, type[_Strict]] = {
+    "model": ModelSection, "pipeline": PipelineSection, "batch": BatchSection,
+    "serve": ServeSection, "stream": StreamSection,
+}
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+Loc = tuple[int | str, ...]
+
+
+def _clean_loc(loc: Loc, lone_step: bool) -> tuple[Loc, str | None]:
+    """The location without the discriminator's tag pydantic puts after a step, and that op."""
+    parts = list(loc)
+    if lone_step:
+        # validate_step's locations start with the tag, unless the op itself was bad
+        op = parts.pop(0) if parts and parts[0] in _STEP_BY_OP else None
+        return tuple(parts), None if op is None else str(op)
+    for i in range(len(parts) - 2):
+        if parts[i] == "steps" and isinstance(parts[i + 1], int) and parts[i + 2] in _STEP_BY_OP:
+            return tuple(parts[:i + 2] + parts[i + 3:]), str(parts[i + 2])
+    return tuple(parts), None
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _allowed(parent: tuple[int | str, ...], op: str | None) -> list[str] | None:
+    if op is not None and (not parent or isinstance(parent[-1], int)):
+        cls: type[_Strict] | None = _STEP_BY_OP[op]
+    elif not parent:
+        cls = SpecModel
+    else:
+        cls = _SECTIONS.get(str(parent[0])) if len(parent) == 1 else None
+    return [k for k in cls.model_fields if k != "op"] if cls is not None else None
+
+
+def _unknown_key(key: str, parent: tuple[int | str, ...], op: str | None) -> str:
+    noun = "section" if not parent and op is None else "key"
+    allowed = _allowed(parent, op)
+    if not allowed:
+        return f"unknown {noun} {key!r}" + (f" ({op} takes no options)" if op else "")
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(allowed)}"
+    return f"unknown {noun} {key!r} ({hint})"
+
+
+_EXPECTED = {
+    "int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
+    "string_type": "a string", "list_type": "a list", "dict_type": "a table/mapping",
+    "model_type": "a table/mapping", "model_attributes_type": "a table/mapping",
+}
+
+
+def _describe(err: ErrorDetails, lone_step: bool) -> str:
+    kind, ctx = err["type"], err.get("ctx") or {}
+    loc, op = _clean_loc(tuple(err["loc"]), lone_step)
+    if kind == "extra_forbidden":
+        where, message = loc[:-1], _unknown_key(str(loc[-1]), loc[:-1], op)
+    elif kind == "missing":
+        where, message = loc[:-1], f"missing required key {loc[-1]!r}"
+    elif kind == "union_tag_invalid":
+        where = loc
+        message = f"unknown op {ctx.get('tag')!r} (choose one of {', '.join(STEP_OPS)})"
+    elif kind == "union_tag_not_found":
+        where, message = loc, f"a step needs an 'op' (one of {', '.join(STEP_OPS)})"
+    elif kind in _EXPECTED:
+        where, message = loc, f"expected {_EXPECTED[kind]}, got {_show(err['input'])}"
+    elif kind == "literal_error":
+        where, message = loc, f"expected {ctx.get('expected')}, got {_show(err['input'])}"
+    elif kind in ("greater_than_equal", "greater_than", "less_than_equal"):
+        bound = {"greater_than_equal": f"at least {ctx.get('ge')}",
+                 "greater_than": f"greater than {ctx.get('gt')}",
+                 "less_than_equal": f"at most {ctx.get('le')}"}[kind]
+        where, message = loc, f"must be {bound}, got {_show(err['input'])}"
+    else:
+        where, message = loc, err["msg"]
+    path = _path(where)
+    return f"{path}: {message}" if path else message
+
+
+def _one_line(exc: ValidationError, lone_step: bool, limit: int = 5) -> str:
+    errors = exc.errors(include_url=False)
+    messages = list(dict.fromkeys(_describe(e, lone_step) for e in errors))
+    text = "; ".join(messages[:limit])
+    if len(messages) > limit:
+        text += f"; and {len(messages) - limit} more"
+    return text.replace("\n", " ")
+
+
+def config_error(exc: ValidationError, prefix: str, *, lone_step: bool = False) -> ConfigError:
+    """One line naming each bad key's path, after ``prefix`` (e.g. ``job spec job.toml``)."""
+    return ConfigError(f"{prefix}: {_one_line(exc, lone_step)}")
+
+
+def validate_step(spec: Mapping[str, Any], *, index: int | None = None) -> dict[str, Any]:
+    """The step's options as given, checked: ``{"op": ..., **options}``."""
+    if index is not None:
+        where = f"pipeline.steps[{index}]"
+    elif isinstance(spec, Mapping) and spec.get("op") in _STEP_BY_OP:
+        where = f"step {spec['op']!r}"
+    else:
+        where = "step"
+    try:
+        step = _STEP_ADAPTER.validate_python(spec)
+    except ValidationError as exc:
+        raise config_error(exc, where, lone_step=True) from None
+    return dump(step)
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    # only what the user set: defaults stay out so CLI options and callers can still decide
+    return model.model_dump(exclude_unset=True, exclude_none=True)
