@@ -43,7 +43,7 @@ _SERVE_KEYS = {"name", "host", "port", "workers", "max_batch_size", "max_wait_ms
                "max_body_bytes", "api_key_env"}
 _STREAM_KEYS = {"bootstrap_servers", "input_topic", "output_topic", "group_id", "dead_letter_topic", "exactly_once",
                 "transactional_id", "keep", "max_batch_size", "max_wait_ms", "metrics_interval_s", "max_poll_interval_ms",
-                "engine", "master",
+                "metrics_port", "engine", "master",
                 "checkpoint", "trigger"}
 _BATCH_KEYS = {"input", "output", "input_format", "keep", "workers", "batch_size", "on_error", "overwrite", "engine",
                "master", "spark_conf", "partition_by"}
