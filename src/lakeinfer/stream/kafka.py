@@ -170,9 +170,9 @@ class KafkaScorer:
         self.stats.latencies.append(time.perf_counter() - start)
         del self.stats.latencies[:-10_000]
         if self.metrics is not None:
+            self.metrics.lag(self._lag())  # first: a scrape that sees this batch counted sees its lag
             self.metrics.batch(consumed=len(messages), produced=len(encoded), dead_lettered=len(bad),
                                seconds=self.stats.latencies[-1])
-            self.metrics.lag(self._lag())
 
     def _process_columns(self, messages: Sequence[Any], values: list[Any]
                          ) -> tuple[list[int], list[bytes], dict[int, str]] | None:
