@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--max-batch-size", type=_positive, help="messages per model call (default 1000)")
     stream.add_argument("--max-wait-ms", type=float, help="longest wait for a batch to fill (default 10)")
     stream.add_argument("--metrics-interval", type=float, help="seconds between metrics log lines (default 10)")
+    stream.add_argument("--metrics-port", type=int,
+                        help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (default: none)")
     stream.add_argument("--max-poll-interval-ms", type=_positive,
                         help="the consumer's max.poll.interval.ms (default 300000); a slow model never overruns it")
     stream.add_argument("--engine", choices=("local", "spark"), help="local (default) or spark (Structured Streaming)")
@@ -195,7 +197,7 @@ def _stream(args: argparse.Namespace) -> int:
            "exactly_once": args.exactly_once, "transactional_id": args.transactional_id, "keep": args.keep,
            "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
            "metrics_interval_s": args.metrics_interval, "max_poll_interval_ms": args.max_poll_interval_ms,
-           "engine": args.engine, "master": args.master,
+           "metrics_port": args.metrics_port, "engine": args.engine, "master": args.master,
            "checkpoint": args.checkpoint, "trigger": args.trigger}
     options.update({k: v for k, v in cli.items() if v is not None})
     missing = [k for k in ("bootstrap_servers", "input_topic", "output_topic") if not options.get(k)]
@@ -210,6 +212,8 @@ def _stream(args: argparse.Namespace) -> int:
     except TypeError as exc:
         raise ConfigError(f"stream: {exc}") from None
     if engine == "spark":
+        if config.metrics_port is not None:
+            raise ConfigError("--metrics-port is for the local engine; Spark reports through its own UI")
         from .stream.spark import run_spark_stream
 
         run_spark_stream(config, **spark_options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +12,7 @@ import httpx
 import joblib
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import FEATURES, Trained, read_output, run_cli
 from tests.serving import serving
@@ -35,6 +37,23 @@ def echo_model(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def _echo_args(path: Path, *extra: object) -> list[object]:
     return ["--model", path, "--trust-model", "--features", ",".join(FEATURES), "--name", "echo", *extra]
+
+
+def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of a Prometheus exposition, as (name, labels, value)."""
+    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def _workers_seen(url: str, *, want: int, tries: int = 400) -> set[str]:
+    """The worker pids answering GETs of ``url``, each over a new connection, until ``want`` of them."""
+    pids: set[str] = set()
+    for _ in range(tries):
+        answer = httpx.get(url)
+        assert answer.status_code == 200, answer.text
+        pids.add(answer.headers["x-lakeinfer-worker"])
+        if len(pids) >= want:
+            break
+    return pids
 
 
 def test_tritonclient_speaks_v2(onnx_server, onnx_model: Trained, X) -> None:  # type: ignore[no-untyped-def]
@@ -90,11 +109,10 @@ def test_concurrent_callers_get_their_own_rows(echo_model) -> None:  # type: ign
 
         with ThreadPoolExecutor(24) as pool:
             list(pool.map(call, range(24)))
-        metrics = httpx.get(f"{server.url}/metrics").text
-    merged = [line for line in metrics.splitlines() if line.startswith("lakeinfer_batch_requests_bucket")
-              and 'le="1"' in line]
-    total = [line for line in metrics.splitlines() if line.startswith("lakeinfer_batch_requests_count")]
-    assert int(merged[0].split()[-1]) < int(total[0].split()[-1]), "no model call merged two requests"
+        metrics = _samples(httpx.get(f"{server.url}/metrics").text)
+    alone = sum(v for name, labels, v in metrics if name == "lakeinfer_batch_requests_bucket" and labels["le"] == "1.0")
+    calls = sum(v for name, _, v in metrics if name == "lakeinfer_batch_requests_count")
+    assert 0 < alone < calls, "no model call merged two requests"
 
 
 def test_bad_requests_get_400_naming_the_field(onnx_server) -> None:  # type: ignore[no-untyped-def]
@@ -159,9 +177,9 @@ def test_limits_413_503_504(echo_model) -> None:  # type: ignore[no-untyped-def]
         assert busy.headers["retry-after"] == "1" and "waiting" in busy.json()["error"]
         assert set(codes) <= {200, 503, 504}
         # a request that waits behind others past its timeout gets 504, not a hang
+        started = time.monotonic()
         with ThreadPoolExecutor(3) as pool:
             slow = list(pool.map(lambda _: httpx.post(url, json={"instances": [row]}, timeout=30), range(3)))
-        started = time.monotonic()
         timed = [a for a in slow if a.status_code == 504]
         assert timed or all(a.status_code == 200 for a in slow)
         for a in timed:
@@ -198,11 +216,8 @@ def test_ready_only_when_every_worker_loaded(echo_model) -> None:  # type: ignor
         answer = httpx.post(f"{server.url}/v1/models/echo/predict", json={"instances": [{f: 1.0 for f in FEATURES}]})
         assert answer.status_code == 503 and "loading" in answer.json()["error"]
         server.wait("/v2/health/ready", timeout=60)
-        pids = set()
-        for _ in range(20):
-            metrics = httpx.get(f"{server.url}/metrics").text
-            pids |= {line.split('pid="')[1].split('"')[0] for line in metrics.splitlines() if 'pid="' in line}
-        assert len(pids) >= 1
+        pids = _workers_seen(server.url + "/v2/health/ready", want=2)
+        assert len(pids) == 2, pids  # each answered ready: each has its model loaded
 
 
 def test_sigterm_drains_requests_in_flight(echo_model) -> None:  # type: ignore[no-untyped-def]
@@ -258,3 +273,39 @@ def test_serve_with_a_model_that_does_not_load(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "cannot load ONNX model" in result.stderr
+
+
+def test_one_scrape_totals_every_worker(onnx_model: Trained, X) -> None:  # type: ignore[no-untyped-def]
+    rows = X.to_numpy(np.float64)[:3]
+    body = {"inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP64", "data": rows.ravel().tolist()}]}
+    with serving("--model", onnx_model.path, *onnx_model.cli, "--name", "rf", "--workers", "2") as server:
+        def call(_: int) -> str:
+            answer = httpx.post(f"{server.url}/v2/models/rf/infer", json=body, timeout=30)  # a new connection each
+            assert answer.status_code == 200, answer.text
+            return answer.headers["x-lakeinfer-worker"]
+
+        with ThreadPoolExecutor(8) as pool:
+            served = list(pool.map(call, range(200)))
+        # both workers answered some, so a scrape of either one alone would count fewer than 200
+        assert len(set(served)) == 2, f"one worker took every request: {set(served)}"
+        samples = _samples(httpx.get(f"{server.url}/metrics").text)
+    infer = {labels["code"]: v for name, labels, v in samples
+             if name == "lakeinfer_requests_total" and labels["endpoint"] == "infer"}
+    assert infer == {"200": 200}
+    latency = [v for name, labels, v in samples if name == "lakeinfer_request_seconds_count"
+               and labels["endpoint"] == "infer"]
+    assert latency == [200]
+    assert sum(v for name, _, v in samples if name == "lakeinfer_batch_rows_sum") == 600
+    assert [v for name, _, v in samples if name == "lakeinfer_queue_depth"] == [0]
+
+
+def test_serve_on_a_busy_port_is_one_line(onnx_model: Trained) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("serve", "--model", onnx_model.path, *onnx_model.cli, "--port", str(port))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"lakeinfer: error: port {port} on 127.0.0.1 is in use"), lines

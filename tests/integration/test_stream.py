@@ -6,13 +6,16 @@ import json
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import joblib
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import FEATURES, Trained, read_output, run_cli
 from tests.kafka_helpers import (
@@ -53,6 +56,17 @@ def _wait_for(broker: str, topic: str, n: int, timeout: float = 90) -> list:  # 
     return consume(broker, topic, expect=n, timeout=timeout)
 
 
+def _metrics_when(port: int, done: Callable[[dict[str, float]], bool], timeout: float = 30) -> dict[str, float]:
+    """The scorer's metrics once ``done`` holds for them: a batch is counted just after its commit."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        seen = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+        if done(seen) or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.1)
+
+
 def test_records_in_predictions_out_equal_batch(broker: str, onnx_model: Trained, tmp_path: Path) -> None:
     source, sink, dlq = _topics(broker)
     sent = records(600)
@@ -88,12 +102,19 @@ def test_poison_messages_go_to_the_dead_letter_topic(broker: str, onnx_model: Tr
               (b"p4", b"[1, 2, 3]"),
               (b"p5", b"\xff\xfe binary")]
     produce(broker, source, good[:50] + poison + good[50:])
+    port = free_port()
     proc = stream_cli("--model", onnx_model.path, *onnx_model.cli, "--bootstrap-servers", broker,
                       "--input-topic", source, "--output-topic", sink, "--dead-letter-topic", dlq,
-                      "--group-id", f"g-{source}", "--max-batch-size", "40")
+                      "--group-id", f"g-{source}", "--max-batch-size", "40", "--metrics-port", port)
     outputs = _wait_for(broker, sink, 100)
     dead = _wait_for(broker, dlq, 5)
+    counted = _metrics_when(port, lambda m: m.get("lakeinfer_stream_consumed_total", 0) >= 105)
     code, err = _stop(proc)
+    assert counted["lakeinfer_stream_consumed_total"] == 105
+    assert counted["lakeinfer_stream_produced_total"] == 100
+    assert counted["lakeinfer_stream_dead_lettered_total"] == 5
+    assert counted["lakeinfer_stream_batch_seconds_count"] >= 3  # 105 messages, at most 40 a batch
+    assert counted["lakeinfer_stream_lag"] == 0
     assert code == 0, err
     assert len(outputs) == 100
     letters = {m.key(): json.loads(m.value()) for m in dead}

@@ -11,6 +11,7 @@ import contextlib
 import hmac
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import InputError, LakeinferError
@@ -26,10 +27,12 @@ from ..runtime.records import records_to_batch
 from . import v2
 from .config import ServeConfig
 from .dataplane import DataPlane, Overloaded
+from .metrics import CONTENT_TYPE
 from .openapi import DOCS_PAGE, openapi_document
 from .v2 import HEADER_LENGTH, ProtocolError, decode_request, encode_response, requested_outputs
 
 log = logging.getLogger("lakeinfer.serve")
+WORKER_HEADER = "X-Lakeinfer-Worker"
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -48,6 +51,7 @@ def create_app(config: ServeConfig) -> Starlette:
     plane = DataPlane(config)
     api_key = config.api_key()
     timeout = config.timeout_ms / 1000.0
+    worker = str(os.getpid())
 
     def endpoint(label: str, *, public: bool = False) -> Callable[[Handler], Handler]:
         """Auth, error mapping and metrics around a handler."""
@@ -75,6 +79,8 @@ def create_app(config: ServeConfig) -> Starlette:
                 if response.status_code >= 400:
                     plane.metrics.error(str(response.status_code))
                 plane.metrics.request(label, response.status_code, time.perf_counter() - start)
+                # which worker process answered: for operators (and tests) of a --workers N server
+                response.headers[WORKER_HEADER] = worker
                 return response
 
             return run
@@ -137,7 +143,7 @@ def create_app(config: ServeConfig) -> Starlette:
 
     @endpoint("metrics")
     async def metrics(request: Request) -> Response:
-        return PlainTextResponse(plane.metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(plane.metrics.render(), media_type=CONTENT_TYPE)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document(plane.name))

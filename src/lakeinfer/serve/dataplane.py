@@ -130,3 +130,4 @@ class DataPlane:
         self.board.unmark()
         if self.batcher is not None:
             await self.batcher.drain()
+        self.metrics.close()

@@ -1,95 +1,98 @@
-"""A few Prometheus metrics in the text exposition format, with no dependency.
+"""The server's Prometheus metrics, through prometheus_client.
 
-Each worker process keeps its own; every series carries the worker's ``pid`` label so that
-scrapes of several workers add up instead of overwriting each other.
+Under ``lakeinfer serve`` every worker process writes its values to files in
+``PROMETHEUS_MULTIPROC_DIR`` (set by the server before it starts them), and a scrape, whichever
+worker answers it, reads all the files: one scrape totals every worker. An app created without
+that variable (in-process use, tests) keeps its values in memory, in a registry of its own.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 
-def _labels(pairs: dict[str, str]) -> str:
-    inner = ",".join(f'{k}="{v}"' for k, v in sorted(pairs.items()))
-    return "{" + inner + "}"
+def multiprocess_dir() -> str | None:
+    """The shared folder, when this process writes its values there.
 
-
-class _Histogram:
-    def __init__(self, buckets: Sequence[float]) -> None:
-        self.buckets = tuple(buckets)
-        self.counts = [0] * len(self.buckets)
-        self.total = 0.0
-        self.n = 0
-
-    def observe(self, value: float) -> None:
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[i] += 1
-        self.total += value
-        self.n += 1
+    prometheus_client picks file-backed values once, when first imported: a variable set after
+    that would make the scrape read files nobody writes, so both must agree.
+    """
+    folder = os.environ.get(MULTIPROC_ENV)
+    return folder if folder and getattr(values.ValueClass, "_multiprocess", False) else None
 
 
 class Metrics:
     """Requests by endpoint and code, latency and batch-size histograms, queue depth, errors."""
 
     def __init__(self, queue_depth: Callable[[], int]) -> None:
-        self._lock = threading.Lock()
-        self._pid = str(os.getpid())
-        self._requests: dict[tuple[str, str], int] = defaultdict(int)
-        self._errors: dict[str, int] = defaultdict(int)
-        self._latency: dict[str, _Histogram] = {}
-        self._batch_rows = _Histogram(BATCH_BUCKETS)
-        self._batch_requests = _Histogram(BATCH_BUCKETS)
+        self._folder = multiprocess_dir()
+        # with files, the scrape builds its own registry from them; these objects only write
+        registry = None if self._folder else CollectorRegistry()
+        self._registry = registry
+        self._requests = Counter("lakeinfer_requests", "HTTP requests by endpoint and status code.",
+                                 ["endpoint", "code"], registry=registry)
+        self._errors = Counter("lakeinfer_errors", "Failed requests by kind of error.", ["kind"],
+                               registry=registry)
+        self._latency = Histogram("lakeinfer_request_seconds", "Request latency.", ["endpoint"],
+                                  buckets=LATENCY_BUCKETS, registry=registry)
+        self._batch_rows = Histogram("lakeinfer_batch_rows", "Rows per model call.",
+                                     buckets=BATCH_BUCKETS, registry=registry)
+        self._batch_requests = Histogram("lakeinfer_batch_requests", "Requests merged per model call.",
+                                         buckets=BATCH_BUCKETS, registry=registry)
+        # livesum: the workers' queues added up, a worker that has exited counting for nothing
+        self._queue = Gauge("lakeinfer_queue_depth", "Requests waiting for the model.",
+                            multiprocess_mode="livesum", registry=registry)
         self._queue_depth = queue_depth
 
+    @property
+    def multiprocess(self) -> bool:
+        return self._folder is not None
+
     def request(self, endpoint: str, code: int, seconds: float) -> None:
-        with self._lock:
-            self._requests[(endpoint, str(code))] += 1
-            self._latency.setdefault(endpoint, _Histogram(LATENCY_BUCKETS)).observe(seconds)
+        self._requests.labels(endpoint=endpoint, code=str(code)).inc()
+        self._latency.labels(endpoint=endpoint).observe(seconds)
+        self._sample_depth()
 
     def error(self, kind: str) -> None:
-        with self._lock:
-            self._errors[kind] += 1
+        self._errors.labels(kind=kind).inc()
 
     def batch(self, requests: int, rows: int) -> None:
-        with self._lock:
-            self._batch_requests.observe(requests)
-            self._batch_rows.observe(rows)
+        self._batch_requests.observe(requests)
+        self._batch_rows.observe(rows)
+        self._sample_depth()
 
-    def render(self) -> str:
-        pid = {"pid": self._pid}
-        lines: list[str] = []
-        with self._lock:
-            lines += ["# HELP lakeinfer_requests_total HTTP requests by endpoint and status code.",
-                      "# TYPE lakeinfer_requests_total counter"]
-            for (endpoint, code), n in sorted(self._requests.items()):
-                lines.append(f"lakeinfer_requests_total{_labels({**pid, 'endpoint': endpoint, 'code': code})} {n}")
-            lines += ["# HELP lakeinfer_errors_total Failed requests by kind of error.",
-                      "# TYPE lakeinfer_errors_total counter"]
-            for kind, n in sorted(self._errors.items()):
-                lines.append(f"lakeinfer_errors_total{_labels({**pid, 'kind': kind})} {n}")
-            lines += ["# HELP lakeinfer_request_seconds Request latency.", "# TYPE lakeinfer_request_seconds histogram"]
-            for endpoint, hist in sorted(self._latency.items()):
-                lines += _histogram("lakeinfer_request_seconds", hist, {**pid, "endpoint": endpoint})
-            lines += ["# HELP lakeinfer_batch_rows Rows per model call.", "# TYPE lakeinfer_batch_rows histogram"]
-            lines += _histogram("lakeinfer_batch_rows", self._batch_rows, pid)
-            lines += ["# HELP lakeinfer_batch_requests Requests merged per model call.",
-                      "# TYPE lakeinfer_batch_requests histogram"]
-            lines += _histogram("lakeinfer_batch_requests", self._batch_requests, pid)
-        lines += ["# HELP lakeinfer_queue_depth Requests waiting for the model.", "# TYPE lakeinfer_queue_depth gauge",
-                  f"lakeinfer_queue_depth{_labels(pid)} {self._queue_depth()}"]
-        return "\n".join(lines) + "\n"
+    def _sample_depth(self) -> None:
+        # A gauge in files cannot be read by callback from another worker's scrape, so each
+        # worker writes its depth as its requests and model calls end, and when it is scraped.
+        self._queue.set(self._queue_depth())
 
+    def render(self) -> bytes:
+        self._sample_depth()
+        if self._folder is None:
+            assert self._registry is not None
+            return generate_latest(self._registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self._folder)
+        return generate_latest(registry)
 
-def _histogram(name: str, hist: _Histogram, labels: dict[str, str]) -> list[str]:
-    lines = [f"{name}_bucket{_labels({**labels, 'le': str(b)})} {c}" for b, c in zip(hist.buckets, hist.counts, strict=True)]
-    lines.append(f"{name}_bucket{_labels({**labels, 'le': '+Inf'})} {hist.n}")
-    lines.append(f"{name}_sum{_labels(labels)} {hist.total}")
-    lines.append(f"{name}_count{_labels(labels)} {hist.n}")
-    return lines
+    def close(self) -> None:
+        """This worker is exiting: its queue depth no longer counts (its counters still do)."""
+        if self._folder is not None:
+            multiprocess.mark_process_dead(os.getpid(), self._folder)

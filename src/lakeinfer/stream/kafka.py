@@ -27,6 +27,7 @@ from ..runtime import ModelRuntime, PipelineRecipe, Scored
 from ..runtime.batcher import score_group
 from ..runtime.records import records_to_batch
 from . import codec
+from .metrics import StreamMetrics
 
 log = logging.getLogger("lakeinfer.stream")
 
@@ -50,6 +51,7 @@ class StreamConfig:
     transactional_id: str | None = None
     max_messages: int | None = None  # stop after this many (benchmarks); None: until SIGTERM
     idle_exit_s: float | None = None  # stop after this long without messages (benchmarks, tests)
+    metrics_port: int | None = None  # serve Prometheus metrics on 127.0.0.1:PORT
 
 
 @dataclasses.dataclass
@@ -84,6 +86,8 @@ class KafkaScorer:
         self._consumer: Any = None
         self._producer: Any = None
         self._delivery_errors: list[str] = []
+        # last: a port that is taken fails here, before anything else was started
+        self.metrics = StreamMetrics(config.metrics_port) if config.metrics_port is not None else None
 
     # -- set-up -------------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -158,6 +162,10 @@ class KafkaScorer:
         self.stats.batches += 1
         self.stats.latencies.append(time.perf_counter() - start)
         del self.stats.latencies[:-10_000]
+        if self.metrics is not None:
+            self.metrics.lag(self._lag())  # first: a scrape that sees this batch counted sees its lag
+            self.metrics.batch(consumed=len(messages), produced=len(encoded), dead_lettered=len(bad),
+                               seconds=self.stats.latencies[-1])
 
     def _process_columns(self, messages: Sequence[Any], values: list[Any]
                          ) -> tuple[list[int], list[bytes], dict[int, str]] | None:
@@ -335,6 +343,8 @@ class KafkaScorer:
             if self._consumer is not None:
                 self._consumer.close()  # commits nothing more; leaves the group at once
             self._executor.shutdown(wait=True)
+            if self.metrics is not None:
+                self.metrics.close()
         log.warning("lakeinfer stream: stopped: %s", self.stats.line(None))
 
 
