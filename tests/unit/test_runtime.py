@@ -1,0 +1,241 @@
+"""The runtime's parts on their own: the missing-value rule, bad-record isolation, the error wire
+format, read-ahead and write-behind, the adaptive batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pyarrow as pa
+import pytest
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+
+from lakeinfer import errors
+from lakeinfer.io.overlap import WriteBehind, prefetch
+from lakeinfer.runtime import ModelRuntime, PipelineRecipe
+from lakeinfer.runtime.batcher import AdaptiveBatcher
+from lakeinfer.schema import invalid_rows
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, object]]:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 3))
+    y = (x[:, 0] + x[:, 1] > 0).astype(int)
+    folder = tmp_path_factory.mktemp("models")
+    out = {}
+    for name, estimator in (("lr", LogisticRegression()), ("hgb", HistGradientBoostingClassifier(max_iter=20))):
+        estimator.fit(x, y)
+        joblib.dump(estimator, folder / f"{name}.joblib")
+        out[name] = (folder / f"{name}.joblib", estimator)
+    return out
+
+
+def _runtime(path: Path, **options: object) -> ModelRuntime:
+    recipe = PipelineRecipe(model_path=str(path), trust=True, features=("a", "b", "c"), **options)  # type: ignore[arg-type]
+    return ModelRuntime(recipe)
+
+
+def _batch(a: list[float | None], b: list[float | None] | None = None) -> pa.RecordBatch:
+    b = b if b is not None else [0.5] * len(a)
+    return pa.RecordBatch.from_pydict({"a": pa.array(a, pa.float64()), "b": pa.array(b, pa.float64()),
+                                       "c": pa.array([1] * len(a), pa.int64())})
+
+
+def test_invalid_rows_names_the_first_bad_column_of_each_row() -> None:
+    batch = _batch([1.0, None, NAN, INF, -INF, 2.0], [1.0, 1.0, None, 1.0, 1.0, NAN])
+    bad = invalid_rows(batch, ["a", "b", "c"], missing_ok=False)
+    assert bad is not None
+    assert bad.mask.tolist() == [False, True, True, True, True, True]
+    assert bad.reasons() == [None, "feature column 'a' is null", "feature column 'a' is NaN",
+                             "feature column 'a' is Infinity", "feature column 'a' is -Infinity",
+                             "feature column 'b' is NaN"]
+    lenient = invalid_rows(batch, ["a", "b", "c"], missing_ok=True)
+    assert lenient is not None and lenient.reasons() == [None, None, None, "feature column 'a' is Infinity",
+                                                         "feature column 'a' is -Infinity", None]
+    assert invalid_rows(_batch([1.0, 2.0]), ["a", "b", "c"], missing_ok=False) is None
+
+
+def test_invalid_rows_looks_inside_vectors() -> None:
+    vectors = pa.array([[1.0, 2.0], [1.0, NAN], None, [INF, 0.0]], pa.list_(pa.float64()))
+    fixed = pa.FixedSizeListArray.from_arrays(pa.array([1.0, 2.0, 3.0, None]), 2)
+    batch = pa.RecordBatch.from_pydict({"v": vectors, "w": pa.concat_arrays([fixed, fixed])})
+    bad = invalid_rows(batch, ["v"], missing_ok=False)
+    assert bad is not None and bad.reasons() == [None, "feature column 'v' is NaN", "feature column 'v' is null",
+                                                 "feature column 'v' is Infinity"]
+    bad = invalid_rows(batch, ["w"], missing_ok=False)
+    assert bad is not None and bad.mask.tolist() == [False, True, False, True]
+
+
+def test_transform_follows_on_error(models: dict[str, tuple[Path, object]]) -> None:
+    path, estimator = models["lr"]
+    batch = _batch([0.1, NAN, 0.3, 0.4])
+    with pytest.raises(errors.BadRecordError) as caught:
+        _runtime(path).transform(batch)
+    assert (caught.value.row, caught.value.column, caught.value.reason) == (1, "a", "feature column 'a' is NaN")
+    skipped = _runtime(path, on_error="skip").transform(batch)
+    x = np.array([[0.1, 0.5, 1], [0.3, 0.5, 1], [0.4, 0.5, 1]])
+    assert skipped.column("prediction").to_pylist() == estimator.predict(x).tolist()  # type: ignore[attr-defined]
+    nulls = _runtime(path, on_error="null").transform(batch)
+    assert nulls.column("prediction").to_pylist()[1] is None and nulls.num_rows == 4
+
+
+def test_score_isolates_bad_rows(models: dict[str, tuple[Path, object]]) -> None:
+    path, estimator = models["lr"]
+    runtime = _runtime(path)
+    scored = runtime.score(_batch([0.1, None, 0.3, INF]))
+    assert scored.errors == [None, "feature column 'a' is null", None, "feature column 'a' is Infinity"]
+    assert scored.outputs.schema.names == ["prediction", "probability"]
+    expected = estimator.predict_proba(np.array([[0.1, 0.5, 1], [0.3, 0.5, 1]]))  # type: ignore[attr-defined]
+    got = scored.outputs.column("probability").to_pylist()
+    assert got[1] is None and got[3] is None
+    np.testing.assert_allclose([got[0], got[2]], expected, rtol=0, atol=1e-12)
+    with pytest.raises(errors.BadRecordError, match=r"^row 1: feature column 'a' is null \(and 1 more bad rows\)$"):
+        scored.raise_bad()
+    assert scored.slice(2, 1).errors is None and scored.slice(3, 1).errors == ["feature column 'a' is Infinity"]
+    assert runtime.score(_batch([0.1])).errors is None
+
+
+def test_a_model_that_takes_missing_values_gets_nan(models: dict[str, tuple[Path, object]]) -> None:
+    path, estimator = models["hgb"]
+    runtime = _runtime(path)
+    assert runtime.model.handles_missing
+    out = runtime.transform(_batch([None, NAN, 0.2]))
+    x = np.array([[NAN, 0.5, 1], [NAN, 0.5, 1], [0.2, 0.5, 1]])
+    np.testing.assert_allclose(out.column("probability").to_pylist(),
+                               estimator.predict_proba(x), rtol=0, atol=1e-12)  # type: ignore[attr-defined]
+    with pytest.raises(errors.BadRecordError, match="is Infinity"):
+        runtime.transform(_batch([INF]))
+
+
+def test_output_schema_and_inputs(models: dict[str, tuple[Path, object]]) -> None:
+    runtime = _runtime(models["lr"][0])
+    assert runtime.input_schema().names == ["a", "b", "c"]
+    assert runtime.describe_outputs().names == ["prediction", "probability"]
+    schema = runtime.output_schema(_batch([0.1]).append_column("id", pa.array([7])), keep=["id"])
+    assert schema.names == ["id", "prediction", "probability"]
+    with pytest.raises(errors.SchemaError, match="--keep column 'nope'"):
+        runtime.output_schema(_batch([0.1]), keep=["nope"])
+    assert runtime.read_columns(["id"]) == ("a", "b", "c", "id")
+
+
+def test_wire_format_round_trips_inside_other_text() -> None:
+    bad = errors.BadRecordError("input file x, row 3: feature column 'f{0}' is NaN", column="f{0}", row=3,
+                                reason="feature column 'f{0}' is NaN")
+    text = f"py4j error\nTraceback ...\nRuntimeError: {errors.wire_text(bad)}\n\tat org.apache.spark ..."
+    found = errors.find_wire(text)
+    assert isinstance(found, errors.BadRecordError)
+    assert (str(found), found.column, found.row, found.reason) == (str(bad), "f{0}", 3, bad.reason)
+    for exc in (errors.SchemaError("missing column 'a'"), errors.ModelLoadError("gone")):
+        back = errors.from_wire(errors.to_wire(exc))
+        assert type(back) is type(exc) and str(back) == str(exc)
+    other = errors.from_wire(errors.to_wire(ValueError("boom")))
+    assert type(other) is errors.LakeinferError and str(other) == "ValueError: boom"
+    assert errors.from_wire({"class": "os", "message": "m"}).__class__ is errors.LakeinferError
+    assert errors.find_wire("no marker here") is None
+
+
+def test_prefetch_stops_when_its_consumer_does() -> None:
+    # the producer has read everything and waits to hand over its end mark on a full queue when
+    # the consumer fails: once, that put blocked for ever and so did the consumer's join
+    exhausted = threading.Event()
+
+    def items() -> Iterator[int]:
+        yield from range(2)
+        exhausted.set()
+
+    def consume() -> None:
+        for _ in prefetch(items(), depth=1):
+            assert exhausted.wait(10)
+            raise errors.BadRecordError("bad", column="a", row=0)
+
+    done = threading.Event()
+
+    def run() -> None:
+        with pytest.raises(errors.BadRecordError):
+            consume()
+        done.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert done.wait(10), "prefetch hung after its consumer stopped"
+
+
+def test_prefetch_hands_the_producers_error_to_the_consumer() -> None:
+    def items() -> Iterator[int]:
+        yield 1
+        raise errors.InputError("file x is truncated")
+
+    got = []
+    with pytest.raises(errors.InputError, match="truncated"):
+        for item in prefetch(items()):
+            got.append(item)
+    assert got == [1]
+
+
+def test_write_behind_reports_the_first_write_error() -> None:
+    written: list[int] = []
+
+    def write(item: int) -> None:
+        if item == 2:
+            raise OSError("disk full")
+        written.append(item)
+
+    behind = WriteBehind(write, depth=1)
+    with pytest.raises(OSError, match="disk full"):
+        for i in range(10):
+            behind.put(i)
+        behind.close()
+    assert written == [0, 1]
+
+
+def test_the_batcher_loop_survives_a_failing_batch() -> None:
+    calls = {"n": 0}
+
+    def on_batch(requests: int, rows: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("metrics backend down")
+
+    def predict(batch: pa.RecordBatch) -> pa.RecordBatch:
+        return pa.RecordBatch.from_pydict({"y": pa.compute.multiply(batch.column(0), 2)})
+
+    async def main() -> list[object]:
+        batcher = AdaptiveBatcher(predict, on_batch=on_batch)
+        batcher.start()
+        first = await asyncio.gather(batcher.submit(pa.RecordBatch.from_pydict({"x": [1]})), return_exceptions=True)
+        second = await asyncio.wait_for(batcher.submit(pa.RecordBatch.from_pydict({"x": [5]})), 5)
+        await batcher.drain()
+        return [*first, second]
+
+    first, second = asyncio.run(main())
+    # the first caller got its rows before the failure, and the loop lived on for the second
+    assert isinstance(first, pa.RecordBatch) and first.column(0).to_pylist() == [2]
+    assert isinstance(second, pa.RecordBatch) and second.column(0).to_pylist() == [10]
+
+
+def test_the_batcher_isolates_a_bad_caller() -> None:
+    def predict(batch: pa.RecordBatch) -> pa.RecordBatch:
+        if "oops" in batch.schema.names:
+            raise errors.SchemaError("unexpected column 'oops'")
+        return pa.RecordBatch.from_pydict({"y": batch.column(0)})
+
+    async def main() -> list[object]:
+        batcher = AdaptiveBatcher(predict, max_wait_ms=50)
+        batcher.start()
+        batches = [pa.RecordBatch.from_pydict({"x": [i]}) for i in range(3)]
+        batches[1] = pa.RecordBatch.from_pydict({"x": [1], "oops": [1]})
+        results = await asyncio.gather(*(batcher.submit(b) for b in batches), return_exceptions=True)
+        await batcher.drain()
+        return list(results)
+
+    good0, bad, good2 = asyncio.run(main())
+    assert isinstance(bad, errors.SchemaError)
+    assert good0.column(0).to_pylist() == [0] and good2.column(0).to_pylist() == [2]  # type: ignore[union-attr]
