@@ -38,14 +38,15 @@ class Scored:
             errors = None
         return Scored(self.outputs.slice(offset, length), errors)
 
-    def raise_bad(self, where: str = "row") -> None:
-        """Raise a :class:`BadRecordError` for the first bad row, if any (``where``: how rows are named)."""
+    def raise_bad(self, row_name: str = "row {row}") -> None:
+        """Raise a :class:`BadRecordError` for the first bad row, if any (``row_name``: how rows are named)."""
         rows = self.bad_rows
         if rows:
-            row, reason = rows[0], self.errors[rows[0]]  # type: ignore[index]
+            row, reason = rows[0], str(self.errors[rows[0]])  # type: ignore[index]
             more = f" (and {len(rows) - 1} more bad rows)" if len(rows) > 1 else ""
-            column = str(reason).split("'")[1] if "'" in str(reason) else ""
-            raise BadRecordError(f"{where} {row}: {reason}{more}", column=column, row=row, reason=reason)
+            column = reason.split("'")[1] if "'" in reason else ""
+            raise BadRecordError(f"{row_name.format(row=row)}: {reason}{more}", column=column, row=row,
+                                 reason=reason)
 
 
 class ModelRuntime:

@@ -138,7 +138,7 @@ def create_app(config: ServeConfig) -> Starlette:
         _model(request)
         body = await _read_body(request, config.max_body_bytes)
         batch = _records(body)
-        out = await plane.infer(batch, timeout, rows="instances")
+        out = await plane.infer(batch, timeout, rows="instances[{row}]")
         return JSONResponse({"predictions": out.to_pylist()})
 
     @endpoint("metrics")

@@ -113,7 +113,7 @@ class DataPlane:
     def ready(self) -> bool:
         return self.loaded and self.board.all_ready()
 
-    async def infer(self, batch: pa.RecordBatch, timeout: float, *, rows: str = "row") -> pa.RecordBatch:
+    async def infer(self, batch: pa.RecordBatch, timeout: float, *, rows: str = "row {row}") -> pa.RecordBatch:
         """The output columns for ``batch``'s rows; a bad row raises naming it (``rows``: how rows are called)."""
         if self.batcher is None:
             raise Overloaded(self.load_error and f"the model did not load: {self.load_error}" or "the model is loading")
