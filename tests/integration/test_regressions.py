@@ -21,3 +21,19 @@ def test_repeated_keep_keeps_every_column(onnx_model: Trained, tmp_path: Path) -
     out = pq.read_table(tmp_path / "out")
     assert out.column_names == ["id", "tag", "prediction", "probability"]
     assert sorted(out.column("tag").to_pylist()) == sorted(f"t{i}" for i in range(40))
+
+
+def test_parquet_folder_with_a_csv_file_fails_naming_it(onnx_model: Trained, datasets: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for part in sorted(datasets["parquet"].iterdir()):
+        (folder / part.name).write_bytes(part.read_bytes())
+    (folder / "late.csv").write_bytes((datasets["csv"] / "data-0.csv").read_bytes())
+    result = run_cli("batch", "--model", onnx_model.path, *onnx_model.cli, "--input", folder,
+                     "--input-format", "parquet", "--output", tmp_path / "out", "--workers", "1")
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.splitlines() == [
+        f"lakeinfer: error: input {folder} holds {folder}/late.csv, a csv file, among its parquet files; "
+        "remove it or give a glob that leaves it out"]
+    assert not (tmp_path / "out").exists()
