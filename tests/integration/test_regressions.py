@@ -37,3 +37,13 @@ def test_parquet_folder_with_a_csv_file_fails_naming_it(onnx_model: Trained, dat
         f"lakeinfer: error: input {folder} holds {folder}/late.csv, a csv file, among its parquet files; "
         "remove it or give a glob that leaves it out"]
     assert not (tmp_path / "out").exists()
+
+
+def test_missing_feature_column_lists_the_input_columns(onnx_model: Trained, datasets: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    result = run_cli("batch", "--model", onnx_model.path, "--features", "f0,f1,f2,f3,f9",
+                     "--input", datasets["parquet"], "--output", tmp_path / "out", "--workers", "1")
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.splitlines() == [
+        f"lakeinfer: error: input file {datasets['parquet']}/data-0.parquet: missing feature column 'f9' "
+        "(the input has: id, f0, f1, f2, f3, f4)"]

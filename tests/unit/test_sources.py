@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lakeinfer.errors import InputError
-from lakeinfer.io.sources import list_input
+from lakeinfer.io.sources import list_input, plan_units, read_unit
 
 
 def _folder(tmp_path: Path, *names: str) -> Path:
@@ -62,3 +62,14 @@ def test_one_format_folder_lists_every_file(tmp_path: Path) -> None:
     _, files, fmt = list_input(str(folder), "csv")
     assert fmt == "csv"
     assert [f.path for f in files] == [f"{folder}/a.csv", f"{folder}/b.csv"]
+
+
+def test_read_unit_projects_unless_a_requested_column_is_missing(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"id": [1, 2], "x": [0.5, 1.5], "y": [2.5, 3.5]}), tmp_path / "t.parquet")
+    fs, files, fmt = list_input(str(tmp_path / "t.parquet"))
+    (unit,) = plan_units(fs, files, fmt)
+    projected = next(read_unit(fs, unit, fmt, batch_size=10, columns=["y", "id"]))
+    assert projected.schema.names == ["y", "id"]
+    # the caller reports the missing column with what the file really holds
+    whole = next(read_unit(fs, unit, fmt, batch_size=10, columns=["id", "z"]))
+    assert whole.schema.names == ["id", "x", "y"]

@@ -165,7 +165,9 @@ def read_unit(fs: pafs.FileSystem, unit: Unit, input_format: str, *, batch_size:
             if input_format == "parquet":
                 reader = pq.ParquetFile(fh)
                 names = reader.schema_arrow.names
-                wanted = [c for c in columns if c in names] if columns is not None else None
+                # A requested column the file lacks is an error the caller reports with the
+                # columns it finds: read them all then, or it would list only the projection.
+                wanted = list(columns) if columns is not None and set(columns) <= set(names) else None
                 yield from reader.iter_batches(batch_size=batch_size, row_groups=list(unit.row_groups or []),
                                                columns=wanted, use_threads=False)
             elif input_format == "csv":
