@@ -47,3 +47,30 @@ def test_missing_feature_column_lists_the_input_columns(onnx_model: Trained, dat
     assert result.stderr.splitlines() == [
         f"lakeinfer: error: input file {datasets['parquet']}/data-0.parquet: missing feature column 'f9' "
         "(the input has: id, f0, f1, f2, f3, f4)"]
+
+
+def _one_error_line(result) -> str:  # type: ignore[no-untyped-def]
+    assert result.returncode == 1, result.stdout
+    assert "Stack trace" not in result.stderr and "[bt]" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_xgboost_file_that_is_not_a_model_fails_in_one_line(tmp_path: Path) -> None:
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('{"not": "a model"}')
+    assert _one_error_line(run_cli("inspect", "--model", bad_json)) == (
+        f"lakeinfer: error: cannot load XGBoost model {bad_json}: Invalid cast, from Null to Object")
+    bad_ubj = tmp_path / "bad.ubj"
+    bad_ubj.write_bytes(b"garbage, not UBJSON")
+    assert _one_error_line(run_cli("inspect", "--model", bad_ubj)) == (
+        f"lakeinfer: error: cannot load XGBoost model {bad_ubj}: Check failed: str[0] == '{{' (g vs. {{) : "
+        f"Invalid model format in: `{bad_ubj}`.")
+
+
+def test_lightgbm_file_that_is_not_a_model_fails_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_text("tree\nversion=v4\nnum_class=1\n")
+    assert _one_error_line(run_cli("inspect", "--model", bad)) == (
+        f"lakeinfer: error: cannot load LightGBM model {bad}: Model file doesn't specify the label index")
