@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from tests.conftest import FEATURES, Trained, make_frame, run_cli
 
@@ -74,3 +77,33 @@ def test_lightgbm_file_that_is_not_a_model_fails_in_one_line(tmp_path: Path) -> 
     bad.write_text("tree\nversion=v4\nnum_class=1\n")
     assert _one_error_line(run_cli("inspect", "--model", bad)) == (
         f"lakeinfer: error: cannot load LightGBM model {bad}: Model file doesn't specify the label index")
+
+
+def _string_label_onnx(frame, tmp_path: Path, *, zipmap: bool):  # type: ignore[no-untyped-def]
+    from skl2onnx import to_onnx
+    from sklearn.ensemble import RandomForestClassifier
+
+    x = frame[FEATURES].to_numpy(np.float32)
+    labels = np.array(["low", "mid", "high"])[frame["label"].to_numpy()]
+    model = RandomForestClassifier(n_estimators=5, max_depth=3, random_state=0).fit(x, labels)
+    path = tmp_path / f"rf-{zipmap}.onnx"
+    path.write_bytes(to_onnx(model, x[:1], options={"zipmap": zipmap}).SerializeToString())
+    return model, path
+
+
+@pytest.mark.parametrize("zipmap", [True, False])
+def test_inspect_shows_onnx_classifier_classes(zipmap: bool, tmp_path: Path) -> None:
+    model, path = _string_label_onnx(make_frame(200), tmp_path, zipmap=zipmap)
+    result = run_cli("inspect", "--model", path, "--features", ",".join(FEATURES), "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["task"] == "classification"
+    assert info["classes"] == model.classes_.tolist() == ["high", "low", "mid"]
+
+
+def test_inspect_shows_classes_of_the_onnx_fixtures(onnx_model: Trained, onnx_zipmap_model: Trained,
+                                                    frame) -> None:  # type: ignore[no-untyped-def]
+    for trained in (onnx_model, onnx_zipmap_model):  # both fitted on frame["label"]: classes_ 0, 1, 2
+        result = run_cli("inspect", "--model", trained.path, *trained.cli, "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["classes"] == np.unique(frame["label"]).tolist() == [0, 1, 2]
