@@ -107,3 +107,27 @@ def test_inspect_shows_classes_of_the_onnx_fixtures(onnx_model: Trained, onnx_zi
         result = run_cli("inspect", "--model", trained.path, *trained.cli, "--json")
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["classes"] == np.unique(frame["label"]).tolist() == [0, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def spark_one_worker():  # type: ignore[no-untyped-def]
+    from lakeinfer.engines._spark_session import session
+
+    spark = session("local[1]", {"spark.sql.shuffle.partitions": "1"})
+    yield spark
+    spark.stop()
+
+
+def test_spark_worker_cache_tells_recipes_of_one_model_apart(  # type: ignore[no-untyped-def]
+        spark_one_worker, xgboost_binary_model: Trained, frame) -> None:
+    from lakeinfer import MODEL, Threshold
+    from lakeinfer.engines.spark import score
+
+    df = spark_one_worker.createDataFrame(frame[["id", *FEATURES]]).coalesce(1)
+    model = str(xgboost_binary_model.path)
+    plain = score(df, model, keep=["id"]).toPandas().sort_values("id")
+    strict = score(df, model, keep=["id"], steps=[MODEL, Threshold(0.99)]).toPandas().sort_values("id")
+    expected_strict = (xgboost_binary_model.probability[:, 1] >= 0.99).astype(np.int64)
+    np.testing.assert_array_equal(plain["prediction"], xgboost_binary_model.labels)
+    np.testing.assert_array_equal(strict["prediction"], expected_strict)
+    assert (expected_strict != xgboost_binary_model.labels).sum() > 0  # the step changes some rows

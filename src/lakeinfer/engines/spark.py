@@ -1,14 +1,16 @@
 """The Spark engine: the pipeline over a DataFrame through ``mapInArrow``, the iterator pattern.
 
 The model's bytes are broadcast once; each Python worker writes them to a local file and builds
-the pipeline once, keeping it in a process cache keyed by the model's digest, so a model loads
-at most once per Python worker for the whole job (again only if Spark recycles the worker).
+the pipeline once, keeping it in a process cache keyed by the model's digest and the recipe, so
+a model loads at most once per Python worker for the whole job (again only if Spark recycles
+the worker).
 Spark ML PipelineModels run natively with ``transform``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import os
 import re
@@ -28,7 +30,7 @@ from ..runtime import PipelineRecipe
 __all__ = ["ScoreStats", "score", "run_spark_batch", "lakeinfer_error"]
 
 SAMPLE_ROWS = 64
-_CACHE: dict[str, Pipeline] = {}  # per Python worker process: digest -> built pipeline
+_CACHE: dict[str, Pipeline] = {}  # per Python worker process: _Shipped.key -> built pipeline
 
 
 def _pyspark() -> Any:
@@ -41,6 +43,9 @@ class _Shipped:
 
     recipe: PipelineRecipe
     digest: str
+    # the cache key: the model's digest alone would hand a later score() over the same model
+    # with other steps (or features, flavor, on_error) the pipeline built for the first
+    key: str
     is_dir: bool
     name: str
     payload: Any  # Broadcast[bytes]
@@ -63,8 +68,13 @@ def _pack(path: str) -> bytes:
     return buffer.getvalue()
 
 
+def _cache_key(recipe: PipelineRecipe) -> str:
+    """The worker cache's key: one per model and whole recipe (steps, features, flavor, on_error)."""
+    return hashlib.sha256(f"{recipe.digest}\n{recipe.describe()!r}".encode()).hexdigest()
+
+
 def _worker_pipeline(shipped: _Shipped) -> Pipeline:
-    pipeline = _CACHE.get(shipped.digest)
+    pipeline = _CACHE.get(shipped.key)
     if pipeline is None:
         folder = tempfile.mkdtemp(prefix=f"lakeinfer-model-{shipped.digest[:12]}-")
         local = os.path.join(folder, shipped.name)
@@ -76,7 +86,7 @@ def _worker_pipeline(shipped: _Shipped) -> Pipeline:
             with open(local, "wb") as fh:
                 fh.write(data)
         pipeline = dataclasses.replace(shipped.recipe, model_path=local).build(threads=shipped.threads)
-        _CACHE[shipped.digest] = pipeline
+        _CACHE[shipped.key] = pipeline
         shipped.loads.add(1)
         shipped.pids.add({os.getpid()})
     return pipeline
@@ -170,7 +180,7 @@ def score(df: Any, model: str | PipelineRecipe, *, keep: Sequence[str] = (), fea
 
     set_param = type("SetParam", (_SetParam, AccumulatorParam), {})()
     pair_param = type("PairParam", (_PairParam, AccumulatorParam), {})()
-    shipped = _Shipped(recipe=recipe, digest=recipe.digest, is_dir=os.path.isdir(path),
+    shipped = _Shipped(recipe=recipe, digest=recipe.digest, key=_cache_key(recipe), is_dir=os.path.isdir(path),
                        name=os.path.basename(path.rstrip("/")), payload=context.broadcast(_pack(path)),
                        loads=context.accumulator(0), pids=context.accumulator(set(), set_param),
                        counts=context.accumulator([0, 0], pair_param),
