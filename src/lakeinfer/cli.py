@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     batch = commands.add_parser("batch", help="score a data set into Parquet")
     _model_options(batch, required=False)
-    batch.add_argument("--input", help="file, folder or glob; local path or s3://")
+    batch.add_argument("--input", help="file, folder or glob; local path or s3:// "
+                       "(--engine spark reads s3:// as s3a://, which needs hadoop-aws)")
     batch.add_argument("--output", help="output folder for the Parquet parts")
     batch.add_argument("--input-format", choices=("parquet", "csv", "jsonl"))
     # "extend": a repeated --keep adds its columns to the earlier ones instead of replacing them

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import FEATURES, Trained, make_frame, run_cli
+from tests.integration.test_s3 import s3_env  # noqa: F401 (a fixture)
 
 
 def test_repeated_keep_keeps_every_column(onnx_model: Trained, tmp_path: Path) -> None:
@@ -131,3 +132,22 @@ def test_spark_worker_cache_tells_recipes_of_one_model_apart(  # type: ignore[no
     np.testing.assert_array_equal(plain["prediction"], xgboost_binary_model.labels)
     np.testing.assert_array_equal(strict["prediction"], expected_strict)
     assert (expected_strict != xgboost_binary_model.labels).sum() > 0  # the step changes some rows
+
+
+def test_spark_reads_s3_input_through_s3a(s3_env: dict[str, str], onnx_model: Trained,  # noqa: F811
+                                          datasets: dict[str, Path], tmp_path: Path) -> None:
+    # Without hadoop-aws Spark cannot read s3a://, and says so: the input kept its scheme (the old
+    # code read "lake/events/data-0.parquet" as a local path and failed on a missing file).
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"])
+    client.create_bucket(Bucket="lake")
+    for path in sorted(datasets["parquet"].iterdir()):
+        client.upload_file(str(path), "lake", f"events/{path.name}")
+    result = run_cli("batch", "--engine", "spark", "--master", "local[1]", "--model", onnx_model.path,
+                     *onnx_model.cli, "--input", "s3://lake/events/", "--output", tmp_path / "out", env=s3_env)
+    assert result.returncode == 1, result.stdout
+    assert [line for line in result.stderr.splitlines() if line.startswith("lakeinfer:")] == [
+        "lakeinfer: error: Spark reads s3://lake/events/ as s3a://lake/events/ through Hadoop's s3a connector, "
+        "which is not installed: pass --spark-conf spark.jars.packages=org.apache.hadoop:hadoop-aws:"
+        "<Spark's Hadoop version>"]
