@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
@@ -151,3 +152,29 @@ def test_spark_reads_s3_input_through_s3a(s3_env: dict[str, str], onnx_model: Tr
         "lakeinfer: error: Spark reads s3://lake/events/ as s3a://lake/events/ through Hadoop's s3a connector, "
         "which is not installed: pass --spark-conf spark.jars.packages=org.apache.hadoop:hadoop-aws:"
         "<Spark's Hadoop version>"]
+
+
+def test_spark_rerun_after_the_input_changed_is_another_job(onnx_model: Trained, datasets: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for part in sorted(datasets["csv"].iterdir()):
+        (folder / part.name).write_bytes(part.read_bytes())
+    job = ("batch", "--engine", "spark", "--master", "local[1]", "--model", onnx_model.path, *onnx_model.cli,
+           "--input", folder, "--output", out, "--keep", "id")
+    first = run_cli(*job)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.startswith("scored 900 rows"), first.stdout
+    extra = make_frame(10, seed=1)
+    extra["id"] += 900
+    pcsv.write_csv(pa.Table.from_pandas(extra[["id", *FEATURES]], preserve_index=False), folder / "data-3.csv")
+    rerun = run_cli(*job)
+    assert rerun.returncode == 1, rerun.stdout
+    digest = json.loads((out / "_lakeinfer_job.json").read_text())["fingerprint"]["pipeline"]["model_digest"]
+    assert [line for line in rerun.stderr.splitlines() if line.startswith("lakeinfer:")] == [
+        f"lakeinfer: error: output folder {out} holds another job's results (model {digest[:12]}, "
+        f"input {folder}); choose another folder or pass --overwrite"]
+    replaced = run_cli(*job, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr[-2000:]
+    assert replaced.stdout.startswith("scored 910 rows"), replaced.stdout
+    assert sorted(pq.read_table(out).column("id").to_pylist()) == list(range(910))

@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import errors
 from ..io.sinks import MANIFEST, SUCCESS
-from ..io.sources import list_input
+from ..io.sources import InputFile, list_input
 from .local import BatchSummary
 
 
@@ -60,17 +60,17 @@ def spark_path(uri: str, path: str | None = None) -> str:
 _NO_S3A = ("S3AFileSystem", 'scheme "s3a"')
 
 
-def read(spark: Any, uri: str, input_format: str | None) -> tuple[Any, str]:
-    """The input as a DataFrame; the format from the file names unless given."""
+def read(spark: Any, uri: str, input_format: str | None) -> tuple[Any, str, list[InputFile]]:
+    """The input as a DataFrame, its format (from the file names unless given) and its files."""
     _, files, fmt = list_input(uri, input_format)
     paths = [spark_path(uri, f.path) for f in files]
     reader = spark.read
     try:
         if fmt == "parquet":
-            return reader.parquet(*paths), fmt
+            return reader.parquet(*paths), fmt, files
         if fmt == "csv":
-            return reader.csv(paths, header=True, inferSchema=True), fmt
-        return reader.json(paths), fmt
+            return reader.csv(paths, header=True, inferSchema=True), fmt, files
+        return reader.json(paths), fmt, files
     except Exception as exc:
         if paths[0].startswith("s3a://") and any(s in str(exc) for s in _NO_S3A):
             raise errors.ConfigError(
