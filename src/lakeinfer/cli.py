@@ -59,10 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     batch = commands.add_parser("batch", help="score a data set into Parquet")
     _model_options(batch, required=False)
-    batch.add_argument("--input", help="file, folder or glob; local path or s3://")
+    batch.add_argument("--input", help="file, folder or glob; local path or s3:// "
+                       "(--engine spark reads s3:// as s3a://, which needs hadoop-aws)")
     batch.add_argument("--output", help="output folder for the Parquet parts")
     batch.add_argument("--input-format", choices=("parquet", "csv", "jsonl"))
-    batch.add_argument("--keep", type=_columns, help="input columns (ids) to copy beside the predictions")
+    # "extend": a repeated --keep adds its columns to the earlier ones instead of replacing them
+    batch.add_argument("--keep", action="extend", type=_columns,
+                       help="input columns (ids) to copy beside the predictions (comma list, repeatable)")
     batch.add_argument("--workers", type=_positive, help="worker processes, each loading the model once (default: one per core; one using every core for ONNX, PyTorch, XGBoost, LightGBM)")
     batch.add_argument("--batch-size", type=_positive, help="rows per model call (default 16384)")
     batch.add_argument("--on-error", choices=ON_ERROR, help="rows with a null feature: fail (default), skip, null")
@@ -100,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--exactly-once", action="store_true", default=None,
                         help="outputs and offsets in one Kafka transaction (default: at-least-once)")
     stream.add_argument("--transactional-id", help="--exactly-once: the producer's id (distinct per process of a group)")
-    stream.add_argument("--keep", type=_columns, help="input fields copied into each prediction")
+    stream.add_argument("--keep", action="extend", type=_columns,
+                        help="input fields copied into each prediction (comma list, repeatable)")
     stream.add_argument("--max-batch-size", type=_positive, help="messages per model call (default 1000)")
     stream.add_argument("--max-wait-ms", type=float, help="longest wait for a batch to fill (default 10)")
     stream.add_argument("--metrics-interval", type=float, help="seconds between metrics log lines (default 10)")

@@ -227,7 +227,7 @@ def test_every_mode_gives_the_same_answers(modes: Modes, tmp_path: Path, example
     # the Kafka stream: good rows out, bad rows to the dead-letter topic with the same reason
     if table.num_rows:
         keys = [f"{tag}-{i}".encode() for i in range(table.num_rows)]
-        messages = [(k, json.dumps({"key_id": i, **row}).encode()) for i, (k, row) in enumerate(zip(keys, instances))]
+        messages = [(k, json.dumps({"key_id": i, **row}).encode()) for i, (k, row) in enumerate(zip(keys, instances, strict=True))]
         produce(modes.broker, modes.topics[0], messages)
         got = modes.wait_for(keys)
         predictions, probabilities = [], []

@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import errors
 from ..io.sinks import MANIFEST, SUCCESS
-from ..io.sources import list_input
+from ..io.sources import InputFile, list_input
 from .local import BatchSummary
 
 
@@ -36,16 +36,48 @@ def session(master: str | None, conf: dict[str, str]) -> Any:
     return spark
 
 
-def read(spark: Any, uri: str, input_format: str | None) -> tuple[Any, str]:
-    """The input as a DataFrame; the format from the file names unless given."""
+def spark_path(uri: str, path: str | None = None) -> str:
+    """What Spark reads for ``path``, a file list_input found under ``uri`` (default: ``uri``).
+
+    list_input's paths are its file system's: absolute for local input, scheme-less for object
+    stores (``bucket/key``), so the scheme comes back from ``uri``. Hadoop reads S3 only through
+    its s3a connector, so ``s3://`` becomes ``s3a://``; every other scheme is kept.
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return os.path.abspath(uri if path is None else path)
+    if path is None:
+        located = uri
+    elif path.startswith("/"):  # hdfs://host:port/dir, file:///dir: the path lacks the authority
+        located = f"{scheme}://{rest.split('/', 1)[0]}{path}"
+    else:
+        located = f"{scheme}://{path}"
+    if scheme.lower() == "s3":
+        located = "s3a://" + located.partition("://")[2]
+    return located
+
+
+_NO_S3A = ("S3AFileSystem", 'scheme "s3a"')
+
+
+def read(spark: Any, uri: str, input_format: str | None) -> tuple[Any, str, list[InputFile]]:
+    """The input as a DataFrame, its format (from the file names unless given) and its files."""
     _, files, fmt = list_input(uri, input_format)
-    paths = [f.path for f in files]
+    paths = [spark_path(uri, f.path) for f in files]
     reader = spark.read
-    if fmt == "parquet":
-        return reader.parquet(*paths), fmt
-    if fmt == "csv":
-        return reader.csv(paths, header=True, inferSchema=True), fmt
-    return reader.json(paths), fmt
+    try:
+        if fmt == "parquet":
+            return reader.parquet(*paths), fmt, files
+        if fmt == "csv":
+            return reader.csv(paths, header=True, inferSchema=True), fmt, files
+        return reader.json(paths), fmt, files
+    except Exception as exc:
+        if paths[0].startswith("s3a://") and any(s in str(exc) for s in _NO_S3A):
+            raise errors.ConfigError(
+                f"Spark reads {uri} as {spark_path(uri)} through Hadoop's s3a connector, which is not "
+                "installed: pass --spark-conf spark.jars.packages=org.apache.hadoop:hadoop-aws:"
+                "<Spark's Hadoop version>") from exc
+        raise
 
 
 def finished(output: str) -> dict[str, Any] | None:

@@ -1,8 +1,9 @@
 """The Spark engine: the pipeline over a DataFrame through ``mapInArrow``, the iterator pattern.
 
 The model's bytes are broadcast once; each Python worker writes them to a local file and builds
-the pipeline once, keeping it in a process cache keyed by the model's digest, so a model loads
-at most once per Python worker for the whole job (again only if Spark recycles the worker).
+the pipeline once, keeping it in a process cache keyed by the model's digest and the recipe, so
+a model loads at most once per Python worker for the whole job (again only if Spark recycles
+the worker).
 Spark ML PipelineModels run natively with ``transform``.
 """
 
@@ -233,15 +234,19 @@ def run_spark_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, 
 
     start = time.perf_counter()
     spark = session(master, spark_conf or {})
-    df, fmt = read(spark, input_uri, input_format)
-    fingerprint = {"input": input_uri, "format": fmt, "keep": list(keep), "pipeline": recipe.describe(),
-                   "partition_by": list(partition_by)}
+    df, fmt, files = read(spark, input_uri, input_format)
+    # the files, as the local engine has them: an input changed or added since is another job
+    fingerprint = {"input": input_uri, "format": fmt, "files": [[f.path, f.size, f.mtime_ns] for f in files],
+                   "keep": list(keep), "pipeline": recipe.describe(), "partition_by": list(partition_by)}
     previous = finished(output_uri)
     if previous is not None and not overwrite:
-        if previous.get("fingerprint") == fingerprint:
+        theirs = previous.get("fingerprint", {})
+        if theirs == fingerprint:
             return summary_of(previous, resumed=True, seconds=time.perf_counter() - start)
-        raise errors.OutputError(f"output folder {output_uri} holds another job's results; "
-                                 "choose another folder or pass --overwrite")
+        raise errors.OutputError(
+            f"output folder {output_uri} holds another job's results (model "
+            f"{str(theirs.get('pipeline', {}).get('model_digest', '?'))[:12]}, input {theirs.get('input', '?')}); "
+            "choose another folder or pass --overwrite")
     if previous is None and os.path.isdir(output_uri) and not overwrite:
         # what a failed Spark attempt leaves (uncommitted parts) is redone; anything else is not ours
         foreign = [n for n in os.listdir(output_uri)

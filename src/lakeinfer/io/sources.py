@@ -98,15 +98,23 @@ def list_input(uri: str, input_format: str | None = None) -> tuple[pafs.FileSyst
         else:
             infos = [info]
     if input_format is None:
-        formats = {_format_of(i.path) for i in infos} - {None}
-        if len(formats) > 1:
-            raise InputError(f"input {uri} mixes formats ({', '.join(sorted(f for f in formats if f))}); "
-                             "pass --input-format")
-        input_format = formats.pop() if formats else None
+        first: dict[str, str] = {}  # format -> its first file, to show what is mixed
+        for i in infos:
+            first.setdefault(_format_of(i.path) or "", i.path)
+        first.pop("", None)
+        if len(first) > 1:
+            shown = ", ".join(f"{fmt} ({path})" for fmt, path in sorted(first.items()))
+            raise InputError(f"input {uri} mixes formats: {shown}; give a folder or glob of one format")
+        input_format = next(iter(first), None)
         if input_format is None and infos:
             raise InputError(f"cannot tell the format of {infos[0].path}; pass --input-format parquet|csv|jsonl")
-    if listing:  # a folder or glob may hold other files (_SUCCESS, README): keep the data files
-        infos = [i for i in infos if _format_of(i.path) in (input_format, None)]
+    if listing:
+        # Data files of another format would be dropped without a word, so half the data set
+        # would go unscored; files of no data format (README) are left to the readers as before.
+        other = next((i.path for i in infos if _format_of(i.path) not in (input_format, None)), None)
+        if other is not None:
+            raise InputError(f"input {uri} holds {other}, a {_format_of(other)} file, among its "
+                             f"{input_format} files; remove it or give a glob that leaves it out")
     if not infos:
         raise InputError(f"no input files match {uri}")
     files = [InputFile(i.path, int(i.size or 0), i.mtime_ns) for i in infos]
@@ -166,7 +174,9 @@ def read_unit(fs: pafs.FileSystem, unit: Unit, input_format: str, *, batch_size:
             if input_format == "parquet":
                 reader = pq.ParquetFile(fh)
                 names = reader.schema_arrow.names
-                wanted = [c for c in columns if c in names] if columns is not None else None
+                # A requested column the file lacks is an error the caller reports with the
+                # columns it finds: read them all then, or it would list only the projection.
+                wanted = list(columns) if columns is not None and set(columns) <= set(names) else None
                 yield from reader.iter_batches(batch_size=batch_size, row_groups=list(unit.row_groups or []),
                                                columns=wanted, use_threads=False)
             elif input_format == "csv":

@@ -11,6 +11,7 @@ import pyarrow as pa
 from ..errors import ModelLoadError, require
 from ..schema import Signature, TensorSpec
 from ._base import TabularModel, binary_probability, classifier_outputs, placeholder_names
+from ._native import native_message, native_stderr_captured
 
 
 def _header(path: str) -> dict[str, str]:
@@ -33,10 +34,12 @@ class LightGBMModel(TabularModel):
     def __init__(self, path: str, *, features: Sequence[str] | None = None, threads: int | None = None) -> None:
         lgb = require("lightgbm", "lightgbm", "a LightGBM model")
         try:
-            self.booster = lgb.Booster(model_file=path, params={"num_threads": threads} if threads else None)
+            with native_stderr_captured():
+                self.booster = lgb.Booster(model_file=path,
+                                           params={"num_threads": threads} if threads else None)
             header = _header(path)
         except Exception as exc:
-            raise ModelLoadError(f"cannot load LightGBM model {path}: {exc}") from exc
+            raise ModelLoadError(f"cannot load LightGBM model {path}: {native_message(exc)}") from exc
         self.objective = header.get("objective", "regression").split()[0]
         num_class = int(header.get("num_class", "1"))
         self._binary = self.objective in ("binary", "cross_entropy") and num_class == 1

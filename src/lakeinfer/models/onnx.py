@@ -96,6 +96,53 @@ def _zipmap_to_array(value: Any) -> Any:
     return value
 
 
+# ai.onnx.ml's names for the labels of a classifier (TreeEnsemble, Linear, SVM) and of ZipMap
+_CLASS_LABELS = ("classlabels_int64s", "classlabels_ints", "classlabels_strings")
+
+
+def _graph_classes(path: str) -> tuple[Any, ...] | None:
+    """The class labels in the graph: ZipMap's keys, else the last ai.onnx.ml classifier's labels."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    try:
+        graph = onnx.load(path, load_external_data=False).graph
+    except Exception:  # onnxruntime loaded it: an onnx package that cannot is no reason to fail
+        return None
+    found = None
+    for node in graph.node:  # nodes are in topological order: the last classifier is the output's
+        if node.op_type != "ZipMap" and not (node.domain == "ai.onnx.ml" and node.op_type.endswith("Classifier")):
+            continue
+        for attribute in node.attribute:
+            values = onnx.helper.get_attribute_value(attribute) if attribute.name in _CLASS_LABELS else None
+            if values:
+                found = tuple(v.decode() if isinstance(v, bytes) else int(v) for v in values)
+        if node.op_type == "ZipMap" and found is not None:
+            return found
+    return found
+
+
+def _classes(path: str, session: Any, width: int | None, dtype: np.dtype) -> tuple[Any, ...] | None:
+    """The classifier's labels: from the graph (needs the onnx package), else the exporter's
+    'classes' metadata, else the keys of a ZipMap output on one row of zeros."""
+    classes = _graph_classes(path)
+    if classes is not None:
+        return classes
+    meta = session.get_modelmeta().custom_metadata_map
+    if meta.get("classes"):
+        return tuple(meta["classes"].split(","))
+    outputs = session.get_outputs()
+    if width is None or not any(o.type.startswith("seq(map") for o in outputs):
+        return None
+    try:
+        results = session.run(None, {session.get_inputs()[0].name: np.zeros((1, width), dtype=dtype)})
+    except Exception:
+        return None
+    maps = next((r for r in results if isinstance(r, list) and r and isinstance(r[0], dict)), None)
+    return tuple(maps[0]) if maps else None
+
+
 class OnnxTabularModel(TabularModel):
     """An ONNX graph with one 2-D input: the feature columns, assembled in order."""
 
@@ -109,11 +156,13 @@ class OnnxTabularModel(TabularModel):
         width = inp.shape[1] if isinstance(inp.shape[1], int) else None
         meta = session.get_modelmeta().custom_metadata_map
         named = tuple(meta["feature_names"].split(",")) if meta.get("feature_names") else None
+        classifier = "probability" in self._outputs.names
         signature = Signature(
             inputs=(TensorSpec(inp.name, _dtype(inp.type), _shape(inp.shape)),),
             outputs=self._outputs.specs,
             features=named,
-            task="classification" if "probability" in self._outputs.names else "unknown",
+            task="classification" if classifier else "unknown",
+            classes=_classes(path, session, width, self.input_dtype) if classifier else None,
         )
         super().__init__(path, signature, features=features, width=width)
 

@@ -12,6 +12,7 @@ import pyarrow as pa
 from ..errors import ModelLoadError, require
 from ..schema import Signature, TensorSpec
 from ._base import TabularModel, binary_probability, classifier_outputs
+from ._native import native_message
 
 
 class XGBoostModel(TabularModel):
@@ -25,7 +26,7 @@ class XGBoostModel(TabularModel):
         try:
             booster.load_model(path)
         except Exception as exc:
-            raise ModelLoadError(f"cannot load XGBoost model {path}: {exc}") from exc
+            raise ModelLoadError(f"cannot load XGBoost model {path}: {native_message(exc)}") from exc
         if threads:
             booster.set_param({"nthread": threads})
         self.booster = booster
