@@ -120,13 +120,14 @@ def test_poison_messages_go_to_the_dead_letter_topic(broker: str, onnx_model: Tr
     letters = {m.key(): json.loads(m.value()) for m in dead}
     assert set(letters) == {b"p1", b"p2", b"p3", b"p4", b"p5"}
     assert "not valid JSON" in letters[b"p1"]["error"] and letters[b"p1"]["value"] == "{not json"
-    assert letters[b"p2"]["error"] == "missing field 'f4'"
+    # a missing field is a missing value: the same rule and words as every other mode
+    assert letters[b"p2"]["error"] == "feature column 'f4' is null"
     assert letters[b"p3"]["error"] == "field 'f2' is str; the model needs a number"
     assert "JSON object" in letters[b"p4"]["error"]
     assert letters[b"p5"]["value_encoding"] == "hex"
     assert all(v["topic"] == source and v["offset"] >= 0 and v["partition"] >= 0 for v in letters.values())
     headers = dict(next(m for m in dead if m.key() == b"p2").headers())
-    assert headers["lakeinfer.error"] == b"missing field 'f4'"
+    assert headers["lakeinfer.error"] == b"feature column 'f4' is null"
 
 
 @pytest.mark.parametrize("exactly_once", [True, False])
