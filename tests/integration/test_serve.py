@@ -252,16 +252,18 @@ def test_schemathesis_finds_no_server_error(onnx_server, tmp_path: Path) -> None
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 
-def test_serve_from_a_job_spec(onnx_model: Trained, tmp_path: Path) -> None:
+def test_serve_from_a_job_spec(onnx_model: Trained, X, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     spec = tmp_path / "job.toml"
     spec.write_text(f'[model]\npath = "{onnx_model.path}"\nfeatures = {FEATURES!r}\n\n'
                     '[[pipeline.steps]]\nop = "model"\n\n'
                     '[[pipeline.steps]]\nop = "label_map"\nlabels = ["low", "mid", "high"]\n\n'
                     '[serve]\nname = "tiers"\nmax_batch_size = 32\n'.replace("'", '"'))
     with serving("--spec", spec) as server:
-        answer = httpx.post(f"{server.url}/v1/models/tiers/predict", json={"instances": [{f: 0.0 for f in FEATURES}]})
+        rows = X.iloc[:20].to_dict(orient="records")
+        answer = httpx.post(f"{server.url}/v1/models/tiers/predict", json={"instances": rows})
         assert answer.status_code == 200, answer.text
-        assert answer.json()["predictions"][0]["prediction"] in ("low", "mid", "high")
+        tiers = np.array(["low", "mid", "high"])[onnx_model.labels[:20]]
+        assert [p["prediction"] for p in answer.json()["predictions"]] == tiers.tolist()
         meta = httpx.get(f"{server.url}/v2/models/tiers").json()
         assert {"name": "prediction", "datatype": "BYTES", "shape": [-1]} in meta["outputs"]
 

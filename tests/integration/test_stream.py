@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 import uuid
@@ -216,3 +217,31 @@ def test_spark_structured_streaming(broker: str, onnx_model: Trained, tmp_path: 
                    "--output", tmp_path / "out", "--keep", "id").returncode == 0
     batch = read_output(tmp_path / "out")
     assert [values[i]["prediction"] for i in range(300)] == batch["prediction"].tolist()
+
+
+def test_at_least_once_never_commits_undelivered_outputs(broker: str, onnx_model: Trained) -> None:
+    # the output topic takes no message over 64 bytes: every prediction is refused by the broker
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    suffix = uuid.uuid4().hex[:8]
+    source, sink = f"in-{suffix}", f"tiny-{suffix}"
+    create_topics(broker, source, partitions=1)
+    admin = AdminClient({"bootstrap.servers": broker})
+    admin.create_topics([NewTopic(sink, num_partitions=1, replication_factor=1,
+                                  config={"max.message.bytes": "64"})])[sink].result(30)
+    produce(broker, source, records(20))
+    group = f"g-{suffix}"
+    proc = stream_cli("--model", onnx_model.path, *onnx_model.cli, "--bootstrap-servers", broker,
+                      "--input-topic", source, "--output-topic", sink, "--group-id", group, "--keep", "id")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert re.match(r"lakeinfer: error: Kafka refused \d+ outputs \(tiny-", lines[-1]), lines[-1]
+    assert "offsets not committed" in lines[-1]
+    consumer = Consumer({"bootstrap.servers": broker, "group.id": group})
+    try:
+        (committed,) = consumer.committed([TopicPartition(source, 0)], timeout=30)
+    finally:
+        consumer.close()
+    assert committed.offset < 0  # nothing committed: a restart consumes the batch again
