@@ -8,10 +8,11 @@ from typing import Any
 from .engines.local import DEFAULT_BATCH_SIZE, BatchSummary, run_batch
 from .errors import ConfigError
 from .models import load_model
+from .runtime import PipelineRecipe
 from .spec import JobSpec, load_spec
 
 
-def batch(input: str | None = None, output: str | None = None, *, model: str | None = None,
+def batch(input: str | None = None, output: str | None = None, *, model: str | PipelineRecipe | None = None,
           flavor: str | None = None, trust: bool | None = None, features: Sequence[str] | None = None,
           steps: Sequence[Any] | None = None, keep: Sequence[str] | None = None,
           workers: int | None = None, batch_size: int | None = None, input_format: str | None = None,
@@ -20,6 +21,9 @@ def batch(input: str | None = None, output: str | None = None, *, model: str | N
           unit_rows: int | None = None, master: str | None = None, spark_conf: dict[str, str] | None = None,
           partition_by: Sequence[str] | None = None) -> BatchSummary:
     """Score ``input`` (a file, folder or glob; local or ``s3://``) into Parquet under ``output``.
+
+    ``model`` is a path, or a :class:`PipelineRecipe` holding every model option (then ``flavor``,
+    ``trust``, ``features``, ``steps`` and ``on_error`` here are not used).
 
     Options left as None come from ``spec`` (a TOML/YAML job spec) when given, else defaults:
     ``workers``: worker processes, each loading the model once; by default one per core, or
@@ -42,8 +46,11 @@ def batch(input: str | None = None, output: str | None = None, *, model: str | N
     input_uri, output_uri = pick(input, "input", None), pick(output, "output", None)
     if not input_uri or not output_uri:
         raise ConfigError("batch needs an input and an output (--input/--output or [batch] in the spec)")
-    recipe = job.recipe(path=model, flavor=flavor, trust=trust, features=features, device=device,
-                        on_error=on_error)
+    if isinstance(model, PipelineRecipe):  # the recipe is the whole model contract: nothing to merge
+        recipe = model
+    else:
+        recipe = job.recipe(path=model, flavor=flavor, trust=trust, features=features, device=device,
+                            on_error=on_error)
     if engine == "spark":
         from .engines.spark import run_spark_batch
 

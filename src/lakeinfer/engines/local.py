@@ -142,8 +142,7 @@ def _sample(fs: Any, unit: Any, fmt: str, runtime: ModelRuntime) -> pa.RecordBat
     """A few rows of ``unit``, read with all its columns so a missing one is named against them all."""
     sample = next(read_unit(fs, unit, fmt, batch_size=SAMPLE_ROWS), None)
     if sample is None and fmt == "parquet":  # no rows, but a schema: an empty input scores to empty parts
-        sample = read_schema(fs, unit.path).empty_table().to_batches(max_chunksize=1)
-        sample = sample[0] if sample else pa.RecordBatch.from_pylist([], schema=read_schema(fs, unit.path))
+        sample = pa.RecordBatch.from_pylist([], schema=read_schema(fs, unit.path))
     if sample is None:
         raise errors.InputError(f"input file {unit.path} has no rows and no schema")
     columns = runtime.read_columns()

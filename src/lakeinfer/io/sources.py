@@ -159,11 +159,7 @@ def _parquet_metadata(fs: pafs.FileSystem, path: str) -> pq.FileMetaData:
 
 def read_schema(fs: pafs.FileSystem, path: str) -> pa.Schema:
     """The Arrow schema of a Parquet file."""
-    try:
-        with fs.open_input_file(path) as fh:
-            return pq.ParquetFile(fh).schema_arrow
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"cannot read input file {path} as Parquet: {exc}") from exc
+    return _parquet_metadata(fs, path).schema.to_arrow_schema()
 
 
 def read_unit(fs: pafs.FileSystem, unit: Unit, input_format: str, *, batch_size: int,
