@@ -311,3 +311,20 @@ def test_serve_on_a_busy_port_is_one_line(onnx_model: Trained) -> None:
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"lakeinfer: error: port {port} on 127.0.0.1 is in use"), lines
+
+
+def test_non_finite_values_are_400_naming_the_row(onnx_server) -> None:  # type: ignore[no-untyped-def]
+    # JSON's NaN and Infinity tokens: once a 500 with a traceback, and a 200 with a probability
+    for token, word in (("NaN", "NaN"), ("Infinity", "Infinity"), ("-Infinity", "-Infinity"), ("null", "null")):
+        rows = [[0.5] * 5, [0.5, 0.5, token, 0.5, 0.5]]
+        records = "[" + ", ".join("{" + ", ".join(f'"f{j}": {v}' for j, v in enumerate(r)) + "}" for r in rows) + "]"
+        answer = httpx.post(f"{onnx_server.url}/v1/models/rf/predict", content=f'{{"instances": {records}}}')
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"] == f"instances[1]: feature column 'f2' is {word}"
+        if token == "null":
+            continue  # a v2 tensor holds no null
+        data = ", ".join(str(v) for r in rows for v in r)
+        body = f'{{"inputs": [{{"name": "x", "shape": [2, 5], "datatype": "FP64", "data": [{data}]}}]}}'
+        answer = httpx.post(f"{onnx_server.url}/v2/models/rf/infer", content=body)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"] == f"row 1: feature column 'f2' is {word}"
