@@ -236,6 +236,11 @@ def _print_inspect(info: dict) -> None:  # type: ignore[type-arg]
         print(f"classes:  {info['classes']}")
     cols = info.get("input_columns")
     print(f"features: {', '.join(cols) if cols else '(not named by the model: pass --features)'}")
+    for feature in info.get("feature_types") or []:
+        if feature["type"] != "number" or "categories" in feature:
+            shown = feature.get("categories")
+            listed = f" {shown}" if shown is not None else ""
+            print(f"  {feature['name']}: {feature['type']}{listed}")
     for kind in ("inputs", "outputs"):
         print(f"{kind}:")
         for t in info[kind]:

@@ -149,6 +149,7 @@ class ModelStep(Transformer):
             raise ConfigError(f"on_error must be one of {', '.join(ON_ERROR)}, not '{on_error}'")
         self.model = model
         self.on_error = on_error
+        self._known = model.kinds.closed_values()
 
     def __repr__(self) -> str:
         return f"ModelStep({self.model.flavor} {self.model.path}, on_error={self.on_error!r})"
@@ -157,7 +158,8 @@ class ModelStep(Transformer):
         for name in self.model.output_names:
             if name in batch.schema.names:
                 raise SchemaError(f"the input already has a column '{name}', which the model writes")
-        bad = invalid_rows(batch, self.model.input_columns, missing_ok=self.model.handles_missing)
+        bad = invalid_rows(batch, self.model.input_columns, missing_ok=self.model.handles_missing,
+                           known=self._known)
         if bad is None:
             out = _append(batch, self.model.predict(batch))
             return _append_errors(out, None) if self.on_error == REPORT else out

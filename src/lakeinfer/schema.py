@@ -115,7 +115,7 @@ def _vector_column(column: pa.Array, name: str, dtype: np.dtype) -> np.ndarray:
 # The one rule for missing and non-finite feature values, in every mode (see the README):
 # null and NaN are missing values, which only models that handle them (XGBoost, LightGBM,
 # HistGradientBoosting, ...) receive, as NaN; +-Infinity is a bad record for every model.
-OK, NULL, NAN, POS_INF, NEG_INF = range(5)
+OK, NULL, NAN, POS_INF, NEG_INF, UNKNOWN = range(6)
 _WORDS = {NULL: "null", NAN: "NaN", POS_INF: "Infinity", NEG_INF: "-Infinity"}
 
 
@@ -125,13 +125,18 @@ class InvalidRows:
 
     mask: np.ndarray  # bool, one per row
     columns: tuple[str, ...]
-    codes: np.ndarray  # int8 (rows, columns): OK, NULL, NAN, POS_INF or NEG_INF
+    codes: np.ndarray  # int8 (rows, columns): OK, NULL, NAN, POS_INF, NEG_INF or UNKNOWN
+    values: Mapping[str, pa.Array] = field(default_factory=dict)  # columns with UNKNOWN codes
 
     def reason(self, row: int) -> tuple[str, str]:
         """(column, reason) for a bad ``row``."""
         j = int(np.flatnonzero(self.codes[row])[0])
         column = self.columns[j]
-        return column, f"feature column '{column}' is {_WORDS[int(self.codes[row, j])]}"
+        code = int(self.codes[row, j])
+        if code == UNKNOWN:
+            value = self.values[column][row].as_py()
+            return column, f"feature column '{column}' holds {value!r}, a category the model does not know"
+        return column, f"feature column '{column}' is {_WORDS[code]}"
 
     @property
     def first(self) -> int:
@@ -145,16 +150,27 @@ class InvalidRows:
         return out
 
 
-def invalid_rows(batch: pa.RecordBatch, columns: Sequence[str], *, missing_ok: bool) -> InvalidRows | None:
-    """The rows with a value the model cannot take in one of ``columns``, or None when all are good."""
+def invalid_rows(batch: pa.RecordBatch, columns: Sequence[str], *, missing_ok: bool,
+                 known: Mapping[str, pa.Array] | None = None) -> InvalidRows | None:
+    """The rows with a value the model cannot take in one of ``columns``, or None when all are good.
+
+    ``known``: for features whose unknown categories the model refuses, the categories it knows.
+    """
     codes: list[np.ndarray] = []
+    values: dict[str, pa.Array] = {}
     bad = False
     for name in columns:
         column = column_or_error(batch, name)
         code = _value_codes(column)
+        if code is not None and missing_ok:
+            code = np.where((code == NULL) | (code == NAN), OK, code).astype(np.int8)
+        if known and name in known:
+            unknown = _unknown(column, known[name])
+            if unknown is not None:
+                code = code if code is not None else np.zeros(len(column), np.int8)
+                code = np.where((code == OK) & unknown, UNKNOWN, code).astype(np.int8)
+                values[name] = column
         if code is not None:
-            if missing_ok:
-                code = np.where((code == NULL) | (code == NAN), OK, code).astype(np.int8)
             bad = bad or bool(code.any())
         codes.append(code if code is not None else np.zeros(0, np.int8))
     if not bad:
@@ -164,7 +180,21 @@ def invalid_rows(batch: pa.RecordBatch, columns: Sequence[str], *, missing_ok: b
     for j, code in enumerate(codes):
         if len(code):
             matrix[:, j] = code
-    return InvalidRows(np.asarray(matrix.any(axis=1)), tuple(columns), matrix)
+    return InvalidRows(np.asarray(matrix.any(axis=1)), tuple(columns), matrix, values)
+
+
+def _unknown(column: pa.Array, known: pa.Array) -> np.ndarray | None:
+    """Per row: a value (not null) outside ``known``; None when every value is known."""
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    try:
+        found = pc.is_in(column, value_set=known.cast(column.type))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None  # values of another type: the frame builder names that mistake
+    outside = pc.and_(pc.invert(found), pc.is_valid(column))
+    if not pc.any(outside).as_py():
+        return None
+    return np.asarray(outside.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _value_codes(column: pa.Array) -> np.ndarray | None:

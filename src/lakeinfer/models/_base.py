@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from ..errors import ConfigError, LakeinferError, PredictionError, SchemaError
 from ..schema import Signature, assemble_features, outputs_to_batch
+from ._frame import FeatureKinds, feature_frame
 
 __all__ = ["Model", "TabularModel", "classifier_outputs", "placeholder_names"]
 
@@ -35,6 +36,8 @@ class Model(abc.ABC):
     flavor: ClassVar[str] = ""
     #: the model takes missing values (null, NaN) as NaN itself; for other models they are bad records
     handles_missing: bool = False
+    #: what each feature is to the model (number, category, string) and its learned categories
+    kinds: FeatureKinds = FeatureKinds()
 
     def __init__(self, path: str, signature: Signature) -> None:
         self.path = path
@@ -73,7 +76,12 @@ class Model(abc.ABC):
         return pa.RecordBatch.from_pylist([], schema=pa.schema(fields))
 
     def describe(self) -> dict[str, Any]:
-        return {"flavor": self.flavor, "path": self.path, **self.signature.to_dict()}
+        info = {"flavor": self.flavor, "path": self.path, **self.signature.to_dict()}
+        try:
+            info["feature_types"] = self.kinds.describe(self.input_columns)
+        except ConfigError:  # features not named yet: inspect says so on its own
+            pass
+        return info
 
 
 def _arrow_type(dtype: str, rank: int) -> pa.DataType:
@@ -109,6 +117,8 @@ class TabularModel(Model):
         return self.features
 
     def _predict(self, batch: pa.RecordBatch) -> dict[str, Any]:
+        if self.kinds.any_text:  # categorical or string features: the DataFrame the model was fitted on
+            return self._predict_array(feature_frame(batch, self.input_columns, self.kinds), batch)
         x = assemble_features(batch, self.input_columns, self.input_dtype)
         if self.width is not None and x.shape[1] != self.width:
             raise SchemaError(
@@ -117,8 +127,8 @@ class TabularModel(Model):
         return self._predict_array(x, batch)
 
     @abc.abstractmethod
-    def _predict_array(self, x: np.ndarray, batch: pa.RecordBatch) -> dict[str, Any]:
-        """Outputs for the assembled 2-D input ``x``."""
+    def _predict_array(self, x: Any, batch: pa.RecordBatch) -> dict[str, Any]:
+        """Outputs for the assembled input ``x``: a 2-D array, or a DataFrame where ``kinds`` has text."""
 
 
 def classifier_outputs(labels: Any, probability: np.ndarray | None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import pyarrow as pa
 from ..errors import ModelLoadError, require
 from ..schema import Signature, TensorSpec
 from ._base import TabularModel, binary_probability, classifier_outputs, placeholder_names
+from ._frame import CATEGORY, NUMBER, FeatureKinds, by_position
 from ._native import native_message, native_stderr_captured
 
 
@@ -59,14 +60,34 @@ class LightGBMModel(TabularModel):
             extra={"objective": self.objective},
         )
         super().__init__(path, signature, features=features, width=self.booster.num_feature())
+        self.kinds = _kinds(self.booster, None if placeholder_names(names) else names, self.features)
 
-    def _predict_array(self, x: np.ndarray, batch: pa.RecordBatch) -> dict[str, Any]:
+    def _predict_array(self, x: Any, batch: pa.RecordBatch) -> dict[str, Any]:
+        # a DataFrame's categories are mapped by value to the model's pandas_categorical
         raw = np.asarray(self.booster.predict(x))
         if self._binary:
             return classifier_outputs((raw > 0.5).astype(np.int64), binary_probability(raw))
         if self._multi:
             return classifier_outputs(np.argmax(raw, axis=1).astype(np.int64), raw.astype(np.float64))
         return {"prediction": raw.astype(np.float64)}
+
+
+def _kinds(booster: Any, own: Sequence[str] | None, chosen: Sequence[str] | None) -> FeatureKinds:
+    """Categorical features and their training categories (``pandas_categorical``, in order)."""
+    indices = booster.params.get("categorical_feature") or []
+    if isinstance(indices, str):
+        indices = [int(i) for i in indices.split(",") if i.strip()]
+    learned = list(booster.pandas_categorical or [])
+    if not indices or not learned:  # categories given as integer codes: numbers to the model
+        return FeatureKinds()
+    width = booster.num_feature()
+    kinds = [NUMBER] * width
+    stored: list[tuple[Any, ...] | None] = [None] * width
+    for position, index in enumerate(sorted(int(i) for i in indices)):
+        kinds[index] = CATEGORY
+        if position < len(learned):
+            stored[index] = tuple(learned[position])
+    return by_position(own, chosen, kinds, stored)
 
 
 def load(path: str, *, features: Sequence[str] | None = None, threads: int | None = None, **_: Any) -> LightGBMModel:

@@ -12,6 +12,7 @@ import pyarrow as pa
 from ..errors import ModelLoadError, UntrustedModelError, require
 from ..schema import Signature, TensorSpec
 from ._base import TabularModel, classifier_outputs
+from ._frame import CATEGORY, NUMBER, STRING, FeatureKinds, by_position
 
 PICKLE_HINT = (
     "it is a pickle, and loading a pickle runs code from the file. Load it only if you trust "
@@ -72,17 +73,83 @@ class SklearnModel(TabularModel):
         )
         super().__init__(path, signature, features=features, width=width)
         self.handles_missing = _allows_nan(estimator)
+        self.kinds = _kinds(estimator, self.features)
 
-    def _predict_array(self, x: np.ndarray, batch: pa.RecordBatch) -> dict[str, Any]:
+    def _predict_array(self, x: Any, batch: pa.RecordBatch) -> dict[str, Any]:
         data: Any = x
         if self._by_name:
             import pandas as pd
 
             # Estimators fitted on a DataFrame select their columns by name (ColumnTransformer).
-            data = pd.DataFrame(x, columns=list(self.signature.features or ()), copy=False)
+            own = list(self.signature.features or ())
+            if isinstance(x, pd.DataFrame):
+                data = x.set_axis(own, axis=1) if list(x.columns) != own else x
+            else:
+                data = pd.DataFrame(x, columns=own, copy=False)
         labels = self.estimator.predict(data)
         probability = self.estimator.predict_proba(data) if self._proba else None
         return classifier_outputs(labels, probability)
+
+
+def _kinds(estimator: Any, chosen: Sequence[str] | None) -> FeatureKinds:
+    """String and categorical features of an estimator fitted on a DataFrame: the columns its
+    encoders (OneHotEncoder, OrdinalEncoder in a ColumnTransformer) and HistGradientBoosting's
+    categorical features read, with the categories they learned."""
+    named = getattr(estimator, "feature_names_in_", None)
+    names = [str(n) for n in named] if named is not None else []
+    if not names:
+        return FeatureKinds()  # fitted on an array: numbers only
+    found: dict[str, tuple[str, tuple[Any, ...] | None, bool]] = {}
+    try:
+        _walk(estimator, names, found)
+    except Exception:  # an estimator shaped unlike the ones known here: numbers, as before
+        return FeatureKinds()
+    entries = [found.get(n, (NUMBER, None, False)) for n in names]
+    return by_position(names, chosen, [e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries])
+
+
+def _walk(estimator: Any, names: list[str], found: dict[str, tuple[str, tuple[Any, ...] | None, bool]]) -> None:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
+
+    if isinstance(estimator, Pipeline):
+        _walk(estimator.steps[0][1], names, found)  # the first step sees the input columns
+        return
+    if isinstance(estimator, ColumnTransformer):
+        for _, transformer, columns in estimator.transformers_:
+            if isinstance(transformer, str):  # "drop", "passthrough"
+                continue
+            steps = transformer.steps if isinstance(transformer, Pipeline) else [("", transformer)]
+            position = next((i for i, (_, t) in enumerate(steps) if isinstance(t, OneHotEncoder | OrdinalEncoder)),
+                            None)
+            if position is None:
+                continue
+            encoder = steps[position][1]
+            # an encoder that sees the raw values refuses the unknown ones itself: named bad records
+            closed = position == 0 and encoder.handle_unknown == "error"
+            for i, column in enumerate(_column_names(columns, names)):
+                found[column] = (STRING, tuple(encoder.categories_[i]), closed)
+        return
+    mask = getattr(estimator, "is_categorical_", None)
+    preprocessor = getattr(estimator, "_preprocessor", None)
+    if mask is not None and preprocessor is not None:  # HistGradientBoosting, categorical_features
+        encoder = preprocessor.named_transformers_["encoder"]
+        categorical = [n for n, m in zip(names, mask, strict=True) if m]
+        for column, categories in zip(categorical, encoder.categories_, strict=True):
+            found[column] = (CATEGORY, tuple(categories), False)
+
+
+def _column_names(columns: Any, names: list[str]) -> list[str]:
+    """A ColumnTransformer's column selection as feature names."""
+    if isinstance(columns, str):
+        return [columns]
+    if isinstance(columns, slice):
+        return names[columns]
+    selected = list(columns)
+    if selected and isinstance(selected[0], bool | np.bool_):
+        return [n for n, keep in zip(names, selected, strict=True) if keep]
+    return [names[int(c)] if isinstance(c, int | np.integer) else str(c) for c in selected]
 
 
 def _allows_nan(estimator: Any) -> bool:

@@ -12,6 +12,7 @@ import pyarrow as pa
 from ..errors import ModelLoadError, require
 from ..schema import Signature, TensorSpec
 from ._base import TabularModel, binary_probability, classifier_outputs
+from ._frame import CATEGORY, NUMBER, FeatureKinds, by_position
 from ._native import native_message
 
 
@@ -47,8 +48,10 @@ class XGBoostModel(TabularModel):
             extra={"objective": self.objective},
         )
         super().__init__(path, signature, features=features, width=booster.num_features())
+        self.kinds = _kinds(booster, self.features)
 
-    def _predict_array(self, x: np.ndarray, batch: pa.RecordBatch) -> dict[str, Any]:
+    def _predict_array(self, x: Any, batch: pa.RecordBatch) -> dict[str, Any]:
+        # a DataFrame's categories are mapped by value to those the booster stored
         raw = np.asarray(self.booster.inplace_predict(x, validate_features=False))
         if self.objective == "binary:logistic":
             # XGBClassifier.predict: class 1 where p > 0.5
@@ -60,6 +63,22 @@ class XGBoostModel(TabularModel):
         if self.objective in ("binary:logitraw", "binary:hinge"):
             return {"prediction": (raw > 0).astype(np.int64)}
         return {"prediction": raw.astype(np.float64)}
+
+
+def _kinds(booster: Any, chosen: Sequence[str] | None) -> FeatureKinds:
+    """Categorical features (``enable_categorical``) and the categories the booster stored."""
+    types = list(booster.feature_types or [])
+    if "c" not in types:
+        return FeatureKinds()
+    stored: list[tuple[Any, ...] | None] = [None] * len(types)
+    try:
+        exported = booster.get_categories(export_to_arrow=True).to_arrow()
+        stored = [tuple(values.to_pylist()) if values is not None else None for _, values in exported]
+    except (AttributeError, TypeError, ValueError):  # an XGBoost that does not keep them
+        pass
+    # without stored categories (an older model) the values are the category codes: numbers
+    kinds = [CATEGORY if t == "c" and c is not None else NUMBER for t, c in zip(types, stored, strict=True)]
+    return by_position(booster.feature_names, chosen, kinds, stored)
 
 
 def load(path: str, *, features: Sequence[str] | None = None, threads: int | None = None, **_: Any) -> XGBoostModel:

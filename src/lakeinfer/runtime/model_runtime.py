@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from ..errors import BadRecordError, LakeinferError, SchemaError
 from ..models import Model
+from ..models._frame import NUMBER
 from ..pipeline import ERROR_COLUMN, REPORT, ModelStep, Pipeline
 from .recipe import PipelineRecipe
 
@@ -90,10 +91,19 @@ class ModelRuntime:
         return pa.schema([scored.schema.field(n) for n in dict.fromkeys([*keep, *names])])
 
     def input_schema(self) -> pa.Schema:
-        """The feature columns with the type the model takes (float64 where it takes any number)."""
-        dtype = next((t.dtype for t in self.model.signature.inputs), "float64")
-        kind = pa.string() if dtype in ("string", "object") else pa.from_numpy_dtype(np.dtype(dtype))
-        return pa.schema([(name, kind) for name in self.input_columns])
+        """The feature columns with the type the model takes: strings for categorical and string
+        features, the model's number type for the others."""
+        own = {t.name: t.dtype for t in self.model.signature.inputs}
+        default = next(iter(own.values()), "float64")
+        kinds = self.model.kinds
+        fields = []
+        for name in self.input_columns:
+            dtype = own.get(name, default)  # a graph input of that name, else the one tensor's type
+            if kinds.kind(name) != NUMBER or dtype in ("string", "object"):
+                fields.append(pa.field(name, pa.string()))
+            else:
+                fields.append(pa.field(name, pa.from_numpy_dtype(np.dtype(dtype))))
+        return pa.schema(fields)
 
     def describe_outputs(self) -> pa.Schema:
         """The output columns, from a zero-row probe; the model's own outputs where steps need other columns."""

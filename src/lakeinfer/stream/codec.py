@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.json as pjson
 
 
-def decode(values: Sequence[bytes | None], features: Sequence[str] | None
+def decode(values: Sequence[bytes | None], features: Sequence[str] | None, text: frozenset[str] = frozenset()
            ) -> tuple[list[dict[str, Any]], list[int], dict[int, str]]:
     """(the parsed good records, their positions, {position: reason} for the bad ones).
 
@@ -34,7 +34,7 @@ def decode(values: Sequence[bytes | None], features: Sequence[str] | None
         if not isinstance(record, dict):
             bad[i] = f"a message must be a JSON object, not {type(record).__name__}"
             continue
-        reason = _check(record, features) if features else None
+        reason = _check(record, features, text) if features else None
         if reason:
             bad[i] = reason
             continue
@@ -43,16 +43,21 @@ def decode(values: Sequence[bytes | None], features: Sequence[str] | None
     return records, good, bad
 
 
-def _check(record: dict[str, Any], features: Sequence[str]) -> str | None:
+def _check(record: dict[str, Any], features: Sequence[str], text: frozenset[str] = frozenset()) -> str | None:
     # a missing or null feature is a missing value, judged by the runtime's one rule
     for name in features:
         value = record.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        if value is None:
+            continue
+        if name in text:
+            if not isinstance(value, str):
+                return f"field '{name}' is {type(value).__name__}; the model expects a category (a string)"
+        elif isinstance(value, bool) or not isinstance(value, int | float):
             return f"field '{name}' is {type(value).__name__}; the model needs a number"
     return None
 
 
-def decode_columns(values: Sequence[bytes | None], features: Sequence[str]
+def decode_columns(values: Sequence[bytes | None], features: Sequence[str] | pa.Schema
                    ) -> tuple[pa.Table, dict[int, str]] | None:
     """All messages parsed at once by Arrow's JSON reader: (the table, {position: reason} of bad
     rows). None when the fast path does not apply (a message that is not one line of JSON, or a
@@ -61,7 +66,10 @@ def decode_columns(values: Sequence[bytes | None], features: Sequence[str]
     if not values or any(v is None or b"\n" in v for v in values):
         return None
     data = b"\n".join(values)  # type: ignore[arg-type]
-    options = pjson.ParseOptions(explicit_schema=pa.schema([(f, pa.float64()) for f in features]),
+    schema = features if isinstance(features, pa.Schema) else pa.schema([(f, pa.float64()) for f in features])
+    # numbers as float64 whatever the model's own width: the runtime casts them once
+    schema = pa.schema([(f.name, pa.float64() if _is_number(f.type) else f.type) for f in schema])
+    options = pjson.ParseOptions(explicit_schema=schema,
                                  unexpected_field_behavior="infer")
     try:
         table = pjson.read_json(io.BytesIO(data), read_options=pjson.ReadOptions(use_threads=False,
@@ -72,6 +80,10 @@ def decode_columns(values: Sequence[bytes | None], features: Sequence[str]
     if table.num_rows != len(values):
         return None
     return table, {}
+
+
+def _is_number(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
 
 
 def encode_table(rows: pa.Table, outputs: pa.RecordBatch, keep: Sequence[str]) -> list[bytes]:

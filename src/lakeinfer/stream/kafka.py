@@ -80,6 +80,8 @@ class KafkaScorer:
         self.runtime = ModelRuntime(config.recipe)
         # a pipeline that is the model alone reads only its feature columns: checked per message
         self.features = list(self.runtime.input_columns) if self.runtime.model_only else None
+        self._schema = self.runtime.input_schema()
+        self._text = frozenset(f.name for f in self._schema if pa.types.is_string(f.type))
         self.stats = StreamStats()
         self._stop = threading.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="lakeinfer-model")
@@ -171,7 +173,7 @@ class KafkaScorer:
                          ) -> tuple[list[int], list[bytes], dict[int, str]] | None:
         """The fast path: Arrow parses the whole batch, one model call, rows encoded from columns."""
         assert self.features is not None
-        parsed = codec.decode_columns(values, self.features)
+        parsed = codec.decode_columns(values, self._schema)
         if parsed is None:
             return None
         table, bad = parsed
@@ -196,7 +198,7 @@ class KafkaScorer:
     def _process_records(self, messages: Sequence[Any], values: list[Any]
                          ) -> tuple[list[int], list[bytes], dict[int, str]]:
         """Message by message: exact reasons for every bad one."""
-        records, good, bad = codec.decode(values, self.features)
+        records, good, bad = codec.decode(values, self.features, self._text)
         outputs: list[dict[str, Any]] = []
         if records:
             outputs, failed = self._score(records)
