@@ -10,7 +10,8 @@ Every error a user can cause derives from :class:`LakeinferError`; transports
     │   └── UntrustedModelError  a pickle-based model without trust=True
     ├── InputError             the data cannot be read or does not fit the model
     │   ├── SchemaError        a missing column, a wrong dtype or shape
-    │   └── BadRecordError     one row cannot be scored (a null in a required feature)
+    │   ├── BadRecordError     one row cannot be scored (a value the model cannot take)
+    │   └── RecordsError       JSON records whose fields do not fit the model's columns
     ├── OutputError            the output location cannot be written or holds another job
     └── PredictionError        the model itself failed on a batch
 
@@ -67,6 +68,10 @@ class BadRecordError(InputError):
         self.column = column
         self.row = row
         self.reason = reason or message
+
+
+class RecordsError(InputError):
+    """JSON records that cannot become columns; the message names the record and the field."""
 
 
 class OutputError(LakeinferError):

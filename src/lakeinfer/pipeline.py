@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from ._spec_models import OnError, validate_step
 from .errors import BadRecordError, ConfigError, SchemaError
 from .models import Model
-from .schema import column_or_error, invalid_rows
+from .schema import InvalidRows, column_or_error, invalid_rows
 
 __all__ = [
     "Transformer", "Pipeline", "ModelStep", "Select", "Rename", "Cast", "FillNull", "Assemble",
@@ -25,8 +25,6 @@ __all__ = [
 ]
 
 ON_ERROR: tuple[str, ...] = get_args(OnError)
-REPORT = "report"  # on_error of the server and the stream: null outputs plus the reason per row
-ERROR_COLUMN = "__lakeinfer_error"
 
 
 class Transformer(abc.ABC):
@@ -137,32 +135,38 @@ class ModelStep(Transformer):
     """Runs the model on its input columns and appends its outputs.
 
     A row with a value the model cannot take (see :func:`lakeinfer.schema.invalid_rows`: null
-    or NaN for a model that does not handle missing values, +-Infinity for any) is a bad record,
-    and ``on_error`` says what it gets: ``fail`` raises a :class:`BadRecordError` naming the
-    column and row, ``skip`` drops the row, ``null`` keeps it with null predictions. ``report``
-    (the runtime's, for the server and the stream) is ``null`` plus a column
-    :data:`ERROR_COLUMN` holding each bad row's reason.
+    or NaN for a model that does not handle missing values, +-Infinity for any, a category an
+    encoder refuses) is a bad record, and ``on_error`` says what it gets: ``fail`` raises a
+    :class:`BadRecordError` naming the column and row, ``skip`` drops the row, ``null`` keeps
+    it with null predictions.
     """
 
     def __init__(self, model: Model, *, on_error: str = "fail") -> None:
-        if on_error not in (*ON_ERROR, REPORT):
+        if on_error not in ON_ERROR:
             raise ConfigError(f"on_error must be one of {', '.join(ON_ERROR)}, not '{on_error}'")
         self.model = model
         self.on_error = on_error
         self._known = model.kinds.closed_values()
+        self._limit = _float_limit(getattr(model, "input_dtype", np.float64))
 
     def __repr__(self) -> str:
         return f"ModelStep({self.model.flavor} {self.model.path}, on_error={self.on_error!r})"
 
-    def _transform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+    def bad_rows(self, batch: pa.RecordBatch) -> InvalidRows | None:
+        """The rows of ``batch`` the model cannot take, or None."""
         for name in self.model.output_names:
             if name in batch.schema.names:
                 raise SchemaError(f"the input already has a column '{name}', which the model writes")
-        bad = invalid_rows(batch, self.model.input_columns, missing_ok=self.model.handles_missing,
-                           known=self._known)
+        return invalid_rows(batch, self.model.input_columns, missing_ok=self.model.handles_missing,
+                            known=self._known, limit=self._limit)
+
+    def _transform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        return self.apply(batch, self.bad_rows(batch))
+
+    def apply(self, batch: pa.RecordBatch, bad: InvalidRows | None) -> pa.RecordBatch:
+        """The outputs appended to ``batch``, whose bad rows (found by :meth:`bad_rows`) are ``bad``."""
         if bad is None:
-            out = _append(batch, self.model.predict(batch))
-            return _append_errors(out, None) if self.on_error == REPORT else out
+            return _append(batch, self.model.predict(batch))
         if self.on_error == "fail":
             row = bad.first
             column, reason = bad.reason(row)
@@ -175,13 +179,13 @@ class ModelStep(Transformer):
         # null: one output row per input row, null where the input was bad
         positions = np.cumsum(~bad.mask) - 1
         indices = pa.array(positions, mask=bad.mask)
-        out = _append(batch, outputs.take(indices))
-        return _append_errors(out, bad.reasons()) if self.on_error == REPORT else out
+        return _append(batch, outputs.take(indices))
 
 
-def _append_errors(batch: pa.RecordBatch, reasons: list[str | None] | None) -> pa.RecordBatch:
-    column = pa.nulls(batch.num_rows, pa.string()) if reasons is None else pa.array(reasons, pa.string())
-    return batch.append_column(ERROR_COLUMN, column)
+def _float_limit(dtype: Any) -> float | None:
+    """The largest finite value of a narrower float the model computes in (float32), else None."""
+    kind = np.dtype(dtype)
+    return float(np.finfo(kind).max) if kind.kind == "f" and kind.itemsize < 8 else None
 
 
 def _append(batch: pa.RecordBatch, outputs: pa.RecordBatch) -> pa.RecordBatch:
@@ -288,10 +292,13 @@ class Pipeline(Transformer):
         before_model, rest = self.split_at_model()
         before = before_model.transform(batch)
         after = rest.transform(before)
+        return self.written(before, after), after
+
+    def written(self, before: pa.RecordBatch, after: pa.RecordBatch) -> list[str]:
+        """The columns of ``after`` that the model and the steps after it wrote into ``before``."""
         model = self.model_step
         written = set(model.model.output_names) if model is not None else set()
-        names = [n for n in after.schema.names if n not in before.schema.names or n in written]
-        return names, after
+        return [n for n in after.schema.names if n not in before.schema.names or n in written]
 
     @property
     def model_step(self) -> ModelStep | None:

@@ -115,8 +115,8 @@ def _vector_column(column: pa.Array, name: str, dtype: np.dtype) -> np.ndarray:
 # The one rule for missing and non-finite feature values, in every mode (see the README):
 # null and NaN are missing values, which only models that handle them (XGBoost, LightGBM,
 # HistGradientBoosting, ...) receive, as NaN; +-Infinity is a bad record for every model.
-OK, NULL, NAN, POS_INF, NEG_INF, UNKNOWN = range(6)
-_WORDS = {NULL: "null", NAN: "NaN", POS_INF: "Infinity", NEG_INF: "-Infinity"}
+OK, NULL, NAN, POS_INF, NEG_INF, UNKNOWN, OVERFLOW, NO_VECTOR = range(8)
+_WORDS = {NULL: "null", NAN: "NaN", POS_INF: "Infinity", NEG_INF: "-Infinity", NO_VECTOR: "null"}
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,9 @@ class InvalidRows:
         if code == UNKNOWN:
             value = self.values[column][row].as_py()
             return column, f"feature column '{column}' holds {value!r}, a category the model does not know"
+        if code == OVERFLOW:
+            value = self.values[column][row].as_py()
+            return column, f"feature column '{column}' holds {value!r}, beyond the model's float32 range"
         return column, f"feature column '{column}' is {_WORDS[code]}"
 
     @property
@@ -151,17 +154,21 @@ class InvalidRows:
 
 
 def invalid_rows(batch: pa.RecordBatch, columns: Sequence[str], *, missing_ok: bool,
-                 known: Mapping[str, pa.Array] | None = None) -> InvalidRows | None:
+                 known: Mapping[str, pa.Array] | None = None, limit: float | None = None) -> InvalidRows | None:
     """The rows with a value the model cannot take in one of ``columns``, or None when all are good.
 
-    ``known``: for features whose unknown categories the model refuses, the categories it knows.
+    ``known``: for features whose unknown categories the model refuses, the categories it knows;
+    ``limit``: the largest magnitude the model's number type holds (a float32 model's), beyond
+    which a finite value would reach it as Infinity.
     """
     codes: list[np.ndarray] = []
     values: dict[str, pa.Array] = {}
     bad = False
     for name in columns:
         column = column_or_error(batch, name)
-        code = _value_codes(column)
+        code = _value_codes(column, limit)
+        if code is not None and limit is not None and (code == OVERFLOW).any():
+            values[name] = column
         if code is not None and missing_ok:
             code = np.where((code == NULL) | (code == NAN), OK, code).astype(np.int8)
         if known and name in known:
@@ -197,8 +204,9 @@ def _unknown(column: pa.Array, known: pa.Array) -> np.ndarray | None:
     return np.asarray(outside.to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _value_codes(column: pa.Array) -> np.ndarray | None:
-    """Per value: OK, NULL, NAN, POS_INF or NEG_INF; None when every value is fine (the fast path)."""
+def _value_codes(column: pa.Array, limit: float | None = None) -> np.ndarray | None:
+    """Per value: OK, NULL, NAN, POS_INF, NEG_INF or OVERFLOW (past ``limit``); None when every
+    value is fine (the fast path)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     kind = column.type
@@ -206,24 +214,28 @@ def _value_codes(column: pa.Array) -> np.ndarray | None:
         kind = kind.value_type
     if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
         values = column.flatten()
-        inner = _value_codes(values)
+        inner = _value_codes(values, limit)
         if inner is None and not column.null_count:
             return None
         rows = np.zeros(len(column), np.int8)
         if inner is not None:
             parents = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
             np.maximum.at(rows, parents, inner)
-        if column.null_count:
-            rows[column.is_null().to_numpy(zero_copy_only=False)] = NULL
+        if column.null_count:  # no vector at all: a bad record even for models that take NaN
+            rows[column.is_null().to_numpy(zero_copy_only=False)] = NO_VECTOR
         return rows
     floating = pa.types.is_floating(kind) and not pa.types.is_dictionary(column.type)
     if not column.null_count and not floating:
         return None
     values = column.to_numpy(zero_copy_only=False) if floating else None
-    if values is not None and not column.null_count and np.isfinite(values).all():
+    if values is not None and not column.null_count and np.isfinite(values).all() and (
+            limit is None or not (np.abs(values) > limit).any()):
         return None
     code = np.zeros(len(column), np.int8)
     if values is not None:
+        if limit is not None:
+            with np.errstate(invalid="ignore"):
+                code[np.abs(values) > limit] = OVERFLOW
         code[np.isnan(values)] = NAN
         code[np.isposinf(values)] = POS_INF
         code[np.isneginf(values)] = NEG_INF

@@ -109,7 +109,7 @@ def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: 
         columns = runtime.read_columns(keep)
         probe = todo[0] if todo else units[0]
         sample = _sample(fs, probe, fmt, runtime)
-        schema = _output_schema(runtime, sample, keep, probe.path)
+        schema = _output_schema(runtime, sample, keep, probe.path, probe.first_row)
         folder.claim(fingerprint, overwrite=overwrite)
         job = _worker.UnitJob(fs, fmt, batch_size, columns, output_uri, schema)
         total_rows = sum(u.num_rows or 0 for u in todo) if fmt == "parquet" else None
@@ -154,12 +154,13 @@ def _sample(fs: Any, unit: Any, fmt: str, runtime: ModelRuntime) -> pa.RecordBat
     return sample
 
 
-def _output_schema(runtime: ModelRuntime, sample: pa.RecordBatch, keep: Sequence[str], path: str) -> pa.Schema:
+def _output_schema(runtime: ModelRuntime, sample: pa.RecordBatch, keep: Sequence[str], path: str,
+                   first_row: int) -> pa.Schema:
     """The job's output schema from the sample; its errors name the file and the row."""
     try:
         return runtime.output_schema(sample, keep)
     except errors.BadRecordError as exc:
-        raise _worker.bad_record(exc, path, 0) from exc
+        raise _worker.bad_record(exc, path, first_row) from exc
     except (errors.SchemaError, errors.InputError) as exc:
         if path in str(exc) or "--keep" in str(exc):
             raise

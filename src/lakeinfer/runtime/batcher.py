@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from ..errors import InputError, LakeinferError
+from ..errors import LakeinferError
 
 __all__ = ["AdaptiveBatcher", "Overloaded", "score_group"]
 
@@ -172,8 +172,8 @@ def score_group(predict: Callable[[pa.RecordBatch], pa.RecordBatch],
     merged_batch = merged[0] if merged else batches[0]
     try:
         out = predict(merged_batch)
-    except InputError:
-        # one request's bad rows must not fail its neighbours: score them one by one
+    except LakeinferError:
+        # one request's bad input must not fail its neighbours: score them one by one
         return [_call(predict, b) for b in batches]
     except BaseException as exc:
         return [exc] * len(batches)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -16,8 +17,9 @@ import pyarrow as pa
 from ..errors import BadRecordError, LakeinferError, SchemaError
 from ..models import Model
 from ..models._frame import NUMBER
-from ..pipeline import ERROR_COLUMN, REPORT, ModelStep, Pipeline
+from ..pipeline import ModelStep, Pipeline
 from .recipe import PipelineRecipe
+from .records import records_to_batch
 
 __all__ = ["ModelRuntime", "Scored"]
 
@@ -64,8 +66,12 @@ class ModelRuntime:
         if step is None:  # a recipe always places the model; guard against hand-made pipelines
             raise SchemaError("the pipeline has no model step")
         self.model: Model = step.model
-        self._reporting = Pipeline([(name, ModelStep(self.model, on_error=REPORT) if isinstance(t, ModelStep) else t)
-                                    for name, t in self.pipeline.steps])
+        # score(): the steps before the model, the model keeping bad rows (null outputs), the rest
+        before, rest = self.pipeline.split_at_model()
+        self._before = before
+        self._step = step
+        self._keeping = ModelStep(self.model, on_error="null")
+        self._after = Pipeline(rest.steps[1:])
 
     # -- what the pipeline reads and writes ----------------------------------------------------
     @property
@@ -105,6 +111,15 @@ class ModelRuntime:
                 fields.append(pa.field(name, pa.from_numpy_dtype(np.dtype(dtype))))
         return pa.schema(fields)
 
+    def records(self, records: Sequence[Any], *, where: str = "records", keep: Sequence[str] = ()) -> pa.RecordBatch:
+        """JSON records as a batch, the same whoever sends them (the server, the stream): the
+        features typed as numbers or strings as the model takes them, a missing one null; a
+        pipeline that is the model alone gets its features (and ``keep``) only."""
+        schema = self.input_schema()
+        types = {f.name: pa.string() if pa.types.is_string(f.type) else pa.float64() for f in schema}
+        only = [*schema.names, *keep] if self.model_only else None
+        return records_to_batch(records, where=where, types=types, only=only)
+
     def describe_outputs(self) -> pa.Schema:
         """The output columns, from a zero-row probe; the model's own outputs where steps need other columns."""
         probe = self.input_schema().empty_table().to_batches()
@@ -121,8 +136,12 @@ class ModelRuntime:
         return self.pipeline.transform(batch)
 
     def score(self, batch: pa.RecordBatch) -> Scored:
-        """Only the output columns, one row per input row; bad rows get nulls and a reason."""
-        names, out = self._reporting.outputs(batch)
-        errors = out.column(ERROR_COLUMN)
-        outputs = out.select([n for n in names if n != ERROR_COLUMN])
-        return Scored(outputs, errors.to_pylist() if errors.null_count < len(errors) else None)
+        """Only the output columns, one row per input row; bad rows get nulls and a reason.
+
+        The reasons are found at the model step and never pass through the steps after it.
+        """
+        before = self._before.transform(batch)
+        bad = self._step.bad_rows(before)
+        after = self._after.transform(self._keeping.apply(before, bad))
+        outputs = after.select(self.pipeline.written(before, after))
+        return Scored(outputs, bad.reasons() if bad is not None else None)

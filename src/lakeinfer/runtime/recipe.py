@@ -5,6 +5,9 @@ Worker processes receive the recipe, not the loaded model, and build it exactly 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -80,11 +83,7 @@ class PipelineRecipe:
     @cached_property
     def key(self) -> str:
         """The model's digest and every option: equal keys build equal pipelines."""
-        import hashlib
-        import json
-
-        text = json.dumps({**self.describe(), "trust": self.trust, "device": self.device}, sort_keys=True,
-                          default=repr)
+        text = json.dumps({**self.describe(), "trust": self.trust, "device": self.device}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def describe(self) -> dict[str, Any]:
@@ -93,6 +92,14 @@ class PipelineRecipe:
             "flavor": self.flavor,
             "features": list(self.features) if self.features else None,
             "on_error": self.on_error,
-            "steps": [MODEL if s == MODEL else repr(s) for s in self.steps],
+            "steps": [MODEL if s == MODEL else _step_id(s) for s in self.steps],
         }
 
+
+def _step_id(step: Any) -> str:
+    """A step by what it is and every value it holds (repr elides long arrays and private state)."""
+    try:
+        state = hashlib.sha256(pickle.dumps(step)).hexdigest()[:16]
+    except Exception:  # a step that cannot pickle cannot reach a worker process either
+        state = "unpicklable"
+    return f"{step!r}#{state}"

@@ -3,36 +3,47 @@ the server's records endpoint and the Kafka stream."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 
-from ..errors import InputError
+from ..errors import RecordsError
 
 __all__ = ["RecordsError", "records_to_batch"]
 
 
-class RecordsError(InputError):
-    """Records that cannot become columns; the message names the record and the field."""
-
-
-def records_to_batch(records: Sequence[Any], *, where: str = "records") -> pa.RecordBatch:
+def records_to_batch(records: Sequence[Any], *, where: str = "records",
+                     types: Mapping[str, pa.DataType] | None = None,
+                     only: Sequence[str] | None = None) -> pa.RecordBatch:
     """``records`` as one batch: a column per field, in order of first appearance.
 
-    A field missing from some records is null there. A field whose values do not share one type
-    (a string among numbers) is refused, naming it, rather than coerced.
+    ``types`` fixes the type of some fields (the model's features), so a column never depends on
+    which records share its batch: such a field missing from every record is a column of nulls.
+    ``only`` keeps just those fields. A value that does not fit its field's type (a string among
+    numbers, a boolean for a number) is refused, naming the field, rather than coerced.
     """
+    types = types or {}
     names: dict[str, None] = {}
     for i, record in enumerate(records):
         if not isinstance(record, dict):
             raise RecordsError(f"{where}[{i}] must be an object of field: value, not {type(record).__name__}")
         names.update(dict.fromkeys(record))
+    if only is not None:
+        names = dict.fromkeys([*(n for n in only if n in names or n in types)])
+    else:
+        names.update(dict.fromkeys(types))
     columns = {}
     for name in names:
         values = [record.get(name) for record in records]
+        kind = types.get(name)
+        if kind is not None and not pa.types.is_string(kind):
+            for i, value in enumerate(values):
+                if isinstance(value, bool) or not (value is None or isinstance(value, int | float)):
+                    raise RecordsError(f"{where}[{i}]: field '{name}' is {type(value).__name__}; "
+                                       "the model needs a number")
         try:
-            columns[name] = pa.array(values)
+            columns[name] = pa.array(values, type=kind)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
             raise RecordsError(f"field '{name}': values of mixed or unsupported types ({exc})") from None
     return pa.RecordBatch.from_pydict(columns)

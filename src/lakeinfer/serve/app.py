@@ -23,7 +23,6 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import InputError, LakeinferError
-from ..runtime.records import records_to_batch
 from . import v2
 from .config import ServeConfig
 from .dataplane import DataPlane, Overloaded
@@ -137,7 +136,7 @@ def create_app(config: ServeConfig) -> Starlette:
     async def predict(request: Request) -> Response:
         _model(request)
         body = await _read_body(request, config.max_body_bytes)
-        batch = _records(body)
+        batch = _records(body, plane)
         out = await plane.infer(batch, timeout, rows="instances[{row}]")
         return JSONResponse({"predictions": out.to_pylist()})
 
@@ -210,7 +209,7 @@ def _header_length(request: Request, body_size: int) -> int | None:
     return int(raw)
 
 
-def _records(body: bytes) -> pa.RecordBatch:
+def _records(body: bytes, plane: DataPlane) -> pa.RecordBatch:
     """``{"instances": [{column: value, ...}, ...]}`` as a record batch, naming any bad field."""
     try:
         payload: Any = json.loads(body)
@@ -220,7 +219,9 @@ def _records(body: bytes) -> pa.RecordBatch:
         raise ProtocolError("the request body must be an object with a list field 'instances'")
     if not payload["instances"]:
         raise ProtocolError("'instances' is empty")
-    return records_to_batch(payload["instances"], where="instances")
+    if plane.runtime is None:
+        raise Overloaded(plane.load_error and f"the model did not load: {plane.load_error}" or "the model is loading")
+    return plane.runtime.records(payload["instances"], where="instances")
 
 
 def app_from_env() -> Starlette:

@@ -10,7 +10,6 @@ from pathlib import Path
 import pyarrow as pa
 
 from ..errors import LakeinferError
-from ..pipeline import ERROR_COLUMN
 from ..runtime import ModelRuntime, Scored
 from ..runtime.batcher import AdaptiveBatcher, Overloaded
 from .config import ServeConfig
@@ -52,6 +51,10 @@ class ReadyBoard:
             except (OSError, ValueError):
                 continue
         return alive >= self.expected
+
+
+# the per-row reasons ride beside a merged batch's outputs to be sliced with them per caller
+ERROR_COLUMN = "__lakeinfer_error"
 
 
 class DataPlane:

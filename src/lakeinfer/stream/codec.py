@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pjson
 
 
@@ -57,8 +58,8 @@ def _check(record: dict[str, Any], features: Sequence[str], text: frozenset[str]
     return None
 
 
-def decode_columns(values: Sequence[bytes | None], features: Sequence[str] | pa.Schema
-                   ) -> tuple[pa.Table, dict[int, str]] | None:
+def decode_columns(values: Sequence[bytes | None], features: Sequence[str] | pa.Schema,
+                   keep: Sequence[str] = ()) -> tuple[pa.Table, dict[int, str]] | None:
     """All messages parsed at once by Arrow's JSON reader: (the table, {position: reason} of bad
     rows). None when the fast path does not apply (a message that is not one line of JSON, or a
     value of the wrong type): the caller decodes one by one. A missing or null feature is null
@@ -79,6 +80,12 @@ def decode_columns(values: Sequence[bytes | None], features: Sequence[str] | pa.
         return None
     if table.num_rows != len(values):
         return None
+    for name in keep:
+        # ints and floats in one kept field become doubles: a large id would come back rounded
+        if name in table.column_names and pa.types.is_floating(table.column(name).type):
+            magnitude = pc.max(pc.abs(table.column(name))).as_py()
+            if magnitude is not None and magnitude > 2**53:
+                return None
     return table, {}
 
 

@@ -25,7 +25,6 @@ import pyarrow as pa
 from ..errors import ConfigError, InputError, LakeinferError, require
 from ..runtime import ModelRuntime, PipelineRecipe, Scored
 from ..runtime.batcher import score_group
-from ..runtime.records import records_to_batch
 from . import codec
 from .metrics import StreamMetrics
 
@@ -173,7 +172,7 @@ class KafkaScorer:
                          ) -> tuple[list[int], list[bytes], dict[int, str]] | None:
         """The fast path: Arrow parses the whole batch, one model call, rows encoded from columns."""
         assert self.features is not None
-        parsed = codec.decode_columns(values, self._schema)
+        parsed = codec.decode_columns(values, self._schema, keep=self.config.keep)
         if parsed is None:
             return None
         table, bad = parsed
@@ -211,13 +210,11 @@ class KafkaScorer:
     def _score(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int, str]]:
         """Outputs of the good records (in order) and {position: reason} of records the model refused."""
         try:
-            batch = records_to_batch(records)
+            batch = self.runtime.records(records, keep=self.config.keep)
         except InputError:  # records whose fields do not line up: one by one, each with its reason
             return self._score_each(records)
         (result,) = self._wait(self._executor.submit(score_group, self.runtime.score, [batch]))
         if isinstance(result, BaseException):
-            if not isinstance(result, LakeinferError):
-                raise result
             return self._score_each(records)  # one record failed the merged call: find which
         return self._split(result)
 
@@ -227,7 +224,7 @@ class KafkaScorer:
         batches: list[pa.RecordBatch | None] = []
         for i, record in enumerate(records):
             try:
-                batches.append(records_to_batch([record]))
+                batches.append(self.runtime.records([record], keep=self.config.keep))
             except InputError as exc:
                 failed[i] = str(exc)
                 batches.append(None)
@@ -238,9 +235,9 @@ class KafkaScorer:
                 continue
             result = next(results)
             if isinstance(result, BaseException):
-                if not isinstance(result, LakeinferError):
-                    raise result
-                failed[i] = str(result)
+                # a record no rule foresaw goes to the dead letters with its reason; the stream goes on
+                failed[i] = str(result) if isinstance(result, LakeinferError) else (
+                    f"internal error: {type(result).__name__}: {result}")
             elif result.errors is not None:
                 failed[i] = str(result.errors[0])
             else:
