@@ -20,7 +20,14 @@ import pytest
 
 import lakeinfer
 from tests.conftest import read_output, run_cli
-from tests.kafka_helpers import consume, create_topics, produce, start_broker, stop_broker, stream_cli
+from tests.kafka_helpers import (
+    consume,
+    create_topics,
+    produce,
+    start_broker,
+    stop_broker,
+    stream_cli,
+)
 from tests.serving import free_port, serving
 
 NUMBERS = ["a", "b"]

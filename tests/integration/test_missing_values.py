@@ -130,3 +130,20 @@ def test_two_jobs_on_two_threads_keep_their_own_models(onnx_model: Trained, onnx
         out = read_output(tmp_path / name)
         np.testing.assert_array_equal(out["prediction"], model.labels)
         np.testing.assert_allclose(np.stack(out["probability"].to_numpy()), model.probability, atol=1e-6)
+
+
+def test_a_resumed_job_names_the_row_in_the_file(xgboost_model: Trained, tmp_path: Path) -> None:
+    # the rerun resumes at the third unit, whose first rows are the sample: the row is the file's
+    data = _one_file(tmp_path, 300, {(203, "f1"): float("inf")})
+    out = tmp_path / "out"
+    for _ in range(2):
+        with pytest.raises(lakeinfer.BadRecordError, match=r"data.parquet, row 203: feature column 'f1' is Infinity"):
+            lakeinfer.batch(str(data), str(out), model=str(xgboost_model.path), workers=1, batch_size=50,
+                            unit_rows=100)
+    assert sorted(p.name for p in out.glob("part-*.parquet")) == ["part-00000.parquet", "part-00001.parquet"]
+
+
+def test_values_beyond_float32_are_bad_for_float32_models(onnx_model: Trained, tmp_path: Path) -> None:
+    data = _one_file(tmp_path, 50, {(12, "f0"): 1e39})
+    with pytest.raises(lakeinfer.BadRecordError, match=r"row 12: feature column 'f0' holds 1e\+39, beyond"):
+        lakeinfer.batch(str(data), str(tmp_path / "out"), model=str(onnx_model.path), features=FEATURES)

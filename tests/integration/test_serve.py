@@ -148,16 +148,23 @@ def test_bad_requests_get_400_naming_the_field(onnx_server) -> None:  # type: ig
 
 
 def test_a_bad_request_does_not_fail_its_batch_neighbours(echo_model) -> None:  # type: ignore[no-untyped-def]
+    from prometheus_client.parser import text_string_to_metric_families
+
     with serving(*_echo_args(echo_model(0.05))) as server:
         good = {"instances": [{f: 1.0 for f in FEATURES}]}
-        bad = {"instances": [{f: (None if f == "f3" else 1.0) for f in FEATURES}]}
+        # same columns and types as the good requests, so it is merged with them into one model call
+        bad = {"instances": [{f: 1.0 for f in FEATURES}, {f: (None if f == "f3" else 1.0) for f in FEATURES}]}
         with ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(httpx.post, f"{server.url}/v1/models/echo/predict", json=bad if i % 4 == 0 else good,
                                    timeout=30) for i in range(16)]
             answers = [f.result() for f in futures]
+        text = httpx.get(f"{server.url}/metrics").text
+    merged = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
+              if s.name.startswith("lakeinfer_batch_requests")}
+    assert merged["lakeinfer_batch_requests_sum"] > merged["lakeinfer_batch_requests_count"]  # some calls merged
     for i, answer in enumerate(answers):
         if i % 4 == 0:
-            assert answer.status_code == 400 and "'f3' is null" in answer.json()["error"]
+            assert answer.status_code == 400 and answer.json()["error"] == "instances[1]: feature column 'f3' is null"
         else:
             assert answer.status_code == 200 and answer.json()["predictions"] == [{"prediction": 10.0}]
 

@@ -222,20 +222,78 @@ def test_the_batcher_loop_survives_a_failing_batch() -> None:
 
 
 def test_the_batcher_isolates_a_bad_caller() -> None:
+    # one schema for every caller, so they are merged; the merged call fails on one caller's row
     def predict(batch: pa.RecordBatch) -> pa.RecordBatch:
-        if "oops" in batch.schema.names:
-            raise errors.SchemaError("unexpected column 'oops'")
+        if pa.compute.any(pa.compute.less(batch.column(0), 0)).as_py():
+            raise errors.SchemaError("negative x")
         return pa.RecordBatch.from_pydict({"y": batch.column(0)})
 
+    sizes: list[int] = []
+
     async def main() -> list[object]:
-        batcher = AdaptiveBatcher(predict, max_wait_ms=50)
+        batcher = AdaptiveBatcher(predict, max_wait_ms=50, on_batch=lambda requests, rows: sizes.append(requests))
         batcher.start()
-        batches = [pa.RecordBatch.from_pydict({"x": [i]}) for i in range(3)]
-        batches[1] = pa.RecordBatch.from_pydict({"x": [1], "oops": [1]})
+        batches = [pa.RecordBatch.from_pydict({"x": [i]}) for i in (0, -1, 2)]
         results = await asyncio.gather(*(batcher.submit(b) for b in batches), return_exceptions=True)
         await batcher.drain()
         return list(results)
 
     good0, bad, good2 = asyncio.run(main())
+    assert sizes == [3]  # one merged call, then its callers one by one
     assert isinstance(bad, errors.SchemaError)
     assert good0.column(0).to_pylist() == [0] and good2.column(0).to_pylist() == [2]  # type: ignore[union-attr]
+
+
+def test_score_with_steps_after_the_model(models: dict[str, tuple[Path, object]]) -> None:
+    # a step after the model that drops columns, and an input column named like an internal one
+    path, estimator = models["lr"]
+    runtime = _runtime(path, steps=("model", {"op": "select", "columns": ["prediction"]}))
+    batch = _batch([0.1, NAN, 0.3]).append_column("__lakeinfer_error", pa.array(["x", "y", "z"]))
+    scored = runtime.score(batch)
+    assert scored.outputs.schema.names == ["prediction"]
+    assert scored.errors == [None, "feature column 'a' is NaN", None]
+    x = np.array([[0.1, 0.5, 1], [0.3, 0.5, 1]])
+    expected = estimator.predict(x).tolist()  # type: ignore[attr-defined]
+    assert scored.outputs.column("prediction").to_pylist() == [expected[0], None, expected[1]]
+
+
+def test_records_are_typed_by_the_features(models: dict[str, tuple[Path, object]]) -> None:
+    runtime = _runtime(models["hgb"][0])
+    # a feature null (or absent) in every record is a column of the model's type, not Arrow's null type
+    batch = runtime.records([{"a": None, "b": 1, "id": 7}, {"b": 2.5}], keep=["id"])
+    assert batch.schema.names == ["a", "b", "c", "id"]
+    assert batch.column("a").type == pa.float64() and batch.column("c").null_count == 2
+    assert runtime.score(batch).errors is None  # HistGradientBoosting takes missing values
+    with pytest.raises(errors.RecordsError, match=r"records\[1\]: field 'b' is bool; the model needs a number"):
+        runtime.records([{"a": 1, "b": 1, "c": 1}, {"a": 1, "b": True, "c": 1}])
+    with pytest.raises(errors.RecordsError, match="field 'a'"):
+        runtime.records([{"a": "x", "b": 1, "c": 1}])
+
+
+def test_values_beyond_float32_are_bad_records_for_float32_models() -> None:
+    batch = pa.RecordBatch.from_pydict({"a": [1.0, 1e39, -1e39, 3e38]})
+    bad = invalid_rows(batch, ["a"], missing_ok=True, limit=float(np.finfo(np.float32).max))
+    assert bad is not None and bad.mask.tolist() == [False, True, True, False]
+    assert bad.reason(1) == ("a", "feature column 'a' holds 1e+39, beyond the model's float32 range")
+    assert invalid_rows(batch, ["a"], missing_ok=True) is None  # a float64 model takes them
+
+
+def test_a_null_vector_is_bad_even_where_nan_is_missing() -> None:
+    batch = pa.RecordBatch.from_pydict({"v": pa.array([[1.0, NAN], None], pa.list_(pa.float64()))})
+    bad = invalid_rows(batch, ["v"], missing_ok=True)
+    assert bad is not None and bad.reasons() == [None, "feature column 'v' is null"]
+
+
+def test_recipe_keys_see_every_value_of_a_step(models: dict[str, tuple[Path, object]]) -> None:
+    from lakeinfer.pipeline import LabelMap
+
+    labels = np.array([f"label-{i}" for i in range(2000)])
+    other = labels.copy()
+    other[1000] = "changed"
+    path = str(models["lr"][0])
+    one = PipelineRecipe(model_path=path, steps=("model", LabelMap(labels)))
+    two = PipelineRecipe(model_path=path, steps=("model", LabelMap(other)))
+    assert repr(one.steps[1]) == repr(two.steps[1])  # numpy elides the middle: what a repr key saw
+    assert one.key != two.key and one.describe() != two.describe()
+    same = PipelineRecipe(model_path=path, steps=("model", LabelMap(labels.copy())))
+    assert same.key == one.key

@@ -39,3 +39,11 @@ def test_batch_parse_falls_back_on_what_it_cannot_take() -> None:
 def test_dead_letter_keeps_the_original_bytes() -> None:
     letter = json.loads(codec.dead_letter(b"\xff", "bad", "t", 1, 42))
     assert letter == {"error": "bad", "topic": "t", "partition": 1, "offset": 42, "value": "ff", "value_encoding": "hex"}
+
+
+def test_a_kept_id_that_a_double_would_round_takes_the_exact_path() -> None:
+    values = [b'{"id": 12345678901234567, "a": 1, "b": 2}', b'{"id": 1.5, "a": 1, "b": 2}']
+    assert codec.decode_columns(values, F, keep=["id"]) is None
+    small = [b'{"id": 7, "a": 1, "b": 2}', b'{"id": 1.5, "a": 1, "b": 2}']
+    table, _ = codec.decode_columns(small, F, keep=["id"])  # type: ignore[misc]
+    assert table.column("id").to_pylist() == [7.0, 1.5]
