@@ -72,6 +72,25 @@ class Flavor:
         return np.asarray(self.model.predict(x)), np.asarray(self.model.predict_proba(x))
 
 
+class OnnxRunner:
+    """onnxruntime itself, over a graph with one input per column (skl2onnx's export)."""
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def _run(self, x: pd.DataFrame) -> list[Any]:
+        feeds = {c: x[[c]].to_numpy(object if c in TEXT else np.float32) for c in COLUMNS}
+        return self.session.run(None, feeds)  # type: ignore[no-any-return]
+
+    def predict(self, x: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self._run(x)[0])
+
+    def predict_proba(self, x: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self._run(x)[1])
+
+
 @pytest.fixture(scope="module")
 def flavors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Flavor]:
     import lightgbm
@@ -93,6 +112,14 @@ def flavors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Flavor]:
     ]).fit(x, y)
     joblib.dump(pipeline, folder / "onehot.joblib")
     out["onehot"] = Flavor("onehot", folder / "onehot.joblib", pipeline, False, ("--trust-model",))
+    # the same pipeline as ONNX, one graph input per column: strings as string tensors
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    types = [(c, StringTensorType([None, 1]) if c in TEXT else FloatTensorType([None, 1])) for c in COLUMNS]
+    graph = convert_sklearn(pipeline, initial_types=types, options={id(pipeline): {"zipmap": False}})
+    (folder / "onehot.onnx").write_bytes(graph.SerializeToString())
+    out["onnx"] = Flavor("onnx", folder / "onehot.onnx", OnnxRunner(folder / "onehot.onnx"), False)
     hgb = HistGradientBoostingClassifier(categorical_features="from_dtype", max_iter=30, random_state=0)
     hgb.fit(as_categories(x), y)
     joblib.dump(hgb, folder / "hgb.joblib")
@@ -140,7 +167,7 @@ def _compare(mode: str, predictions: Any, probabilities: Any, labels: np.ndarray
     np.testing.assert_allclose(np.stack(list(probabilities)), proba, rtol=0, atol=1e-6, err_msg=mode)
 
 
-@pytest.mark.parametrize("name", ["onehot", "hgb", "xgb", "lgb"])
+@pytest.mark.parametrize("name", ["onehot", "hgb", "xgb", "lgb", "onnx"])
 def test_local_engine_every_format(name: str, flavors: dict[str, Flavor], files: dict[str, Path],
                                    frame: pd.DataFrame, tmp_path: Path) -> None:
     flavor = flavors[name]
@@ -214,6 +241,8 @@ def test_a_number_where_a_category_is_expected(flavors: dict[str, Flavor], tmp_p
 
 
 def test_inspect_shows_feature_types_and_categories(flavors: dict[str, Flavor]) -> None:
+    onnx = {f["name"]: f["type"] for f in lakeinfer.inspect_model(str(flavors["onnx"].path))["feature_types"]}
+    assert onnx == {"a": "number", "plan": "string", "region": "string", "b": "number"}
     for name, kind in (("onehot", "string"), ("hgb", "category"), ("xgb", "category"), ("lgb", "category")):
         flavor = flavors[name]
         info = lakeinfer.inspect_model(str(flavor.path), trust=True)
@@ -243,7 +272,7 @@ def test_spark_engine(flavors: dict[str, Flavor], files: dict[str, Path], frame:
         spark.stop()
 
 
-@pytest.mark.parametrize("name", ["onehot", "hgb", "xgb", "lgb"])
+@pytest.mark.parametrize("name", ["onehot", "hgb", "xgb", "lgb", "onnx"])
 def test_server_records_and_v2_bytes(name: str, flavors: dict[str, Flavor], frame: pd.DataFrame) -> None:
     import tritonclient.http as triton
 
@@ -259,7 +288,7 @@ def test_server_records_and_v2_bytes(name: str, flavors: dict[str, Flavor], fram
                  labels, proba)
         client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
         meta = {i["name"]: i["datatype"] for i in client.get_model_metadata("m")["inputs"]}
-        number = "FP32" if name == "xgb" else "FP64"  # XGBoost computes in float32
+        number = "FP32" if name in ("xgb", "onnx") else "FP64"  # these compute in float32
         assert meta == {"a": number, "plan": "BYTES", "region": "BYTES", "b": number}
         inputs = []
         for column in COLUMNS:

@@ -12,6 +12,7 @@ import pyarrow as pa
 from ..errors import ModelLoadError, SchemaError
 from ..schema import Signature, TensorSpec, column_or_error
 from ._base import Model, TabularModel
+from ._frame import STRING, FeatureKinds
 
 _ORT_DTYPES = {
     "tensor(float)": "float32",
@@ -184,6 +185,7 @@ class OnnxMultiInputModel(Model):
             features=tuple(i.name for i in self._inputs),
         )
         super().__init__(path, signature)
+        self.kinds = FeatureKinds(kinds={i.name: STRING for i in self._inputs if _dtype(i.type) == "string"})
 
     @property
     def input_columns(self) -> tuple[str, ...]:
