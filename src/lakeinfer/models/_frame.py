@@ -115,7 +115,16 @@ def feature_frame(batch: pa.RecordBatch, features: Sequence[str], kinds: Feature
             encoded = column if pa.types.is_dictionary(arrow_type) else column.dictionary_encode()
             data[name] = encoded.to_pandas()  # a Categorical of the batch's values
         else:
-            if pa.types.is_dictionary(arrow_type):
-                column = column.cast(value_type)
-            data[name] = pd.Series(column.to_numpy(zero_copy_only=False), dtype=object)
+            data[name] = pd.Series(_strings(column), dtype=object)
     return pd.DataFrame(data, copy=False)
+
+
+def _strings(column: pa.Array) -> np.ndarray:
+    """The values of a string column as Python strings (None for null), one object per distinct
+    value: cheaper to build than one per row, and the encoders' hash lookups reuse its hash."""
+    encoded = column if pa.types.is_dictionary(column.type) else column.dictionary_encode()
+    size = len(encoded.dictionary)
+    lookup = np.empty(size + 1, dtype=object)
+    lookup[:size] = encoded.dictionary.to_numpy(zero_copy_only=False)
+    lookup[size] = None
+    return lookup[encoded.indices.fill_null(size).to_numpy(zero_copy_only=False)]

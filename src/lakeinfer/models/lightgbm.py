@@ -36,11 +36,11 @@ class LightGBMModel(TabularModel):
         lgb = require("lightgbm", "lightgbm", "a LightGBM model")
         try:
             with native_stderr_captured():
-                self.booster = lgb.Booster(model_file=path,
-                                           params={"num_threads": threads} if threads else None)
+                self.booster = lgb.Booster(model_file=path)
             header = _header(path)
         except Exception as exc:
             raise ModelLoadError(f"cannot load LightGBM model {path}: {native_message(exc)}") from exc
+        self._predict_params = {"num_threads": threads} if threads else {}
         self.objective = header.get("objective", "regression").split()[0]
         num_class = int(header.get("num_class", "1"))
         self._binary = self.objective in ("binary", "cross_entropy") and num_class == 1
@@ -64,7 +64,8 @@ class LightGBMModel(TabularModel):
 
     def _predict_array(self, x: Any, batch: pa.RecordBatch) -> dict[str, Any]:
         # a DataFrame's categories are mapped by value to the model's pandas_categorical
-        raw = np.asarray(self.booster.predict(x))
+        # a model file's booster ignores params given when loading: the thread count goes with each call
+        raw = np.asarray(self.booster.predict(x, **self._predict_params))
         if self._binary:
             return classifier_outputs((raw > 0.5).astype(np.int64), binary_probability(raw))
         if self._multi:

@@ -86,9 +86,28 @@ class SklearnModel(TabularModel):
                 data = x.set_axis(own, axis=1) if list(x.columns) != own else x
             else:
                 data = pd.DataFrame(x, columns=own, copy=False)
-        labels = self.estimator.predict(data)
-        probability = self.estimator.predict_proba(data) if self._proba else None
-        return classifier_outputs(labels, probability)
+        if self._proba:
+            # a Pipeline's predict and predict_proba would each run its transformers: run them once
+            final, data = _transformed(self.estimator, data)
+            return classifier_outputs(final.predict(data), final.predict_proba(data))
+        return classifier_outputs(self.estimator.predict(data), None)
+
+
+def _transformed(estimator: Any, data: Any) -> tuple[Any, Any]:
+    """(the estimator that predicts, its input): a Pipeline's final step and ``data`` through the
+    steps before it, as Pipeline.predict and predict_proba do; any other estimator and ``data``."""
+    from sklearn import get_config
+    from sklearn.pipeline import Pipeline
+
+    if not isinstance(estimator, Pipeline) or get_config().get("enable_metadata_routing", False):
+        return estimator, data
+    final = estimator.steps[-1][1]
+    if final is None or isinstance(final, str) or not hasattr(final, "predict_proba"):
+        return estimator, data
+    for _, step in estimator.steps[:-1]:
+        if step is not None and not (isinstance(step, str) and step == "passthrough"):
+            data = step.transform(data)
+    return _transformed(final, data)  # a Pipeline may end in a Pipeline
 
 
 def _kinds(estimator: Any, chosen: Sequence[str] | None) -> FeatureKinds:
