@@ -247,3 +247,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 240)
     """The real ``lakeinfer`` command in a fresh process."""
     return subprocess.run([sys.executable, "-m", "lakeinfer", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """One real Kafka broker for the whole run (every test uses topics of its own)."""
+    from tests.kafka_helpers import start_broker, stop_broker
+    from tests.serving import free_port
+
+    home = tmp_path_factory.mktemp("kafka")
+    bootstrap = start_broker(home, free_port())
+    yield bootstrap
+    stop_broker(home)

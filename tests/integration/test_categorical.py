@@ -24,11 +24,9 @@ from tests.kafka_helpers import (
     consume,
     create_topics,
     produce,
-    start_broker,
-    stop_broker,
     stream_cli,
 )
-from tests.serving import free_port, serving
+from tests.serving import serving
 
 NUMBERS = ["a", "b"]
 TEXT = ["plan", "region"]
@@ -298,14 +296,6 @@ def test_server_records_and_v2_bytes(name: str, flavors: dict[str, Flavor], fram
             inputs.append(tensor)
         result = client.infer("m", inputs)
         _compare(f"{name} v2", result.as_numpy("prediction"), result.as_numpy("probability"), labels, proba)
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    home = tmp_path_factory.mktemp("kafka")
-    bootstrap = start_broker(home, free_port())
-    yield bootstrap
-    stop_broker(home)
 
 
 def test_stream(broker: str, flavors: dict[str, Flavor], frame: pd.DataFrame) -> None:

@@ -25,8 +25,8 @@ import lakeinfer
 from lakeinfer.engines._spark_session import session
 from lakeinfer.engines.spark import score
 from tests.conftest import FEATURES, Trained, read_output
-from tests.kafka_helpers import create_topics, produce, start_broker, stop_broker, stream_cli
-from tests.serving import Server, free_port, serving
+from tests.kafka_helpers import create_topics, produce, stream_cli
+from tests.serving import Server, serving
 
 NAN, INF = float("nan"), float("inf")
 # multiples of 1/1024: exact in float32, JSON and Parquet alike
@@ -80,15 +80,13 @@ def _expected(model: Trained, table: pa.Table, verdicts: list[str | None]) -> tu
 class Modes:
     """The long-lived parts: a Spark session, a server, a broker with a running scorer."""
 
-    def __init__(self, model: Trained, folder: Path) -> None:
+    def __init__(self, model: Trained, folder: Path, broker: str) -> None:
         self.model = model
         self.folder = folder
         self.spark = session("local[1]", {"spark.sql.shuffle.partitions": "1"})
         self._server_cm = serving("--model", model.path, *model.cli, "--name", "rf")
         self.server: Server = self._server_cm.__enter__()
-        self.kafka_home = folder / "kafka"
-        self.kafka_home.mkdir()
-        self.broker = start_broker(self.kafka_home, free_port())
+        self.broker = broker
         suffix = uuid.uuid4().hex[:8]
         self.topics = (f"in-{suffix}", f"out-{suffix}", f"dlq-{suffix}")
         create_topics(self.broker, *self.topics, partitions=2)
@@ -132,13 +130,12 @@ class Modes:
         self.stream.terminate()
         self.stream.communicate(timeout=60)
         self._server_cm.__exit__(None, None, None)
-        stop_broker(self.kafka_home)
         self.spark.stop()
 
 
 @pytest.fixture(scope="module")
-def modes(onnx_model: Trained, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    parts = Modes(onnx_model, tmp_path_factory.mktemp("modes"))
+def modes(onnx_model: Trained, broker: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    parts = Modes(onnx_model, tmp_path_factory.mktemp("modes"), broker)
     yield parts
     parts.close()
 

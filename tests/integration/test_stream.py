@@ -24,20 +24,10 @@ from tests.kafka_helpers import (
     create_topics,
     produce,
     records,
-    start_broker,
-    stop_broker,
     stream_cli,
 )
 from tests.serving import free_port
 from tests.slow_model import SlowEcho
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    home = tmp_path_factory.mktemp("kafka")
-    bootstrap = start_broker(home, free_port())
-    yield bootstrap
-    stop_broker(home)
 
 
 def _topics(broker: str) -> tuple[str, str, str]:
