@@ -100,8 +100,9 @@ def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: 
     done = folder.check(fingerprint, overwrite=overwrite)
     todo = [u for u in units if u.index not in done]
     workers, threads = plan_workers(recipe, workers, len(todo))
-    # Worker processes start now, so their model loads overlap the checks below.
-    pool = _Scorers.processes(recipe, workers) if workers > 1 else None
+    # Worker processes start now, so their model loads overlap the checks below. The parent loads
+    # the model anyway (for the checks) and scores too: one process fewer to start.
+    pool = _Scorers.processes(recipe, workers - 1, workers) if workers > 1 else None
     try:
         # Check the model, the columns and the output schema on a few rows before writing anything.
         runtime: ModelRuntime | None = ModelRuntime(recipe, threads=1 if pool or threads > 1 else None)
@@ -116,7 +117,9 @@ def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: 
         with _Bar(total_rows, progress and bool(todo)) as bar:
             if pool is None:
                 pool = _Scorers.threads(runtime, threads, bar)
-            runtime = None  # the workers hold theirs
+            else:
+                pool.join_in(runtime, bar)
+            runtime = None  # the scorers hold theirs
             results = pool.run(todo, job, bar)
     finally:
         if pool is not None:
@@ -183,13 +186,20 @@ class _Scorers:
         self.width = width
         self.feed = feed
         self.task = task
+        self.local: tuple[ThreadPoolExecutor, Callable[[Any, _worker.UnitJob], dict[str, Any]]] | None = None
+
+    def join_in(self, runtime: ModelRuntime, bar: _Bar) -> None:
+        """This process scores units too, one at a time, beside the worker processes."""
+        scorer = _worker.UnitScorer(runtime, bar)
+        self.local = (ThreadPoolExecutor(1, thread_name_prefix="lakeinfer-score"), scorer.run)
 
     @classmethod
-    def processes(cls, recipe: PipelineRecipe, workers: int) -> _Scorers:
-        """Spawned worker processes, each loading the model once in its initializer, started now."""
+    def processes(cls, recipe: PipelineRecipe, workers: int, scorers: int) -> _Scorers:
+        """Spawned worker processes, each loading the model once in its initializer, started now;
+        ``scorers``: all that will score, the parent included (they share the cores)."""
         context = multiprocessing.get_context("spawn")
         feed = context.Queue()
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = max(1, (os.cpu_count() or 1) // scorers)
         executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker.init_worker,
                                        initargs=(recipe, threads, feed))
         for _ in range(workers):
@@ -205,17 +215,24 @@ class _Scorers:
     def run(self, todo: list[Any], job: _worker.UnitJob, bar: _Bar) -> list[dict[str, Any]]:
         pending = iter(todo)
         running: set[Future[dict[str, Any]]] = set()
+        here: set[Future[dict[str, Any]]] = set()  # this process's own unit, at most one
         results: list[dict[str, Any]] = []
         try:
             while True:
-                while len(running) < 2 * self.width:
+                while len(running) - len(here) < 2 * self.width:
                     unit = next(pending, None)
                     if unit is None:
                         break
                     running.add(self.executor.submit(self.task, unit, job))
+                if self.local is not None and not here:
+                    unit = next(pending, None)
+                    if unit is not None:
+                        here.add(self.local[0].submit(self.local[1], unit, job))
+                        running |= here
                 if not running:
                     return results
                 finished, running = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+                here -= finished
                 self._pump(bar)
                 for future in finished:
                     results.append(_checked(future.result()))
@@ -239,6 +256,8 @@ class _Scorers:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.local is not None:
+            self.local[0].shutdown(wait=True, cancel_futures=True)
 
 
 def _checked(result: dict[str, Any]) -> dict[str, Any]:
