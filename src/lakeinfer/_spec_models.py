@@ -188,6 +188,7 @@ class ServeSection(_Strict):
     name: StrictStr | None = None
     host: StrictStr | None = None
     port: Port | None = None
+    grpc_port: Port | None = None
     workers: Count | None = None
     max_batch_size: Count | None = None
     max_wait_ms: Millis | None = None

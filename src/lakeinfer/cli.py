@@ -79,11 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     batch.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    serve = commands.add_parser("serve", help="serve the model over HTTP (Open Inference Protocol v2)")
+    serve = commands.add_parser("serve", help="serve the model over HTTP and gRPC (Open Inference Protocol v2)")
     _model_options(serve, required=False)
     serve.add_argument("--name", help="the model's name in URLs (default: the model file's name)")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8080)")
+    serve.add_argument("--grpc-port", type=int,
+                       help="also serve the v2 protocol over gRPC on this port (default: REST only)")
     serve.add_argument("--workers", type=_positive, help="worker processes, each loading the model once (default 1)")
     serve.add_argument("--max-batch-size", type=_positive, help="rows per model call (default 256)")
     serve.add_argument("--max-wait-ms", type=float, help="longest wait for a batch to fill under load (default 2)")
@@ -178,7 +180,8 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
 
     job = _spec(args)
     options = {**job.serve}
-    cli = {"name": args.name, "host": args.host, "port": args.port, "workers": args.workers,
+    cli = {"name": args.name, "host": args.host, "port": args.port, "grpc_port": args.grpc_port,
+           "workers": args.workers,
            "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "max_queue": args.max_queue,
            "timeout_ms": args.timeout_ms, "max_body_bytes": args.max_body_bytes, "api_key_env": args.api_key_env}
     options.update({k: v for k, v in cli.items() if v is not None})

@@ -2,6 +2,7 @@
 
 Status codes are chosen here and only here: bad input 400, missing or wrong API key 401, unknown
 model 404, oversized body 413, full queue or model not loaded 503 (Retry-After), timeout 504.
+With --grpc-port the app also runs the v2 gRPC service (grpc_v2.py, whose codes mirror these).
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ def create_app(config: ServeConfig) -> Starlette:
     api_key = config.api_key()
     timeout = config.timeout_ms / 1000.0
     worker = str(os.getpid())
+    grpc_server = None
+    if config.grpc_port is not None:
+        from .grpc_v2 import GrpcServer
+
+        grpc_server = GrpcServer(plane, config, api_key)
 
     def endpoint(label: str, *, public: bool = False) -> Callable[[Handler], Handler]:
         """Auth, error mapping and metrics around a handler."""
@@ -152,8 +158,12 @@ def create_app(config: ServeConfig) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if grpc_server is not None:  # on this event loop, beside the REST app, from the start (live, not ready)
+            await grpc_server.start()
         loading = asyncio.get_running_loop().create_task(plane.load())
         yield
+        if grpc_server is not None:  # uvicorn has drained REST; now gRPC's calls in flight
+            await grpc_server.stop(config.timeout_ms / 1000.0 + 1)
         await loading
         await plane.close()  # uvicorn has let the requests in flight finish; drain the queue too
 

@@ -21,6 +21,7 @@ class ServeConfig:
     name: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
+    grpc_port: int | None = None
     workers: int = 1
     max_batch_size: int = 256
     max_wait_ms: float = 2.0
@@ -36,6 +37,11 @@ class ServeConfig:
         for key in ("workers", "max_batch_size", "max_queue", "max_body_bytes"):
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"serve: {key} must be at least 1, not {getattr(self, key)}")
+        if self.grpc_port is not None:
+            if not 0 < int(self.grpc_port) < 65536:
+                raise ConfigError(f"serve: grpc_port must be a port number (1-65535), not {self.grpc_port}")
+            if int(self.grpc_port) == int(self.port):
+                raise ConfigError(f"serve: grpc_port and port are both {self.port}; gRPC needs a port of its own")
         if self.timeout_ms <= 0 or self.max_wait_ms < 0:
             raise ConfigError("serve: timeout_ms must be positive and max_wait_ms not negative")
 

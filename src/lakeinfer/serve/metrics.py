@@ -46,7 +46,7 @@ class Metrics:
         # with files, the scrape builds its own registry from them; these objects only write
         registry = None if self._folder else CollectorRegistry()
         self._registry = registry
-        self._requests = Counter("lakeinfer_requests", "HTTP requests by endpoint and status code.",
+        self._requests = Counter("lakeinfer_requests", "Requests by endpoint and status code (gRPC: endpoint grpc_*, the status name).",
                                  ["endpoint", "code"], registry=registry)
         self._errors = Counter("lakeinfer_errors", "Failed requests by kind of error.", ["kind"],
                                registry=registry)
@@ -65,7 +65,7 @@ class Metrics:
     def multiprocess(self) -> bool:
         return self._folder is not None
 
-    def request(self, endpoint: str, code: int, seconds: float) -> None:
+    def request(self, endpoint: str, code: int | str, seconds: float) -> None:
         self._requests.labels(endpoint=endpoint, code=str(code)).inc()
         self._latency.labels(endpoint=endpoint).observe(seconds)
         self._sample_depth()

@@ -20,10 +20,15 @@ def run(config: ServeConfig) -> None:
     """Serve until SIGTERM or Ctrl-C; requests in flight are finished before exit."""
     uvicorn = require("uvicorn", "serve", "lakeinfer serve")
     require("starlette", "serve", "lakeinfer serve")
+    if config.grpc_port is not None:
+        require("grpc", "serve", "lakeinfer serve --grpc-port")
+        require("google.protobuf", "serve", "lakeinfer serve --grpc-port")
     config.api_key()  # fail now, not in every worker, if the key's variable is unset
     # a model or pipeline that cannot be built is a one-line error here, before any worker starts
     ModelRuntime(config.recipe).describe_outputs()
     check_port(config.host, config.port)
+    if config.grpc_port is not None:
+        check_port(config.host, config.grpc_port, "--grpc-port")
     state = tempfile.mkdtemp(prefix="lakeinfer-serve-")
     config.state_dir = state
     os.environ[CONFIG_ENV] = config.to_env()
@@ -44,7 +49,7 @@ def run(config: ServeConfig) -> None:
         shutil.rmtree(state, ignore_errors=True)
 
 
-def check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int, option: str = "--port") -> None:
     """A one-line error now for an address uvicorn could not bind (it would exit 3, in its words)."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -58,5 +63,5 @@ def check_port(host: str, port: int) -> None:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError(f"port {port} on {host} is in use by another process "
-                                  "(choose another with --port)") from None
+                                  f"(choose another with {option})") from None
             raise ConfigError(f"cannot serve on port {port} on {host}: {exc.strerror}") from None

@@ -7,7 +7,7 @@ import functools
 import json
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,8 +16,8 @@ import pyarrow as pa
 from .._version import __version__
 from ..errors import InputError
 
-__all__ = ["ProtocolError", "DATATYPES", "decode_request", "encode_response", "datatype_of", "model_metadata",
-           "requested_outputs", "server_metadata"]
+__all__ = ["ProtocolError", "DATATYPES", "bytes_elements", "decode_request", "encode_response", "datatype_of",
+           "model_metadata", "output_tensor", "requested_outputs", "server_metadata", "tensor_bytes", "to_batch"]
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -99,7 +99,7 @@ def _flatten(data: Any) -> list[Any]:
     return data
 
 
-def _bytes_elements(blob: bytes, where: str) -> list[str]:
+def bytes_elements(blob: bytes, where: str) -> list[str]:
     values, offset = [], 0
     while offset < len(blob):
         if offset + 4 > len(blob):
@@ -129,7 +129,7 @@ def _tensor(spec: dict[str, Any], index: int, blobs: list[bytes]) -> tuple[str, 
             raise ProtocolError(f"{where}: binary_data_size given but the request carries no binary data")
         blob = blobs.pop(0)
         if datatype == "BYTES":
-            values = np.array(_bytes_elements(blob, where), dtype=object)
+            values = np.array(bytes_elements(blob, where), dtype=object)
         else:
             dtype = np.dtype(DATATYPES[datatype])
             if len(blob) != count * dtype.itemsize:
@@ -167,10 +167,14 @@ def decode_request(body: bytes, header_length: int | None, features: Sequence[st
     if not inputs:
         raise ProtocolError("request: 'inputs' is empty")
     blobs = _split_blobs(inputs, blob_part)
+    return to_batch((_tensor(spec, i, blobs) for i, spec in enumerate(inputs)), features), request
+
+
+def to_batch(tensors: Iterable[tuple[str, np.ndarray, Sequence[int]]], features: Sequence[str]) -> pa.RecordBatch:
+    """Decoded input tensors, (name, flat values, shape), as a record batch (see decode_request)."""
     columns: dict[str, pa.Array] = {}
     rows: int | None = None
-    for i, spec in enumerate(inputs):
-        name, values, shape = _tensor(spec, i, blobs)
+    for name, values, shape in tensors:
         n = shape[0]
         if rows is not None and n != rows:
             raise ProtocolError(f"input '{name}' has {n} rows; the other inputs have {rows}")
@@ -187,7 +191,7 @@ def decode_request(body: bytes, header_length: int | None, features: Sequence[st
             matrix = values.reshape(n, width)
             offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
             columns[name] = pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
-    return pa.RecordBatch.from_pydict(columns), request
+    return pa.RecordBatch.from_pydict(columns)
 
 
 def _split_blobs(inputs: list[Any], blob_part: bytes) -> list[bytes]:
@@ -226,18 +230,10 @@ def encode_response(out: pa.RecordBatch, chosen: list[tuple[str, bool]], *, mode
     """The response JSON, and the binary blobs that follow it (outputs asked for as binary)."""
     outputs, blobs = [], []
     for name, binary in chosen:
-        column = out.column(name)
-        datatype = datatype_of(column.type)
-        vector = pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type)
-        flat = column.flatten() if vector else column
-        shape = [len(column), len(flat) // len(column) if len(column) else 0] if vector else [len(column)]
+        datatype, shape, flat = output_tensor(out.column(name))
         tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
         if binary:
-            values = flat.to_numpy(zero_copy_only=False)
-            if datatype == "BYTES":
-                blob = b"".join(struct.pack("<I", len(v)) + v for v in (str(x).encode() for x in values))
-            else:
-                blob = np.ascontiguousarray(values.astype(DATATYPES[datatype], copy=False)).tobytes()
+            blob = tensor_bytes(flat, datatype)
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
@@ -247,3 +243,20 @@ def encode_response(out: pa.RecordBatch, chosen: list[tuple[str, bool]], *, mode
     if request_id is not None:
         response["id"] = request_id
     return response, blobs
+
+
+def output_tensor(column: pa.Array) -> tuple[str, list[int], pa.Array]:
+    """An output column as a tensor: its datatype, shape ([N] or [N, K]) and flat values."""
+    datatype = datatype_of(column.type)
+    vector = pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type)
+    flat = column.flatten() if vector else column
+    shape = [len(column), len(flat) // len(column) if len(column) else 0] if vector else [len(column)]
+    return datatype, shape, flat
+
+
+def tensor_bytes(flat: pa.Array, datatype: str) -> bytes:
+    """A tensor's values in the binary layout: little-endian, each BYTES element after its length."""
+    values = flat.to_numpy(zero_copy_only=False)
+    if datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(v)) + v for v in (str(x).encode() for x in values))
+    return np.ascontiguousarray(values.astype(np.dtype(DATATYPES[datatype]).newbyteorder("<"), copy=False)).tobytes()

@@ -1,0 +1,253 @@
+"""The Open Inference Protocol (KServe v2) over gRPC: service ``inference.GRPCInferenceService``.
+
+Each worker process runs it on the event loop of its REST app, over the same data plane; the
+workers share the port (SO_REUSEPORT), as they share the REST one. The codec from a
+ModelInferRequest to an Arrow record batch and from the outputs back to a ModelInferResponse
+reuses v2.py's tensor rules; the status codes mirror app.py's: bad input INVALID_ARGUMENT (the
+REST 400's message), missing or wrong API key UNAUTHENTICATED, unknown model NOT_FOUND, full
+queue or model not loaded UNAVAILABLE, timeout DEADLINE_EXCEEDED.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+import pyarrow as pa
+
+from ..errors import InputError, LakeinferError
+from . import proto, v2
+from .config import ServeConfig
+from .dataplane import DataPlane, Overloaded
+from .v2 import DATATYPES, ProtocolError
+
+log = logging.getLogger("lakeinfer.serve")
+
+__all__ = ["GrpcServer", "decode_infer", "encode_infer"]
+
+WORKER_METADATA = "x-lakeinfer-worker"
+
+# the typed field of InferTensorContents for each datatype (FP16 has none: raw contents only)
+CONTENTS = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+
+
+class GrpcFailure(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def decode_infer(request: Any, features: Sequence[str]) -> pa.RecordBatch:
+    """A ModelInferRequest's rows as a record batch (inputs as v2.decode_request reads them)."""
+    inputs = request.inputs
+    if not inputs:
+        raise ProtocolError("request: 'inputs' is empty")
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(inputs):
+        raise ProtocolError(f"request: {len(raw)} raw_input_contents for {len(inputs)} inputs (one each, in order)")
+
+    def tensors() -> Iterator[tuple[str, np.ndarray, list[int]]]:
+        for i, spec in enumerate(inputs):
+            yield _tensor(spec, i, raw[i] if raw else None)
+
+    return v2.to_batch(tensors(), features)
+
+
+def _tensor(spec: Any, index: int, raw: bytes | None) -> tuple[str, np.ndarray, list[int]]:
+    if not spec.name:
+        raise ProtocolError(f"inputs[{index}]: missing field 'name'")
+    where = f"input '{spec.name}'"
+    shape = list(spec.shape)
+    if not shape or any(d < 0 for d in shape):
+        raise ProtocolError(f"{where}: shape must be a non-empty list of non-negative integers, not {shape}")
+    datatype = spec.datatype
+    if datatype not in DATATYPES:
+        raise ProtocolError(f"{where}: unknown datatype '{datatype}' (one of {', '.join(DATATYPES)})")
+    count = math.prod(shape)
+    source = ""
+    if raw is not None:
+        if datatype == "BYTES":
+            values = np.array(v2.bytes_elements(raw, where), dtype=object)
+        else:
+            dtype = np.dtype(DATATYPES[datatype]).newbyteorder("<")
+            if len(raw) != count * dtype.itemsize:
+                raise ProtocolError(f"{where}: {len(raw)} bytes of raw_input_contents for shape {shape} of {datatype}")
+            values = np.frombuffer(raw, dtype=dtype)
+    else:
+        field = CONTENTS.get(datatype)
+        if field is None:
+            raise ProtocolError(f"{where}: {datatype} data must come in raw_input_contents")
+        source = f" in contents.{field}"
+        data = getattr(spec.contents, field)
+        try:
+            values = (np.array([b.decode("utf-8", "replace") for b in data], dtype=object) if datatype == "BYTES"
+                      else np.array(data, dtype=DATATYPES[datatype]))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ProtocolError(f"{where}: data do not match datatype {datatype} ({exc})") from None
+    if values.size != count:
+        raise ProtocolError(f"{where}: shape {shape} needs {count} values, got {values.size}{source}")
+    return spec.name, values, shape
+
+
+def encode_infer(out: pa.RecordBatch, names: Sequence[str], *, model_name: str, request_id: str) -> Any:
+    """The outputs as a ModelInferResponse, their values in raw_output_contents (as Triton sends them)."""
+    response = proto.ModelInferResponse(model_name=model_name, model_version="1", id=request_id)
+    for name in names:
+        datatype, shape, flat = v2.output_tensor(out.column(name))
+        response.outputs.add(name=name, datatype=datatype, shape=shape)
+        response.raw_output_contents.append(v2.tensor_bytes(flat, datatype))
+    return response
+
+
+def requested(request: Any, available: Sequence[str]) -> list[str]:
+    """The outputs to send: those asked for (each checked, as REST checks them), else all."""
+    asked = {"outputs": [{"name": o.name} for o in request.outputs]} if request.outputs else {}
+    return [name for name, _ in v2.requested_outputs(asked, available)]
+
+
+Method = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class GrpcServer:
+    """The gRPC service of one worker process, bound to ``config.grpc_port``."""
+
+    def __init__(self, plane: DataPlane, config: ServeConfig, api_key: str | None) -> None:
+        self.plane = plane
+        self.config = config
+        self.api_key = api_key
+        self.timeout = config.timeout_ms / 1000.0
+        self.worker = str(os.getpid())
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        assert self.config.grpc_port is not None
+        server = grpc.aio.server(options=[
+            ("grpc.so_reuseport", 1),  # every worker process binds the port; the kernel spreads connections
+            ("grpc.max_receive_message_length", self.config.max_body_bytes),
+            ("grpc.max_send_message_length", -1),
+        ])
+        handlers = {
+            "ServerLive": self._method("live", self.server_live, public=True),
+            "ServerReady": self._method("ready", self.server_ready, public=True),
+            "ModelReady": self._method("model_ready", self.model_ready),
+            "ServerMetadata": self._method("server_metadata", self.server_metadata),
+            "ModelMetadata": self._method("model_metadata", self.model_metadata),
+            "ModelInfer": self._method("infer", self.model_infer),
+        }
+        rpcs = {name: grpc.unary_unary_rpc_method_handler(
+                    handler, request_deserializer=proto.METHODS[name][0].FromString,
+                    response_serializer=proto.METHODS[name][1].SerializeToString)
+                for name, handler in handlers.items()}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(proto.SERVICE, rpcs),))
+        host = self.config.host
+        address = f"[{host}]:{self.config.grpc_port}" if ":" in host else f"{host}:{self.config.grpc_port}"
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc's words for a port it cannot bind
+            raise LakeinferError(f"cannot serve gRPC on {address}: {exc}") from None
+        if not bound:
+            raise LakeinferError(f"cannot serve gRPC on {address}")
+        await server.start()
+        self.server = server
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new calls and let those in flight finish (within ``grace`` seconds)."""
+        if self.server is not None:
+            await self.server.stop(grace)
+
+    def _method(self, label: str, handler: Method, *, public: bool = False) -> Method:
+        """Auth, error mapping and metrics around a handler, as app.py's ``endpoint``."""
+        metrics = self.plane.metrics
+
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            context.set_trailing_metadata(((WORKER_METADATA, self.worker),))
+            failure: tuple[grpc.StatusCode, str] | None = None
+            try:
+                if self.api_key and not public:
+                    self._check_key(context)
+                response = await handler(request, context)
+            except GrpcFailure as exc:
+                failure = exc.code, str(exc)
+            except Overloaded as exc:
+                failure = grpc.StatusCode.UNAVAILABLE, str(exc)
+            except TimeoutError:
+                failure = grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within the {self.config.timeout_ms:g} ms timeout"
+            except InputError as exc:
+                failure = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+            except LakeinferError as exc:
+                failure = grpc.StatusCode.INTERNAL, str(exc)
+            except Exception as exc:  # a bug: the reason, logged with its traceback, not sent
+                log.exception("lakeinfer: unexpected error on gRPC %s", label)
+                failure = grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})"
+            code = failure[0] if failure else grpc.StatusCode.OK
+            if failure:
+                metrics.error(f"grpc_{code.name}")
+            metrics.request(f"grpc_{label}", code.name, time.perf_counter() - start)
+            if failure:
+                await context.abort(*failure)
+            return response
+
+        return run
+
+    def _check_key(self, context: grpc.aio.ServicerContext) -> None:
+        assert self.api_key is not None
+        headers = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        given = headers.get("x-api-key") or ""
+        auth = headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if not given or not hmac.compare_digest(given.encode(), self.api_key.encode()):
+            raise GrpcFailure(grpc.StatusCode.UNAUTHENTICATED,
+                              "missing or wrong API key (send metadata 'authorization: Bearer KEY' or 'x-api-key: KEY')")
+
+    def _model(self, name: str) -> None:
+        if name != self.plane.name:
+            raise GrpcFailure(grpc.StatusCode.NOT_FOUND,
+                              f"unknown model '{name}' (this server has '{self.plane.name}')")
+
+    async def server_live(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return proto.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return proto.ServerReadyResponse(ready=self.plane.ready())
+
+    async def model_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self._model(request.name)
+        return proto.ModelReadyResponse(ready=self.plane.ready())
+
+    async def server_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        meta = v2.server_metadata()
+        return proto.ServerMetadataResponse(name=meta["name"], version=meta["version"])
+
+    async def model_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self._model(request.name)
+        plane = self.plane
+        if not plane.loaded:
+            raise Overloaded("the model is loading")
+        meta = v2.model_metadata(plane.name, plane.flavor, plane.input_schema, plane.output_schema)
+        return proto.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+                                           inputs=meta["inputs"], outputs=meta["outputs"])
+
+    async def model_infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self._model(request.model_name)
+        plane = self.plane
+        if not plane.loaded:  # before the codec, which needs the model's features and outputs
+            raise Overloaded(plane.load_error and f"the model did not load: {plane.load_error}" or "the model is loading")
+        batch = decode_infer(request, plane.features)
+        names = requested(request, plane.output_schema.names)
+        remaining = context.time_remaining()
+        timeout = self.timeout if remaining is None else min(self.timeout, remaining)
+        out = await plane.infer(batch, timeout)
+        return encode_infer(out, names, model_name=plane.name, request_id=request.id)
