@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -189,3 +190,36 @@ def test_a_busy_or_shared_grpc_port_is_one_line(onnx_model: Trained) -> None:
     assert "--grpc-port" in lines[0]
     same = run_cli("serve", "--model", onnx_model.path, *onnx_model.cli, "--port", "8123", "--grpc-port", "8123")
     assert same.returncode == 1 and "gRPC needs a port of its own" in same.stderr, same.stderr
+
+
+def test_full_queue_timeout_and_api_key(tmp_path: Path) -> None:
+    import joblib
+
+    from tests.slow_model import SlowEcho
+
+    path = tmp_path / "echo.joblib"
+    joblib.dump(SlowEcho(len(FEATURES), 0.6, 0.0), path)
+    port = free_port()
+    args = ["--model", path, "--trust-model", "--features", ",".join(FEATURES), "--name", "echo", "--grpc-port", port,
+            "--timeout-ms", "1000", "--max-queue", "1", "--max-batch-size", "1", "--api-key-env", "TEST_KEY"]
+    with serving(*args, env={"TEST_KEY": "s3cret"}):
+        key = {"authorization": "Bearer s3cret"}
+        row = triton.InferInput("x", [1, 5], "FP64")
+        row.set_data_from_numpy(np.full((1, 5), 2.0))
+
+        def call(_: int) -> str:
+            client = triton.InferenceServerClient(url=f"127.0.0.1:{port}")
+            try:
+                assert client.infer("echo", [row], headers=key).as_numpy("prediction").tolist() == [20.0]
+                return "OK"
+            except InferenceServerException as exc:
+                assert "Traceback" not in exc.message()
+                return str(exc.status()).removeprefix("StatusCode.")
+
+        with ThreadPoolExecutor(6) as pool:
+            codes = set(pool.map(call, range(6)))
+        assert {"OK", "UNAVAILABLE"} <= codes <= {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}, codes
+        client = triton.InferenceServerClient(url=f"127.0.0.1:{port}")
+        _fails(lambda: client.infer("echo", [row], headers=key, client_timeout=0.2), "DEADLINE_EXCEEDED")
+        assert "API key" in _fails(lambda: client.infer("echo", [row]), "UNAUTHENTICATED")
+        assert client.is_server_ready()  # the health probes need no key
