@@ -387,11 +387,12 @@ class TableOutput:
         if fs.get_file_info(path).type == pafs.FileType.Directory:
             fs.delete_dir(path)
         if isinstance(fs, pafs.LocalFileSystem):  # the per-table and the staging folders, once empty
-            for parent in (os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
-                try:
-                    os.rmdir(parent)
-                except OSError:
-                    break
+            try:
+                os.rmdir(os.path.dirname(path))
+                if os.path.basename(os.path.dirname(os.path.dirname(path))) == STAGING:
+                    os.rmdir(os.path.dirname(os.path.dirname(path)))
+            except OSError:
+                pass  # not empty: another job's parts wait there
 
     def commit(self, staging_uri: str, schema: pa.Schema, properties: dict[str, str], *, replace: bool) -> str:
         """Publish every staged part in one commit; returns the snapshot id / version."""
