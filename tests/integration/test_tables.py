@@ -246,3 +246,29 @@ def test_sigkill_then_rerun_commits_every_row_once(kind: str, lake: dict[str, An
     np.testing.assert_allclose(result["prediction"].to_numpy(), frame["f0"].to_numpy() * 10.0)
     assert _commits(lake, output) == 1
     assert not list(staging.glob("*/*"))
+
+
+def test_the_job_spec_takes_the_table_options(lake: dict[str, Any], onnx_model: Trained, frame: pd.DataFrame,
+                                              tmp_path: Path) -> None:
+    _iceberg_input(lake, frame, "ns.src", [(0, 200)])
+    spec = tmp_path / "job.toml"
+    spec.write_text(f"""
+[model]
+path = "{onnx_model.path}"
+features = {FEATURES!r}
+
+[batch]
+input = "iceberg:ns.src"
+output = "iceberg:ns.scores"
+keep = ["id"]
+workers = 1
+catalog = "default"
+where = "id >= 50"
+incremental = true
+staging = "{lake['staging']}"
+""".replace("'", '"'))
+    done = run_cli("batch", "--spec", spec, env=lake["env"])
+    assert done.returncode == 0, done.stderr
+    _check(_read(lake, "iceberg:ns.scores"), onnx_model, range(50, 200))
+    idle = run_cli("batch", "--spec", spec, env=lake["env"])
+    assert "nothing new" in idle.stdout, idle.stderr
