@@ -19,7 +19,9 @@ def batch(input: str | None = None, output: str | None = None, *, model: str | P
           on_error: str | None = None, overwrite: bool | None = None, device: str | None = None,
           spec: str | JobSpec | None = None, engine: str | None = None, progress: bool = False,
           unit_rows: int | None = None, master: str | None = None, spark_conf: dict[str, str] | None = None,
-          partition_by: Sequence[str] | None = None) -> BatchSummary:
+          partition_by: Sequence[str] | None = None, catalog: str | None = None, where: str | None = None,
+          snapshot: str | int | None = None, incremental: bool | None = None, full: bool | None = None,
+          staging: str | None = None) -> BatchSummary:
     """Score ``input`` (a file, folder or glob; local or ``s3://``) into Parquet under ``output``.
 
     ``model`` is a path, or a :class:`PipelineRecipe` holding every model option (then ``flavor``,
@@ -29,7 +31,15 @@ def batch(input: str | None = None, output: str | None = None, *, model: str | P
     ``workers``: worker processes, each loading the model once; by default one per core, or
     one process using every core for flavors with their own thread pool (ONNX, PyTorch,
     XGBoost, LightGBM); ``batch_size`` = 16384 rows per model call,
-    ``on_error`` = ``"fail"``. A rerun of an interrupted job resumes it: finished parts are
+    ``on_error`` = ``"fail"``.
+
+    ``input`` and ``output`` may be tables: ``iceberg:NAMESPACE.TABLE`` (the pyiceberg
+    ``catalog``, ``"default"`` by default) or ``delta:PATH`` (a folder holding ``_delta_log`` is
+    one too). A table output gets the job's predictions in one commit. ``where`` (a pyiceberg row
+    filter) and ``snapshot`` (an Iceberg snapshot id, a Delta version) pick the input rows;
+    ``incremental`` scores only what was appended to the input since the last run recorded in the
+    output table, ``full`` everything (replacing the output's rows); ``staging``: where the parts
+    wait for the commit. A rerun of an interrupted job resumes it: finished parts are
     kept and the rest is scored, so every input row appears in the output exactly once.
     """
     job = load_spec(spec) if isinstance(spec, str) else spec or JobSpec(model={}, steps=[])
@@ -51,7 +61,13 @@ def batch(input: str | None = None, output: str | None = None, *, model: str | P
     else:
         recipe = job.recipe(path=model, flavor=flavor, trust=trust, features=features, device=device,
                             on_error=on_error)
+    table_options = {"catalog": pick(catalog, "catalog", None), "where": pick(where, "where", None),
+                     "snapshot": pick(snapshot, "snapshot", None), "incremental": pick(incremental, "incremental", None),
+                     "full": pick(full, "full", None), "staging": pick(staging, "staging", None)}
     if engine == "spark":
+        used = [k for k, v in table_options.items() if v not in (None, False)]
+        if used:
+            raise ConfigError(f"{', '.join(used)}: table options are for the local engine")
         from .engines.spark import run_spark_batch
 
         return run_spark_batch(  # type: ignore[no-any-return]
@@ -70,6 +86,12 @@ def batch(input: str | None = None, output: str | None = None, *, model: str | P
         overwrite=bool(pick(overwrite, "overwrite", False)),
         unit_rows=unit_rows,
         progress=progress,
+        catalog=table_options["catalog"],
+        where=table_options["where"],
+        snapshot=None if table_options["snapshot"] is None else str(table_options["snapshot"]),
+        incremental=bool(table_options["incremental"]),
+        full=bool(table_options["full"]),
+        staging=table_options["staging"],
     )
 
 

@@ -182,6 +182,12 @@ class BatchSection(_Strict):
     master: StrictStr | None = None
     spark_conf: dict[StrictStr, SparkValue] | None = None
     partition_by: list[StrictStr] | None = None
+    catalog: StrictStr | None = None
+    where: StrictStr | None = None
+    snapshot: StrictInt | StrictStr | None = None
+    incremental: StrictBool | None = None
+    full: StrictBool | None = None
+    staging: StrictStr | None = None
 
 
 class ServeSection(_Strict):

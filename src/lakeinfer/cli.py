@@ -60,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     batch = commands.add_parser("batch", help="score a data set into Parquet")
     _model_options(batch, required=False)
     batch.add_argument("--input", help="file, folder or glob; local path or s3:// "
-                       "(--engine spark reads s3:// as s3a://, which needs hadoop-aws)")
-    batch.add_argument("--output", help="output folder for the Parquet parts")
+                       "(--engine spark reads s3:// as s3a://, which needs hadoop-aws); "
+                       "or a table: iceberg:NAMESPACE.TABLE, delta:PATH")
+    batch.add_argument("--output", help="output folder for the Parquet parts, or a table (iceberg:NAMESPACE.TABLE, "
+                       "delta:PATH) that gets the predictions in one commit")
     batch.add_argument("--input-format", choices=("parquet", "csv", "jsonl"))
     # "extend": a repeated --keep adds its columns to the earlier ones instead of replacing them
     batch.add_argument("--keep", action="extend", type=_columns,
@@ -74,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--spark-conf", action="append", type=_key_value, metavar="KEY=VALUE",
                        help="a Spark setting for --engine spark (repeatable)")
     batch.add_argument("--partition-by", type=_columns, help="--engine spark: partition the output by these columns")
+    batch.add_argument("--catalog", help="the pyiceberg catalog of iceberg: tables (default: default)")
+    batch.add_argument("--where", help="an Iceberg input's row filter, e.g. \"region = 'eu' and day >= 20\"")
+    batch.add_argument("--snapshot", help="read this snapshot id of an Iceberg input (a version of a Delta input)")
+    batch.add_argument("--incremental", action="store_true", default=None,
+                       help="score only the input rows appended since the last run recorded in the output table")
+    batch.add_argument("--full", action="store_true", default=None,
+                       help="score the whole input table and replace the output table's rows")
+    batch.add_argument("--staging", help="table outputs: where parts wait for the commit (default: .lakeinfer-staging "
+                       "here for Iceberg, a hidden folder beside a Delta table)")
     batch.add_argument("--spec", help="job spec file (TOML or YAML); options given here win")
     batch.add_argument("--overwrite", action="store_true", default=None, help="replace what the output folder holds")
     batch.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -149,7 +160,9 @@ def _run(args: argparse.Namespace) -> int:
         features=args.features, keep=args.keep, workers=args.workers, batch_size=args.batch_size,
         input_format=args.input_format, on_error=args.on_error, overwrite=args.overwrite,
         spec=args.spec, engine=args.engine, progress=not args.quiet, master=args.master,
-        spark_conf=dict(args.spark_conf or []), partition_by=args.partition_by,
+        spark_conf=dict(args.spark_conf or []), partition_by=args.partition_by, catalog=args.catalog,
+        where=args.where, snapshot=args.snapshot, incremental=args.incremental, full=args.full,
+        staging=args.staging,
     )
     if args.json:
         print(json.dumps(summary.to_dict()))

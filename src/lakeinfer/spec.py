@@ -70,6 +70,10 @@ class JobSpec:
 
 
 def _resolve(base: str, value: str) -> str:
+    if value.startswith("iceberg:"):  # a catalog's table, not a path
+        return value
+    if value.startswith("delta:"):
+        return "delta:" + _resolve(base, value[len("delta:"):])
     if "://" in value or os.path.isabs(value):
         return value
     return os.path.normpath(os.path.join(base, value))
@@ -104,7 +108,7 @@ def load_spec(path: str) -> JobSpec:
     model, batch = dump(parsed.model), dump(parsed.batch)
     if "path" in model:
         model["path"] = _resolve(base, model["path"])
-    for key in ("input", "output"):
+    for key in ("input", "output", "staging"):
         if key in batch:
             batch[key] = _resolve(base, batch[key])
     return JobSpec(model=model, steps=[dump(step) for step in parsed.pipeline.steps], batch=batch,

@@ -28,6 +28,18 @@ class UnitJob:
     columns: tuple[str, ...] | None
     output_uri: str
     schema: pa.Schema
+    reader: Any = None  # reads a table's units (an Iceberg scan); None: units are files
+
+    def read(self, unit: Unit, *, batch_size: int, columns: Any = None) -> Any:
+        return read_any(self.fs, self.input_format, self.reader, unit, batch_size=batch_size, columns=columns)
+
+
+def read_any(fs: pafs.FileSystem, fmt: str, reader: Any, unit: Unit, *, batch_size: int,
+             columns: Any = None) -> Any:
+    """The unit's batches, from its file or through the table's reader."""
+    if reader is not None:
+        return reader.read(unit, batch_size=batch_size, columns=columns)
+    return read_unit(fs, unit, fmt, batch_size=batch_size, columns=columns)
 
 
 def bad_record(exc: errors.BadRecordError, path: str, first_row: int) -> errors.BadRecordError:
@@ -67,7 +79,7 @@ class UnitScorer:
         behind = WriteBehind(writer.write)
         rows_in = rows_out = 0
         try:
-            batches = read_unit(job.fs, unit, job.input_format, batch_size=job.batch_size, columns=job.columns)
+            batches = job.read(unit, batch_size=job.batch_size, columns=job.columns)
             for batch in prefetch(batches):
                 try:
                     scored = runtime.transform(batch)

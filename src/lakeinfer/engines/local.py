@@ -3,6 +3,8 @@ reading its own units straight from the input and writing its own Parquet parts.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing
 import os
 import queue
@@ -18,15 +20,16 @@ from concurrent.futures import (
     wait,
 )
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
 from .. import errors
 from .._version import __version__
+from ..io import tables
 from ..io.sinks import OutputFolder
-from ..io.sources import list_input, plan_units, read_schema, read_unit
+from ..io.sources import list_input, plan_units, read_schema
 from ..models import CONCURRENT_FLAVORS, THREADED_FLAVORS, detect_flavor
 from ..runtime import ModelRuntime, PipelineRecipe
 from . import _worker
@@ -61,42 +64,122 @@ class BatchSummary:
     threads: int
     model_loads: int
     seconds: float
+    job_id: str | None = None  # a table output's: the id its commit carries
+    commit: str | None = None  # the output table's snapshot id / version holding the predictions
+    note: str | None = None  # "nothing new", "already committed": why nothing was written
+    schema: pa.Schema | None = field(default=None, repr=False, compare=False)
 
     @property
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
+        if self.note is not None:
+            where = f" (commit {self.commit})" if self.commit else ""
+            return f"{self.note}: {self.rows:,} rows at {self.output}{where}, nothing written"
         resumed = f", {self.parts_resumed} resumed" if self.parts_resumed else ""
         return (f"scored {self.rows:,} rows ({self.rows_skipped:,} skipped) into {self.parts} parts{resumed} "
                 f"at {self.output} in {self.seconds:.1f}s ({self.rows_per_second:,.0f} rows/s, "
-                f"{self.workers} workers x {self.threads} threads, {self.model_loads} model loads)")
+                f"{self.workers} workers x {self.threads} threads, {self.model_loads} model loads)"
+                + (f"; committed as {self.commit}" if self.commit else ""))
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "rows_per_second": self.rows_per_second}
+        out = {**asdict(self), "rows_per_second": self.rows_per_second}
+        out.pop("schema")
+        return out
 
 
 def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: Sequence[str] = (),
               workers: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, input_format: str | None = None,
-              overwrite: bool = False, unit_rows: int | None = None, progress: bool = False) -> BatchSummary:
-    """Score ``input_uri`` into Parquet parts under ``output_uri``; see :func:`lakeinfer.batch`."""
+              overwrite: bool = False, unit_rows: int | None = None, progress: bool = False,
+              catalog: str | None = None, where: str | None = None, snapshot: str | None = None,
+              incremental: bool = False, full: bool = False, staging: str | None = None) -> BatchSummary:
+    """Score ``input_uri`` into Parquet parts under ``output_uri``, or into a table in one commit;
+    see :func:`lakeinfer.batch`."""
     start = time.perf_counter()
     if batch_size < 1:
         raise errors.ConfigError(f"batch size must be at least 1, not {batch_size}")
     if workers is not None and workers < 1:
         raise errors.ConfigError(f"workers must be at least 1, not {workers}")
-    fs, files, fmt = list_input(input_uri, input_format)
-    units = plan_units(fs, files, fmt, unit_rows=unit_rows)
+    catalog = catalog or "default"
+    in_table, out_table = tables.is_table(input_uri), tables.is_table(output_uri)
+    if not in_table:
+        for name, value in (("--where", where), ("--snapshot", snapshot)):
+            if value is not None:
+                raise errors.ConfigError(f"{name} is for table inputs (iceberg:NS.TABLE or delta:PATH)")
+    if (incremental or full) and not (in_table and out_table):
+        raise errors.ConfigError("--incremental and --full need a table input and a table output "
+                                 "(iceberg:NS.TABLE or delta:PATH)")
+    if incremental and snapshot is not None:
+        raise errors.ConfigError("--incremental scores up to the input's current snapshot; leave out --snapshot")
+    if staging is not None and not out_table:
+        raise errors.ConfigError("--staging is for table outputs")
+    out = tables.open_output(output_uri, catalog)
+    since = None
+    if in_table:
+        if incremental and not full:
+            assert out is not None
+            since = out.last_position(tables.table_input_id(input_uri, catalog) or "")
+        source = tables.plan_table(input_uri, catalog=catalog, input_format=input_format, unit_rows=unit_rows,
+                                   where=where, snapshot=snapshot, since=since)
+    else:
+        fs, files, fmt = list_input(input_uri, input_format)
+        units = plan_units(fs, files, fmt, unit_rows=unit_rows)
+        source = tables.Source(fs, fmt, units, None, {
+            "input": input_uri, "input_format": fmt, "files": [[f.path, f.size, f.mtime_ns] for f in files]})
     fingerprint = {
         "lakeinfer": __version__,
-        "input": input_uri,
-        "input_format": fmt,
-        "files": [[f.path, f.size, f.mtime_ns] for f in files],
-        "units": len(units),
+        **source.describe,
+        "units": len(source.units),
         "keep": list(keep),
         "pipeline": recipe.describe(),
     }
-    folder = OutputFolder(output_uri)
+    if out is None:
+        return _score(recipe, source, fingerprint, output_uri, output_uri, keep=keep, workers=workers,
+                      batch_size=batch_size, overwrite=overwrite, progress=progress, start=start)
+
+    # A table output: the parts are staged under the job's id, then published in one commit.
+    fingerprint.update({"output": tables.input_id(tables.parse_table(output_uri), catalog),  # type: ignore[arg-type]
+                        "since": since, "replace": bool(full or overwrite)})
+    job_id = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    staged = out.staging_uri(job_id, staging)
+    if not source.units:
+        note = "nothing new" if incremental else "the input table is empty"
+        return _empty_summary(output_uri, job_id, note, start)
+    committed = out.find_job(job_id)
+    if committed is not None:
+        out.drop_staging(staged)
+        summary = _empty_summary(output_uri, job_id, "already committed", start)
+        summary.rows = int(committed.get(tables.ROWS, 0))
+        summary.rows_skipped = int(committed.get(tables.ROWS_SKIPPED, 0))
+        summary.commit = committed.get("snapshot", committed.get("version"))
+        return summary
+    summary = _score(recipe, source, fingerprint, staged, output_uri, keep=keep, workers=workers,
+                     batch_size=batch_size, overwrite=False, progress=progress, start=start,
+                     check_schema=out.check_schema)
+    properties = {tables.JOB_ID: job_id, tables.ROWS: str(summary.rows),
+                  tables.ROWS_SKIPPED: str(summary.rows_skipped), "lakeinfer.version": __version__}
+    if source.input_id is not None and source.position is not None:
+        properties.update({tables.INPUT: source.input_id, tables.POSITION: source.position})
+    assert summary.schema is not None
+    summary.commit = out.commit(staged, summary.schema, properties, replace=bool(full or overwrite))
+    summary.job_id = job_id
+    out.drop_staging(staged)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _empty_summary(output: str, job_id: str, note: str, start: float) -> BatchSummary:
+    return BatchSummary(output=output, rows=0, rows_skipped=0, parts=0, parts_resumed=0, workers=0, threads=0,
+                        model_loads=0, seconds=time.perf_counter() - start, job_id=job_id, note=note)
+
+
+def _score(recipe: PipelineRecipe, source: tables.Source, fingerprint: dict[str, Any], folder_uri: str,
+           output_uri: str, *, keep: Sequence[str], workers: int | None, batch_size: int, overwrite: bool,
+           progress: bool, start: float, check_schema: Callable[[pa.Schema], None] | None = None) -> BatchSummary:
+    """Score the source's units into Parquet parts under ``folder_uri``, resuming its finished parts."""
+    fs, fmt, units = source.fs, source.fmt, source.units
+    folder = OutputFolder(folder_uri)
     done = folder.check(fingerprint, overwrite=overwrite)
     todo = [u for u in units if u.index not in done]
     workers, threads = plan_workers(recipe, workers, len(todo))
@@ -109,10 +192,12 @@ def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: 
         assert runtime is not None
         columns = runtime.read_columns(keep)
         probe = todo[0] if todo else units[0]
-        sample = _sample(fs, probe, fmt, runtime)
+        sample = _sample(source, probe, runtime)
         schema = _output_schema(runtime, sample, keep, probe.path, probe.first_row)
+        if check_schema is not None:
+            check_schema(schema)
         folder.claim(fingerprint, overwrite=overwrite)
-        job = _worker.UnitJob(fs, fmt, batch_size, columns, output_uri, schema)
+        job = _worker.UnitJob(fs, fmt, batch_size, columns, folder_uri, schema, source.reader)
         total_rows = sum(u.num_rows or 0 for u in todo) if fmt == "parquet" else None
         with _Bar(total_rows, progress and bool(todo)) as bar:
             if pool is None:
@@ -138,14 +223,17 @@ def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: 
         seconds=time.perf_counter() - start,
     )
     folder.finish({**summary.to_dict(), "fingerprint": fingerprint})
+    summary.schema = schema
     return summary
 
 
-def _sample(fs: Any, unit: Any, fmt: str, runtime: ModelRuntime) -> pa.RecordBatch:
+def _sample(source: tables.Source, unit: Any, runtime: ModelRuntime) -> pa.RecordBatch:
     """A few rows of ``unit``, read with all its columns so a missing one is named against them all."""
-    sample = next(read_unit(fs, unit, fmt, batch_size=SAMPLE_ROWS), None)
-    if sample is None and fmt == "parquet":  # no rows, but a schema: an empty input scores to empty parts
-        sample = pa.RecordBatch.from_pylist([], schema=read_schema(fs, unit.path))
+    sample = next(iter(source.read(unit, batch_size=SAMPLE_ROWS)), None)
+    if sample is None and source.reader is not None:  # no rows (all filtered out): the table's schema
+        sample = source.reader.empty()
+    if sample is None and source.fmt == "parquet":  # no rows, but a schema: an empty input scores to empty parts
+        sample = pa.RecordBatch.from_pylist([], schema=read_schema(source.fs, unit.path))
     if sample is None:
         raise errors.InputError(f"input file {unit.path} has no rows and no schema")
     columns = runtime.read_columns()

@@ -11,7 +11,8 @@ import fnmatch
 import glob
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pcsv
@@ -46,6 +47,7 @@ class Unit:
     row_groups: tuple[int, ...] | None
     first_row: int
     num_rows: int | None
+    task: Any = field(default=None, compare=False, repr=False)  # an Iceberg file scan task
 
 
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:

@@ -1,0 +1,439 @@
+"""Lakehouse tables: Iceberg (through pyiceberg) and Delta Lake (through deltalake).
+
+An input table is planned into units like a folder of Parquet files: one unit per Iceberg
+file scan task, row groups of a Delta data file. An output table receives a job's
+predictions in one commit (one Iceberg snapshot, one Delta version) that carries the job's
+id and the input position it scored up to, in the snapshot summary / commit metadata: a
+job found there has committed, and the next ``incremental`` run starts from that position.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from ..errors import ConfigError, InputError, OutputError, require
+from .sources import InputFile, Unit, filesystem_for, plan_units, read_unit
+
+__all__ = ["JOB_ID", "Source", "TableOutput", "is_table", "open_output", "plan_table"]
+
+JOB_ID = "lakeinfer.job-id"
+INPUT = "lakeinfer.input"
+POSITION = "lakeinfer.input-position"
+ROWS = "lakeinfer.rows"
+ROWS_SKIPPED = "lakeinfer.rows-skipped"
+STAGING = ".lakeinfer-staging"
+
+
+@dataclass(frozen=True)
+class TableRef:
+    kind: str  # "iceberg" or "delta"
+    name: str  # NAMESPACE.TABLE, or the Delta table's path / URI
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+def parse_table(uri: str) -> TableRef | None:
+    """The table ``uri`` names: ``iceberg:NS.TABLE``, ``delta:PATH``, or a folder holding ``_delta_log``."""
+    if uri.startswith("iceberg:"):
+        name = uri[len("iceberg:"):]
+        if "." not in name.strip("."):
+            raise ConfigError(f"'{uri}': an Iceberg table is named iceberg:NAMESPACE.TABLE")
+        return TableRef("iceberg", name)
+    if uri.startswith("delta:"):
+        path = uri[len("delta:"):]
+        if not path:
+            raise ConfigError(f"'{uri}': a Delta table is named delta:PATH")
+        return TableRef("delta", path if "://" in path else os.path.abspath(path))
+    if "://" not in uri and os.path.isdir(os.path.join(uri, "_delta_log")):
+        return TableRef("delta", os.path.abspath(uri))
+    return None
+
+
+def is_table(uri: str) -> bool:
+    return parse_table(uri) is not None
+
+
+def input_id(ref: TableRef, catalog: str) -> str:
+    """How an output table's commits name the input they scored."""
+    return f"iceberg:{catalog}:{ref.name}" if ref.kind == "iceberg" else str(ref)
+
+
+# --- Iceberg -------------------------------------------------------------------------------
+
+def load_catalog(name: str) -> Any:
+    catalog_module = require("pyiceberg.catalog", "lake", "an Iceberg table")
+    try:
+        return catalog_module.load_catalog(name)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"cannot load Iceberg catalog '{name}': {first} (configure it in .pyiceberg.yaml or "
+                          f"PYICEBERG_CATALOG__{name.upper()}__* environment variables)") from None
+
+
+def _load_iceberg(catalog: Any, name: str, catalog_name: str, what: str) -> Any:
+    from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+
+    try:
+        return catalog.load_table(name)
+    except (NoSuchTableError, NoSuchNamespaceError):
+        if what == "output":
+            return None
+        raise InputError(f"input table iceberg:{name} does not exist in catalog '{catalog_name}'") from None
+
+
+def _row_filter(where: str | None, schema: Any) -> Any:
+    from pyiceberg.expressions import AlwaysTrue
+    from pyiceberg.expressions.parser import parse
+    from pyiceberg.expressions.visitors import bind
+
+    if where is None:
+        return AlwaysTrue()
+    try:
+        expr = parse(where)
+    except Exception as exc:
+        where_at = f" at character {exc.loc + 1}" if hasattr(exc, "loc") else ""
+        raise ConfigError(f"bad --where expression '{where}': cannot parse it{where_at}") from None
+    try:
+        bind(schema, expr, case_sensitive=True)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"bad --where expression '{where}': {first}") from None
+    return expr
+
+
+@dataclass
+class IcebergReader:
+    """Reads one file scan task per unit (deletes, renamed columns and the row filter applied)."""
+
+    metadata: Any
+    io: Any
+    schema: Any
+    row_filter: Any
+
+    def read(self, unit: Unit, *, batch_size: int, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+        from pyiceberg.io.pyarrow import ArrowScan
+
+        projected = self.schema
+        if columns is not None and set(columns) <= set(self.schema.column_names):
+            projected = self.schema.select(*columns)
+        try:
+            batches = ArrowScan(self.metadata, self.io, projected, self.row_filter).to_record_batches([unit.task])
+            for batch in batches:
+                for start in range(0, batch.num_rows, batch_size):
+                    yield batch.slice(start, batch_size)
+        except (OSError, pa.ArrowException, ValueError) as exc:
+            raise InputError(f"cannot read input file {unit.path}: {exc}") from exc
+
+    def empty(self) -> pa.RecordBatch:
+        return pa.RecordBatch.from_pylist([], schema=self.schema.as_arrow())
+
+
+def _appended_iceberg(table: Any, since: str, current: Any, uri: str) -> list[Any]:
+    """The data files the append snapshots after ``since`` added; an error for any other change."""
+    from pyiceberg.manifest import ManifestContent, ManifestEntryStatus
+    from pyiceberg.table import FileScanTask
+    from pyiceberg.table.snapshots import Operation
+
+    snapshots = []
+    snapshot = current
+    while snapshot is not None and str(snapshot.snapshot_id) != since:
+        operation = snapshot.summary.operation if snapshot.summary is not None else None
+        if operation != Operation.APPEND:
+            raise InputError(f"input table {uri} was changed by more than appends since the last run "
+                             f"(snapshot {snapshot.snapshot_id}: {getattr(operation, 'value', operation)}); "
+                             "rerun with --full to rescore everything")
+        snapshots.append(snapshot)
+        parent = snapshot.parent_snapshot_id
+        snapshot = table.snapshot_by_id(parent) if parent is not None else None
+    if snapshot is None:
+        raise InputError(f"snapshot {since} of the last run is not in the history of input table {uri} "
+                         "(expired or rewritten); rerun with --full to rescore everything")
+    tasks = []
+    for snap in reversed(snapshots):
+        for manifest in snap.manifests(table.io):
+            if manifest.added_snapshot_id != snap.snapshot_id or manifest.content != ManifestContent.DATA:
+                continue
+            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+                if entry.status == ManifestEntryStatus.ADDED and entry.snapshot_id == snap.snapshot_id:
+                    tasks.append(FileScanTask(entry.data_file))
+    return tasks
+
+
+def _plan_iceberg(ref: TableRef, uri: str, catalog_name: str, where: str | None, snapshot: str | None,
+                  since: str | None) -> Source:
+    catalog = load_catalog(catalog_name)
+    table = _load_iceberg(catalog, ref.name, catalog_name, "input")
+    if snapshot is not None:
+        try:
+            current = table.snapshot_by_id(int(snapshot))
+        except ValueError:
+            current = None
+        if current is None:
+            raise InputError(f"input table {uri} has no snapshot {snapshot}")
+    else:
+        current = table.current_snapshot()
+    scan = table.scan(snapshot_id=current.snapshot_id if current is not None else None)
+    schema = scan.projection()
+    row_filter = _row_filter(where, schema)
+    position = str(current.snapshot_id) if current is not None else None
+    if current is None or position == since:
+        tasks = []
+    elif since is not None:
+        tasks = _appended_iceberg(table, since, current, uri)
+    else:
+        tasks = list(table.scan(row_filter=row_filter, snapshot_id=current.snapshot_id).plan_files())
+    for task in tasks:
+        if task.delete_files:
+            raise InputError(f"input table {uri}: data file {task.file.file_path} has delete files, which "
+                             "lakeinfer does not read yet; compact the table first")
+    units = [Unit(i, t.file.file_path, None, 0, t.file.record_count, task=t) for i, t in enumerate(tasks)]
+    files = [[t.file.file_path, t.file.file_size_in_bytes, None] for t in tasks]
+    describe = {"input": input_id(ref, catalog_name), "input_format": "iceberg", "snapshot": position,
+                "where": where, "files": files}
+    reader = IcebergReader(table.metadata, table.io, schema, row_filter)
+    return Source(pafs.LocalFileSystem(), "iceberg", units, reader, describe, input_id(ref, catalog_name),
+                  position)
+
+
+# --- Delta ---------------------------------------------------------------------------------
+
+def _delta_table(ref: TableRef, version: int | None = None) -> Any:
+    deltalake = require("deltalake", "lake", "a Delta table")
+    try:
+        return deltalake.DeltaTable(ref.name, version=version)
+    except Exception as exc:
+        if version is not None:
+            raise InputError(f"version {version} of input table {ref} cannot be loaded ({str(exc).splitlines()[0]}); "
+                             "rerun with --full to rescore everything") from None
+        raise InputError(f"input table {ref} does not exist or is not a Delta table: "
+                         f"{str(exc).splitlines()[0]}") from None
+
+
+def _join(base: str, name: str) -> str:
+    from urllib.parse import unquote
+
+    return f"{base.rstrip('/')}/{unquote(name)}"
+
+
+def _plan_delta(ref: TableRef, input_format: str | None, unit_rows: int | None, where: str | None,
+                snapshot: str | None, since: str | None) -> Source:
+    if where is not None:
+        raise ConfigError("--where filters Iceberg inputs; it is not supported for Delta tables")
+    try:
+        version = int(snapshot) if snapshot is not None else None
+    except ValueError:
+        raise ConfigError(f"--snapshot of a Delta table is a version number, not '{snapshot}'") from None
+    table = _delta_table(ref, version)
+    if table.metadata().partition_columns:
+        raise InputError(f"input table {ref} is partitioned ({', '.join(table.metadata().partition_columns)}); "
+                         "lakeinfer reads unpartitioned Delta tables only")
+    mapping = table.metadata().configuration.get("delta.columnMapping.mode", "none")
+    features = set(table.protocol().reader_features or [])
+    if mapping != "none" or "deletionVectors" in features:
+        raise InputError(f"input table {ref} uses column mapping or deletion vectors, which lakeinfer does not read")
+    position = str(table.version())
+    actions = pa.table(table.get_add_actions(flatten=True))
+    paths = actions.column("path").to_pylist()
+    sizes = dict(zip(paths, actions.column("size_bytes").to_pylist(), strict=True))
+    if since == position:
+        paths = []
+    elif since is not None:
+        before = set(_delta_table(ref, int(since)).get_add_actions(flatten=True).column("path").to_pylist())
+        gone = before - set(paths)
+        if gone:
+            raise InputError(f"input table {ref} was changed by more than appends since version {since} "
+                             f"({len(gone)} data files removed); rerun with --full to rescore everything")
+        paths = [p for p in paths if p not in before]
+    fs, base = filesystem_for(ref.name)
+    files = [InputFile(_join(base, p), int(sizes[p]), None) for p in sorted(paths)]
+    units = plan_units(fs, files, "parquet", unit_rows=unit_rows) if files else []
+    describe = {"input": str(ref), "input_format": "delta", "snapshot": position,
+                "files": [[f.path, f.size] for f in files]}
+    return Source(fs, "parquet", units, None, describe, str(ref), position,
+                  empty_schema=pa.schema(table.schema().to_arrow()))
+
+
+# --- sources -------------------------------------------------------------------------------
+
+@dataclass
+class Source:
+    """A planned input: its units and how to read them."""
+
+    fs: pafs.FileSystem
+    fmt: str
+    units: list[Unit]
+    reader: Any  # an IcebergReader, or None to read the units as files
+    describe: dict[str, Any]
+    input_id: str | None = None  # a table's name in output commits; None for files
+    position: str | None = None  # the snapshot id / version read
+    empty_schema: pa.Schema | None = field(default=None, repr=False)
+
+    def read(self, unit: Unit, *, batch_size: int, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+        if self.reader is not None:
+            return self.reader.read(unit, batch_size=batch_size, columns=columns)  # type: ignore[no-any-return]
+        return read_unit(self.fs, unit, self.fmt, batch_size=batch_size, columns=columns)
+
+
+def plan_table(uri: str, *, catalog: str, input_format: str | None = None, unit_rows: int | None = None,
+               where: str | None = None, snapshot: str | None = None, since: str | None = None) -> Source:
+    """Plan a table input, from ``since`` (the position a previous run scored up to) when given."""
+    ref = parse_table(uri)
+    assert ref is not None
+    if input_format is not None:
+        raise ConfigError(f"--input-format is for files; {uri} is a {ref.kind} table")
+    if ref.kind == "iceberg":
+        return _plan_iceberg(ref, uri, catalog, where, snapshot, since)
+    return _plan_delta(ref, input_format, unit_rows, where, snapshot, since)
+
+
+def table_input_id(uri: str, catalog: str) -> str | None:
+    ref = parse_table(uri)
+    return input_id(ref, catalog) if ref is not None else None
+
+
+# --- outputs -------------------------------------------------------------------------------
+
+def _plain(schema: pa.Schema) -> list[tuple[str, str]]:
+    """Column names and types, without field ids, nullability or large/small variants."""
+    def norm(t: pa.DataType) -> str:
+        if pa.types.is_large_list(t) or pa.types.is_list(t):
+            return f"list<{norm(t.value_type)}>"
+        if pa.types.is_large_string(t):
+            return "string"
+        if pa.types.is_large_binary(t):
+            return "binary"
+        if pa.types.is_timestamp(t):
+            return "timestamp" + ("tz" if t.tz else "")
+        return str(t)
+
+    return [(f.name, norm(f.type)) for f in schema]
+
+
+class TableOutput:
+    """An output table: where a job's parts are staged, and the one commit that publishes them."""
+
+    def __init__(self, uri: str, ref: TableRef, catalog: str) -> None:
+        self.uri = uri
+        self.ref = ref
+        self.catalog_name = catalog
+        self.catalog: Any = load_catalog(catalog) if ref.kind == "iceberg" else None
+
+    def _table(self) -> Any:
+        if self.ref.kind == "iceberg":
+            return _load_iceberg(self.catalog, self.ref.name, self.catalog_name, "output")
+        deltalake = require("deltalake", "lake", "a Delta table")
+        try:
+            return deltalake.DeltaTable(self.ref.name)
+        except deltalake.exceptions.TableNotFoundError:
+            return None
+
+    def _commits(self) -> list[dict[str, str]]:
+        """Each commit's properties, newest first, along the table's current history."""
+        table = self._table()
+        if table is None:
+            return []
+        if self.ref.kind == "delta":
+            return [{k: str(v) for k, v in h.items()} for h in table.history()]
+        commits = []
+        snapshot = table.current_snapshot()
+        while snapshot is not None:
+            props = dict(snapshot.summary.additional_properties) if snapshot.summary is not None else {}
+            commits.append({**props, "snapshot": str(snapshot.snapshot_id)})
+            parent = snapshot.parent_snapshot_id
+            snapshot = table.snapshot_by_id(parent) if parent is not None else None
+        return commits
+
+    def find_job(self, job_id: str) -> dict[str, str] | None:
+        """The properties of the commit that job ``job_id`` made, if it made one."""
+        return next((c for c in self._commits() if c.get(JOB_ID) == job_id), None)
+
+    def last_position(self, input_id: str) -> str | None:
+        """The input position the latest commit from ``input_id`` scored up to."""
+        return next((c[POSITION] for c in self._commits() if c.get(INPUT) == input_id and POSITION in c), None)
+
+    def check_schema(self, schema: pa.Schema) -> None:
+        table = self._table()
+        if table is None:
+            return
+        theirs = table.schema().as_arrow() if self.ref.kind == "iceberg" else pa.schema(table.schema().to_arrow())
+        if _plain(theirs) != _plain(schema):
+            shown = ", ".join(f"{n}: {t}" for n, t in _plain(theirs))
+            ours = ", ".join(f"{n}: {t}" for n, t in _plain(schema))
+            raise OutputError(f"output table {self.uri} has the columns of another schema ({shown}); this job "
+                              f"writes {ours}; choose another table")
+
+    def staging_uri(self, job_id: str, staging: str | None) -> str:
+        """Where the job's parts wait for the commit: ``staging`` or, for Delta, a hidden folder
+        beside the table, for Iceberg ``.lakeinfer-staging`` in the current directory."""
+        if staging is None and self.ref.kind == "delta":
+            parent, _, name = self.ref.name.rstrip("/").rpartition("/")
+            return f"{parent}/{STAGING}/{name}/{job_id}"
+        root = staging or STAGING
+        if "://" in root:
+            return f"{root.rstrip('/')}/{job_id}"
+        safe = self.ref.name.replace("/", "_")
+        return os.path.join(os.path.abspath(root), f"{self.ref.kind}-{safe}", job_id)
+
+    def drop_staging(self, staging_uri: str) -> None:
+        fs, path = filesystem_for(staging_uri)
+        if fs.get_file_info(path).type == pafs.FileType.Directory:
+            fs.delete_dir(path)
+        if isinstance(fs, pafs.LocalFileSystem):  # the per-table and the staging folders, once empty
+            try:
+                os.rmdir(os.path.dirname(path))
+                if os.path.basename(os.path.dirname(os.path.dirname(path))) == STAGING:
+                    os.rmdir(os.path.dirname(os.path.dirname(path)))
+            except OSError:
+                pass  # not empty: another job's parts wait there
+
+    def commit(self, staging_uri: str, schema: pa.Schema, properties: dict[str, str], *, replace: bool) -> str:
+        """Publish every staged part in one commit; returns the snapshot id / version."""
+        fs, path = filesystem_for(staging_uri)
+        data = pads.dataset(path, filesystem=fs, format="parquet", schema=schema)
+        try:
+            if self.ref.kind == "iceberg":
+                return self._commit_iceberg(data, schema, properties, replace)
+            return self._commit_delta(data, schema, properties, replace)
+        except (OutputError, ConfigError):
+            raise
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise OutputError(f"cannot commit to output table {self.uri}: {first}") from exc
+
+    def _commit_iceberg(self, data: pads.Dataset, schema: pa.Schema, properties: dict[str, str],
+                        replace: bool) -> str:
+        table = self._table()
+        if table is None:
+            namespace = self.ref.name.rsplit(".", 1)[0]
+            self.catalog.create_namespace_if_not_exists(namespace)
+            table = self.catalog.create_table_if_not_exists(self.ref.name, schema=schema)
+        rows = data.to_table().cast(table.schema().as_arrow())
+        with table.transaction() as tx:
+            if replace:
+                tx.overwrite(rows, snapshot_properties=properties)
+            else:
+                tx.append(rows, snapshot_properties=properties)
+        snapshot = self._table().current_snapshot()
+        return str(snapshot.snapshot_id) if snapshot is not None else "none"
+
+    def _commit_delta(self, data: pads.Dataset, schema: pa.Schema, properties: dict[str, str],
+                      replace: bool) -> str:
+        import deltalake
+
+        deltalake.write_deltalake(
+            self.ref.name, data.scanner().to_reader(), mode="overwrite" if replace else "append",
+            commit_properties=deltalake.CommitProperties(custom_metadata=properties))
+        return str(deltalake.DeltaTable(self.ref.name).version())
+
+
+def open_output(uri: str, catalog: str) -> TableOutput | None:
+    ref = parse_table(uri)
+    return TableOutput(uri, ref, catalog) if ref is not None else None
