@@ -106,6 +106,23 @@ class TabularModel(Model):
             )
         self.features = chosen
         self.width = width
+        #: (name, width) of the one [N, K] tensor fed to a model that names no features, once
+        #: :meth:`name_tensor_columns` has named its columns after it (the server does)
+        self.tensor_input: tuple[str, int] | None = None
+
+    def name_tensor_columns(self) -> bool:
+        """Name the columns of a model that names none after its input tensor: ``X[0]``, ``X[1]``, ...
+
+        The server takes such a model's input as the one [N, K] tensor of its own name (as Triton
+        and MLServer do) and splits it into these columns. True when the columns were named so;
+        False for a model that names its features, or whose width is unknown.
+        """
+        if self.features is not None or self.width is None or self.kinds.any_text:
+            return False
+        name = self.signature.inputs[0].name if self.signature.inputs else "input"
+        self.features = tuple(f"{name}[{j}]" for j in range(self.width))
+        self.tensor_input = (name, self.width)
+        return True
 
     @property
     def input_columns(self) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import BadRecordError, LakeinferError, SchemaError
-from ..models import Model
+from ..models import Model, TabularModel
 from ..models._frame import NUMBER
 from ..pipeline import ModelStep, Pipeline
 from .recipe import PipelineRecipe
@@ -57,10 +57,19 @@ class ModelRuntime:
 
     ``transform`` applies the recipe's ``on_error``; ``score`` isolates bad rows instead, for
     callers that answer per record (the server, the stream).
+
+    ``tensor_input`` (the server's): a model that names no features, whose input is one [N, K]
+    tensor, gets internal column names after that tensor (see ``TabularModel.name_tensor_columns``)
+    instead of failing for want of ``--features``; ``self.tensor_input`` is then (name, K).
     """
 
-    def __init__(self, recipe: PipelineRecipe, *, threads: int | None = None, model: Model | None = None) -> None:
+    def __init__(self, recipe: PipelineRecipe, *, threads: int | None = None, model: Model | None = None,
+                 tensor_input: bool = False) -> None:
         self.recipe = recipe
+        if tensor_input:
+            model = model or recipe.load_model(threads=threads)
+            if isinstance(model, TabularModel):
+                model.name_tensor_columns()
         self.pipeline: Pipeline = recipe.build(threads=threads, model=model)
         step = self.pipeline.model_step
         if step is None:  # a recipe always places the model; guard against hand-made pipelines
@@ -78,6 +87,11 @@ class ModelRuntime:
     def input_columns(self) -> tuple[str, ...]:
         """The model's feature columns."""
         return self.model.input_columns
+
+    @property
+    def tensor_input(self) -> tuple[str, int] | None:
+        """(name, K) when the model's columns are named after its one [N, K] input tensor."""
+        return self.model.tensor_input if isinstance(self.model, TabularModel) else None
 
     @property
     def model_only(self) -> bool:

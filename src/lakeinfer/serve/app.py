@@ -33,6 +33,7 @@ from .v2 import HEADER_LENGTH, ProtocolError, decode_request, encode_response, r
 
 log = logging.getLogger("lakeinfer.serve")
 WORKER_HEADER = "X-Lakeinfer-Worker"
+NO_FEATURES = "this model names no features: start the server with --features to use the records endpoint"
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -115,7 +116,8 @@ def create_app(config: ServeConfig) -> Starlette:
         _model(request)
         if not plane.loaded:
             raise Overloaded("the model is loading")
-        return JSONResponse(v2.model_metadata(plane.name, plane.flavor, plane.input_schema, plane.output_schema))
+        return JSONResponse(v2.model_metadata(plane.name, plane.flavor, plane.input_schema, plane.output_schema,
+                                              plane.tensor_input))
 
     @endpoint("model_ready")
     async def model_ready(request: Request) -> Response:
@@ -128,7 +130,7 @@ def create_app(config: ServeConfig) -> Starlette:
         _model(request)
         body = await _read_body(request, config.max_body_bytes)
         header_length = _header_length(request, len(body))
-        batch, payload = decode_request(body, header_length, plane.features)
+        batch, payload = decode_request(body, header_length, plane.features, plane.tensor_input)
         chosen = requested_outputs(payload, plane.output_schema.names)
         out = await plane.infer(batch, timeout)
         response, blobs = encode_response(out, chosen, model_name=plane.name, request_id=payload.get("id"))
@@ -221,6 +223,8 @@ def _header_length(request: Request, body_size: int) -> int | None:
 
 def _records(body: bytes, plane: DataPlane) -> pa.RecordBatch:
     """``{"instances": [{column: value, ...}, ...]}`` as a record batch, naming any bad field."""
+    if plane.tensor_input is not None:  # its columns are named only inside the server
+        raise ProtocolError(NO_FEATURES)
     try:
         payload: Any = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -66,9 +66,11 @@ class DataPlane:
         self.runtime: ModelRuntime | None = None
         self.input_schema = pa.schema([])
         self.output_schema = pa.schema([])
+        # (name, K) for a model that names no features: served by its one [N, K] input tensor
+        self.tensor_input: tuple[str, int] | None = None
         self.load_error: str | None = None
         self.batcher: AdaptiveBatcher | None = None
-        self.board = ReadyBoard(config.state_dir, config.workers)
+        self.board = ReadyBoard(config.state_dir, config.workers or 1)
         self.metrics = Metrics(lambda: self.batcher.depth if self.batcher else 0)
 
     async def load(self) -> None:
@@ -86,8 +88,9 @@ class DataPlane:
         self.board.mark()
 
     def _load(self) -> None:
-        threads = max(1, (os.cpu_count() or 1) // self.config.workers)
-        runtime = ModelRuntime(self.config.recipe, threads=threads)
+        threads = max(1, (os.cpu_count() or 1) // (self.config.workers or 1))
+        runtime = ModelRuntime(self.config.recipe, threads=threads, tensor_input=True)
+        self.tensor_input = runtime.tensor_input
         self.input_schema = runtime.input_schema()
         self.output_schema = runtime.describe_outputs()
         self.runtime = runtime

@@ -48,7 +48,7 @@ class GrpcFailure(Exception):
         self.code = code
 
 
-def decode_infer(request: Any, features: Sequence[str]) -> pa.RecordBatch:
+def decode_infer(request: Any, features: Sequence[str], tensor: tuple[str, int] | None = None) -> pa.RecordBatch:
     """A ModelInferRequest's rows as a record batch (inputs as v2.decode_request reads them)."""
     inputs = request.inputs
     if not inputs:
@@ -61,7 +61,7 @@ def decode_infer(request: Any, features: Sequence[str]) -> pa.RecordBatch:
         for i, spec in enumerate(inputs):
             yield _tensor(spec, i, raw[i] if raw else None)
 
-    return v2.to_batch(tensors(), features)
+    return v2.to_batch(tensors(), features, tensor)
 
 
 def _tensor(spec: Any, index: int, raw: bytes | None) -> tuple[str, np.ndarray, list[int]]:
@@ -236,7 +236,8 @@ class GrpcServer:
         plane = self.plane
         if not plane.loaded:
             raise Overloaded("the model is loading")
-        meta = v2.model_metadata(plane.name, plane.flavor, plane.input_schema, plane.output_schema)
+        meta = v2.model_metadata(plane.name, plane.flavor, plane.input_schema, plane.output_schema,
+                                 plane.tensor_input)
         return proto.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"],
                                            inputs=meta["inputs"], outputs=meta["outputs"])
 
@@ -245,7 +246,7 @@ class GrpcServer:
         plane = self.plane
         if not plane.loaded:  # before the codec, which needs the model's features and outputs
             raise Overloaded(plane.load_error and f"the model did not load: {plane.load_error}" or "the model is loading")
-        batch = decode_infer(request, plane.features)
+        batch = decode_infer(request, plane.features, plane.tensor_input)
         names = requested(request, plane.output_schema.names)
         remaining = context.time_remaining()
         timeout = self.timeout if remaining is None else min(self.timeout, remaining)

@@ -50,14 +50,21 @@ def server_metadata() -> dict[str, Any]:
     return {"name": "lakeinfer", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
-def model_metadata(name: str, flavor: str | None, inputs: pa.Schema, outputs: pa.Schema) -> dict[str, Any]:
-    """The v2 model metadata: the data plane's Arrow schemas as tensors."""
+def model_metadata(name: str, flavor: str | None, inputs: pa.Schema, outputs: pa.Schema,
+                   tensor: tuple[str, int] | None = None) -> dict[str, Any]:
+    """The v2 model metadata: the data plane's Arrow schemas as tensors; a model that names no
+    features (``tensor``: its input's name and width K) shows its one input of shape [-1, K]."""
     def tensors(schema: pa.Schema) -> list[dict[str, Any]]:
         return [{"name": f.name, "datatype": datatype_of(f.type),
                  "shape": [-1, -1] if _is_vector(f.type) else [-1]} for f in schema]
 
+    if tensor is not None:
+        shown = [{"name": tensor[0], "datatype": datatype_of(inputs[0].type) if len(inputs) else "FP64",
+                  "shape": [-1, tensor[1]]}]
+    else:
+        shown = tensors(inputs)
     return {"name": name, "versions": ["1"], "platform": f"lakeinfer_{flavor}" if flavor else "lakeinfer",
-            "inputs": tensors(inputs), "outputs": tensors(outputs)}
+            "inputs": shown, "outputs": tensors(outputs)}
 
 
 def _is_vector(kind: pa.DataType) -> bool:
@@ -149,12 +156,14 @@ def _tensor(spec: dict[str, Any], index: int, blobs: list[bytes]) -> tuple[str, 
     return name, values, shape
 
 
-def decode_request(body: bytes, header_length: int | None, features: Sequence[str]) -> tuple[pa.RecordBatch, dict[str, Any]]:
+def decode_request(body: bytes, header_length: int | None, features: Sequence[str],
+                   tensor: tuple[str, int] | None = None) -> tuple[pa.RecordBatch, dict[str, Any]]:
     """The request's rows as a record batch, and the request JSON (for id and outputs).
 
     An input of shape [N] (or [N, 1]) is one column; an input of shape [N, K] whose name is not
     a feature column and whose K equals the number of features gives the feature columns; any
-    other [N, K] input is a column of K-vectors.
+    other [N, K] input is a column of K-vectors. For a model that names no features (``tensor``:
+    its input's name and K) the request holds that one [N, K] input, split into ``features``.
     """
     json_part, blob_part = (body[:header_length], body[header_length:]) if header_length is not None else (body, b"")
     try:
@@ -167,11 +176,14 @@ def decode_request(body: bytes, header_length: int | None, features: Sequence[st
     if not inputs:
         raise ProtocolError("request: 'inputs' is empty")
     blobs = _split_blobs(inputs, blob_part)
-    return to_batch((_tensor(spec, i, blobs) for i, spec in enumerate(inputs)), features), request
+    return to_batch((_tensor(spec, i, blobs) for i, spec in enumerate(inputs)), features, tensor), request
 
 
-def to_batch(tensors: Iterable[tuple[str, np.ndarray, Sequence[int]]], features: Sequence[str]) -> pa.RecordBatch:
+def to_batch(tensors: Iterable[tuple[str, np.ndarray, Sequence[int]]], features: Sequence[str],
+             tensor: tuple[str, int] | None = None) -> pa.RecordBatch:
     """Decoded input tensors, (name, flat values, shape), as a record batch (see decode_request)."""
+    if tensor is not None:
+        return _one_tensor(tensors, features, *tensor)
     columns: dict[str, pa.Array] = {}
     rows: int | None = None
     for name, values, shape in tensors:
@@ -192,6 +204,27 @@ def to_batch(tensors: Iterable[tuple[str, np.ndarray, Sequence[int]]], features:
             offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
             columns[name] = pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
     return pa.RecordBatch.from_pydict(columns)
+
+
+def _one_tensor(tensors: Iterable[tuple[str, np.ndarray, Sequence[int]]], columns: Sequence[str],
+                own: str, width: int) -> pa.RecordBatch:
+    """The one [N, K] input of a model that names no features, split into its internal ``columns``."""
+    found: pa.RecordBatch | None = None
+    wanted = f"the model takes one input, '{own}' of shape [-1, {width}]"
+    for name, values, shape in tensors:
+        if name != own:
+            raise ProtocolError(f"input '{name}' is not the model's: {wanted}")
+        if found is not None:
+            raise ProtocolError(f"input '{name}' is given twice: {wanted}")
+        if len(shape) != 2 or shape[1] != width:
+            raise ProtocolError(f"input '{name}': shape {list(shape)} does not fit the model's [-1, {width}]")
+        n = shape[0]
+        # one Arrow array, column-major, sliced (zero-copy) into the columns
+        flat = pa.array(np.ascontiguousarray(values.reshape(n, width).T).reshape(-1))
+        found = pa.RecordBatch.from_arrays([flat.slice(j * n, n) for j in range(width)], names=list(columns))
+    if found is None:
+        raise ProtocolError(f"request: 'inputs' is empty ({wanted})")
+    return found
 
 
 def _split_blobs(inputs: list[Any], blob_part: bytes) -> list[bytes]:
