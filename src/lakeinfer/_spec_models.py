@@ -202,6 +202,7 @@ class ServeSection(_Strict):
     timeout_ms: Positive | None = None
     max_body_bytes: Count | None = None
     api_key_env: StrictStr | None = None
+    access_log: StrictBool | None = None
 
 
 class StreamSection(_Strict):

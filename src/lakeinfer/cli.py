@@ -97,13 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 8080)")
     serve.add_argument("--grpc-port", type=int,
                        help="also serve the v2 protocol over gRPC on this port (default: REST only)")
-    serve.add_argument("--workers", type=_positive, help="worker processes, each loading the model once (default 1)")
+    serve.add_argument("--workers", type=_positive, help="worker processes, each loading the model once (default: "
+                       "one per core; one using every core for ONNX, PyTorch, XGBoost, LightGBM)")
     serve.add_argument("--max-batch-size", type=_positive, help="rows per model call (default 256)")
     serve.add_argument("--max-wait-ms", type=float, help="longest wait for a batch to fill under load (default 2)")
     serve.add_argument("--max-queue", type=_positive, help="waiting requests before 503 (default 256)")
     serve.add_argument("--timeout-ms", type=float, help="per-request timeout, answered 504 (default 30000)")
     serve.add_argument("--max-body-bytes", type=_positive, help="largest request body, else 413 (default 16 MiB)")
     serve.add_argument("--api-key-env", help="environment variable holding the API key clients must send")
+    serve.add_argument("--access-log", action="store_true", default=None,
+                       help="log a line per request to stdout (uvicorn's access log; default off)")
     serve.add_argument("--spec", help="job spec file (TOML or YAML) with [model], [pipeline] and [serve]")
 
     stream = commands.add_parser("stream", help="score a Kafka topic into another, continuously")
@@ -196,7 +199,8 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
     cli = {"name": args.name, "host": args.host, "port": args.port, "grpc_port": args.grpc_port,
            "workers": args.workers,
            "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "max_queue": args.max_queue,
-           "timeout_ms": args.timeout_ms, "max_body_bytes": args.max_body_bytes, "api_key_env": args.api_key_env}
+           "timeout_ms": args.timeout_ms, "max_body_bytes": args.max_body_bytes, "api_key_env": args.api_key_env,
+           "access_log": args.access_log}
     options.update({k: v for k, v in cli.items() if v is not None})
     # a bad row fails its own request (400); it is never scored as null
     recipe = _recipe(job, args, on_error="fail")

@@ -30,7 +30,7 @@ from .._version import __version__
 from ..io import tables
 from ..io.sinks import OutputFolder
 from ..io.sources import list_input, plan_units, read_schema
-from ..models import CONCURRENT_FLAVORS, THREADED_FLAVORS, detect_flavor
+from ..models import CONCURRENT_FLAVORS, default_processes, detect_flavor
 from ..runtime import ModelRuntime, PipelineRecipe
 from . import _worker
 
@@ -48,7 +48,7 @@ def plan_workers(recipe: PipelineRecipe, workers: int | None, units: int) -> tup
     """
     cores = os.cpu_count() or 1
     flavor = recipe.flavor or detect_flavor(recipe.model_path)
-    processes = max(1, min(workers or (1 if flavor in THREADED_FLAVORS else cores), units))
+    processes = max(1, min(workers or default_processes(flavor), units))
     threads = min(cores, units) if processes == 1 and flavor in CONCURRENT_FLAVORS else 1
     return processes, max(1, threads)
 

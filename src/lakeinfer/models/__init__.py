@@ -13,7 +13,8 @@ from typing import Any
 from ..errors import ConfigError, ModelLoadError
 from ._base import Model, TabularModel
 
-__all__ = ["CONCURRENT_FLAVORS", "FLAVORS", "THREADED_FLAVORS", "Model", "TabularModel", "detect_flavor", "load_model", "model_digest"]
+__all__ = ["CONCURRENT_FLAVORS", "FLAVORS", "THREADED_FLAVORS", "Model", "TabularModel", "default_processes",
+           "detect_flavor", "load_model", "model_digest"]
 
 # flavor -> (module, loader keyword arguments); read-only so no caller can grow it by accident.
 FLAVORS: MappingProxyType[str, tuple[str, dict[str, Any]]] = MappingProxyType({
@@ -34,6 +35,12 @@ THREADED_FLAVORS = frozenset({"onnx", "xgboost", "lightgbm", "torchscript", "tor
 # Flavors whose predict may run on several threads at once over one loaded model (onnxruntime's
 # Run is thread-safe): several single-threaded calls in flight beat one call on a thread pool.
 CONCURRENT_FLAVORS = frozenset({"onnx"})
+
+
+def default_processes(flavor: str) -> int:
+    """Worker processes for a flavor unless told otherwise (batch and serve): one using every core
+    for THREADED_FLAVORS, else one per core (the GIL-bound flavors: sklearn, skops, mlflow)."""
+    return 1 if flavor in THREADED_FLAVORS else os.cpu_count() or 1
 
 _BY_SUFFIX = {
     ".onnx": "onnx",

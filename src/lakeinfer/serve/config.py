@@ -22,20 +22,21 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     grpc_port: int | None = None
-    workers: int = 1
+    workers: int | None = None  # None: as the batch engine chooses for the flavor (see default_workers)
     max_batch_size: int = 256
     max_wait_ms: float = 2.0
     max_queue: int = 256
     timeout_ms: float = 30_000.0
     max_body_bytes: int = 16 << 20
     api_key_env: str | None = None
+    access_log: bool = False
     state_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
             self.name = os.path.splitext(os.path.basename(self.recipe.model_path.rstrip("/")))[0] or "model"
         for key in ("workers", "max_batch_size", "max_queue", "max_body_bytes"):
-            if int(getattr(self, key)) < 1:
+            if getattr(self, key) is not None and int(getattr(self, key)) < 1:
                 raise ConfigError(f"serve: {key} must be at least 1, not {getattr(self, key)}")
         if self.grpc_port is not None:
             if not 0 < int(self.grpc_port) < 65536:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import errno
 import os
 import shutil
@@ -9,8 +10,10 @@ import signal
 import socket
 import sys
 import tempfile
+from typing import Any
 
 from ..errors import ConfigError, require
+from ..models import default_processes, detect_flavor
 from ..runtime import ModelRuntime
 from .config import CONFIG_ENV, ServeConfig
 from .metrics import MULTIPROC_ENV
@@ -25,7 +28,12 @@ def run(config: ServeConfig) -> None:
         require("google.protobuf", "serve", "lakeinfer serve --grpc-port")
     config.api_key()  # fail now, not in every worker, if the key's variable is unset
     # a model or pipeline that cannot be built is a one-line error here, before any worker starts
-    ModelRuntime(config.recipe).describe_outputs()
+    runtime = ModelRuntime(config.recipe, tensor_input=True)
+    runtime.describe_outputs()
+    flavor = runtime.model.flavor
+    del runtime
+    if config.workers is None:  # as the batch engine chooses: see models.default_processes
+        config.workers = default_processes(config.recipe.flavor or detect_flavor(config.recipe.model_path))
     check_port(config.host, config.port)
     if config.grpc_port is not None:
         check_port(config.host, config.grpc_port, "--grpc-port")
@@ -41,12 +49,35 @@ def run(config: ServeConfig) -> None:
     # uvicorn drains on SIGTERM, then raises the signal again for the handler it found: a
     # drained shutdown is a clean exit.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(start_line(config, flavor), file=sys.stderr, flush=True)
     try:
         uvicorn.run("lakeinfer.serve.app:app_from_env", factory=True, host=config.host, port=config.port,
-                    workers=config.workers, log_level="warning", access_log=False,
-                    timeout_graceful_shutdown=max(5, int(config.timeout_ms / 1000) + 5))
+                    workers=config.workers, timeout_graceful_shutdown=max(5, int(config.timeout_ms / 1000) + 5),
+                    **_logging(config.access_log))
     finally:
         shutil.rmtree(state, ignore_errors=True)
+
+
+def start_line(config: ServeConfig, flavor: str) -> str:
+    """``serving NAME (flavor) on http://HOST:PORT[, gRPC PORT], N worker(s)``."""
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    grpc = f", gRPC {config.grpc_port}" if config.grpc_port is not None else ""
+    workers = config.workers or 1
+    return (f"serving {config.name} ({flavor}) on http://{host}:{config.port}{grpc}, "
+            f"{workers} worker{'s' if workers != 1 else ''}")
+
+
+def _logging(access_log: bool) -> dict[str, Any]:
+    """uvicorn's logging: its own messages from warnings up; with ``access_log``, a line per request."""
+    if not access_log:
+        return {"log_level": "warning", "access_log": False}
+    from uvicorn.config import LOGGING_CONFIG
+
+    settings = copy.deepcopy(LOGGING_CONFIG)
+    settings["loggers"]["uvicorn.error"]["level"] = "WARNING"
+    settings["loggers"]["uvicorn.access"]["level"] = "INFO"
+    # no log_level: it would set the access logger's level to it too
+    return {"log_config": settings, "log_level": None, "access_log": True}
 
 
 def check_port(host: str, port: int, option: str = "--port") -> None:
