@@ -297,3 +297,20 @@ def test_recipe_keys_see_every_value_of_a_step(models: dict[str, tuple[Path, obj
     assert one.key != two.key and one.describe() != two.describe()
     same = PipelineRecipe(model_path=path, steps=("model", LabelMap(labels.copy())))
     assert same.key == one.key
+
+
+def test_tensor_input_names_the_columns_of_a_model_that_names_none(models) -> None:  # type: ignore[no-untyped-def]
+    path, model = models["lr"]
+    runtime = ModelRuntime(PipelineRecipe(str(path), trust=True), tensor_input=True)
+    assert runtime.tensor_input == ("X", 3)
+    assert runtime.input_columns == ("X[0]", "X[1]", "X[2]")
+    x = np.array([[0.1, 0.2, 0.3], [1.0, NAN, 2.0]])
+    scored = runtime.score(pa.RecordBatch.from_arrays([pa.array(x[:, j]) for j in range(3)], names=list(runtime.input_columns)))
+    assert scored.outputs.column("prediction").to_pylist()[0] == model.predict(x[:1])[0]  # type: ignore[attr-defined]
+    assert scored.errors == [None, "feature column 'X[1]' is NaN"]
+    # without it (batch, stream) such a model still needs --features
+    with pytest.raises(errors.ConfigError, match="does not name its input features"):
+        _ = ModelRuntime(PipelineRecipe(str(path), trust=True)).input_columns
+    # a model that names its features keeps them
+    named = ModelRuntime(PipelineRecipe(str(path), trust=True, features=("a", "b", "c")), tensor_input=True)
+    assert named.tensor_input is None and named.input_columns == ("a", "b", "c")

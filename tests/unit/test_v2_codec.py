@@ -95,3 +95,33 @@ def test_metadata_from_arrow_schemas() -> None:
                                {"name": "probability", "datatype": "FP64", "shape": [-1, -1]},
                                {"name": "label", "datatype": "BYTES", "shape": [-1]}]
     assert v2.server_metadata()["extensions"] == ["binary_tensor_data"]
+
+
+def test_a_model_that_names_no_features_takes_its_one_tensor() -> None:
+    columns = ["X[0]", "X[1]", "X[2]"]
+    batch, _ = v2.decode_request(_body({"name": "X", "shape": [2, 3], "datatype": "FP32",
+                                        "data": [1, 2, 3, 4, 5, 6]}), None, columns, ("X", 3))
+    assert batch.schema.names == columns
+    assert batch.column("X[0]").to_pylist() == [1, 4] and batch.column("X[2]").to_pylist() == [3, 6]
+    assert batch.column("X[1]").type == pa.float32()
+    cases = [
+        ({"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]},
+         "input 'x' is not the model's: the model takes one input, 'X' of shape [-1, 3]"),
+        ({"name": "X", "shape": [3, 2], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]},
+         "input 'X': shape [3, 2] does not fit the model's [-1, 3]"),
+        ({"name": "X", "shape": [3], "datatype": "FP32", "data": [1, 2, 3]},
+         "input 'X': shape [3] does not fit the model's [-1, 3]"),
+        ({"name": "X[0]", "shape": [1], "datatype": "FP32", "data": [1]}, "input 'X[0]' is not the model's"),
+    ]
+    for spec, message in cases:
+        with pytest.raises(v2.ProtocolError, match=message.replace("[", r"\[").replace("(", r"\(")):
+            v2.decode_request(_body(spec), None, columns, ("X", 3))
+    twice = {"name": "X", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}
+    with pytest.raises(v2.ProtocolError, match="input 'X' is given twice"):
+        v2.decode_request(_body(twice, twice), None, columns, ("X", 3))
+
+
+def test_metadata_of_a_model_that_names_no_features() -> None:
+    inputs = pa.schema([(f"X[{j}]", pa.float32()) for j in range(5)])
+    meta = v2.model_metadata("m", "onnx", inputs, pa.schema([("prediction", pa.int64())]), ("X", 5))
+    assert meta["inputs"] == [{"name": "X", "datatype": "FP32", "shape": [-1, 5]}]
