@@ -223,3 +223,24 @@ def test_full_queue_timeout_and_api_key(tmp_path: Path) -> None:
         _fails(lambda: client.infer("echo", [row], headers=key, client_timeout=0.2), "DEADLINE_EXCEEDED")
         assert "API key" in _fails(lambda: client.infer("echo", [row]), "UNAUTHENTICATED")
         assert client.is_server_ready()  # the health probes need no key
+
+
+def test_grpc_model_that_names_no_features(onnx_model: Trained, X) -> None:  # type: ignore[no-untyped-def]
+    """Served without --features: its one input tensor X [-1, 5], over gRPC as over REST."""
+    port = free_port()
+    with serving("--model", onnx_model.path, "--name", "rf", "--grpc-port", port) as server:
+        start = server.proc.stderr.readline().decode()  # type: ignore[union-attr]
+        assert start == f"serving rf (onnx) on http://127.0.0.1:{server.port}, gRPC {port}, 1 worker\n"
+        client = triton.InferenceServerClient(url=f"127.0.0.1:{port}")
+        meta = client.get_model_metadata("rf", as_json=True)
+        assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [("X", "FP32", ["-1", "5"])]
+        rows = X.to_numpy(np.float32)[:40].copy()
+        tensor = triton.InferInput("X", list(rows.shape), "FP32")
+        tensor.set_data_from_numpy(rows)
+        result = client.infer("rf", [tensor])
+        np.testing.assert_array_equal(result.as_numpy("prediction"), onnx_model.labels[:40])
+        np.testing.assert_allclose(result.as_numpy("probability"), onnx_model.probability[:40], atol=1e-6)
+        rows[3, 1] = np.nan
+        tensor.set_data_from_numpy(rows)
+        message = _fails(lambda: client.infer("rf", [tensor]), "INVALID_ARGUMENT")
+        assert message.startswith("row 3: "), message

@@ -36,7 +36,9 @@ def echo_model(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def _echo_args(path: Path, *extra: object) -> list[object]:
-    return ["--model", path, "--trust-model", "--features", ",".join(FEATURES), "--name", "echo", *extra]
+    # one worker unless told (a joblib model's default is one per core): these tests count on one queue
+    return ["--model", path, "--trust-model", "--features", ",".join(FEATURES), "--name", "echo", "--workers", "1",
+            *extra]
 
 
 def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
@@ -336,3 +338,51 @@ def test_non_finite_values_are_400_naming_the_row(onnx_server) -> None:  # type:
         answer = httpx.post(f"{onnx_server.url}/v2/models/rf/infer", content=body)
         assert answer.status_code == 400, answer.text
         assert answer.json()["error"] == f"row 1: feature column 'f2' is {word}"
+
+
+def test_a_model_that_names_no_features_is_served_by_its_input_tensor(onnx_model: Trained, X) -> None:  # type: ignore[no-untyped-def]
+    import tritonclient.http as triton
+
+    # skl2onnx names the graph's one [N, 5] input X and no features: served without --features
+    with serving("--model", onnx_model.path, "--name", "rf") as server:
+        start = server.proc.stderr.readline().decode()  # type: ignore[union-attr]
+        assert start == f"serving rf (onnx) on http://127.0.0.1:{server.port}, 1 worker\n"  # ONNX: one process
+        client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+        meta = client.get_model_metadata("rf")
+        assert meta["inputs"] == [{"name": "X", "datatype": "FP32", "shape": [-1, 5]}]
+        rows = X.to_numpy(np.float32)[:60]
+        for binary in (True, False):
+            tensor = triton.InferInput("X", list(rows.shape), "FP32")
+            tensor.set_data_from_numpy(rows, binary_data=binary)
+            result = client.infer("rf", [tensor])
+            np.testing.assert_array_equal(result.as_numpy("prediction"), onnx_model.labels[:60])
+            np.testing.assert_allclose(result.as_numpy("probability"), onnx_model.probability[:60], atol=1e-6)
+        # the records endpoint needs column names
+        records = httpx.post(f"{server.url}/v1/models/rf/predict", json={"instances": [{"f0": 1.0}]})
+        assert records.status_code == 400
+        assert records.json()["error"] == ("this model names no features: start the server with --features "
+                                           "to use the records endpoint")
+        # the missing-value rule: a NaN in the tensor is a 400 naming the row
+        data = ", ".join(["0.5"] * 5 + ["0.5", "0.5", "NaN", "0.5", "0.5"])
+        nan = httpx.post(f"{server.url}/v2/models/rf/infer",
+                         content=f'{{"inputs": [{{"name": "X", "shape": [2, 5], "datatype": "FP32", "data": [{data}]}}]}}')
+        assert nan.status_code == 400 and nan.json()["error"].startswith("row 1: "), nan.text
+        wrong = httpx.post(f"{server.url}/v2/models/rf/infer", json={"inputs": [
+            {"name": "X", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]})
+        assert wrong.status_code == 400 and "does not fit the model's [-1, 5]" in wrong.json()["error"]
+        server.stop()
+        assert server.proc.stdout.read() == b""  # type: ignore[union-attr]  # no access log unless asked
+
+
+def test_workers_follow_the_flavor_and_access_log(sklearn_model: Trained) -> None:
+    import os
+
+    # scikit-learn holds the GIL: one process per core, as batch chooses
+    with serving("--model", sklearn_model.path, *sklearn_model.cli, "--name", "rf", "--access-log") as server:
+        start = server.proc.stderr.readline().decode()  # type: ignore[union-attr]
+        cores = os.cpu_count() or 1
+        assert start == f"serving rf (sklearn) on http://127.0.0.1:{server.port}, {cores} worker{'s' * (cores != 1)}\n"
+        assert httpx.get(f"{server.url}/v2/models/rf").status_code == 200
+        server.stop()
+        log = server.proc.stdout.read().decode()  # type: ignore[union-attr]
+    assert '"GET /v2/models/rf HTTP/1.1" 200' in log, log
