@@ -314,3 +314,19 @@ def test_tensor_input_names_the_columns_of_a_model_that_names_none(models) -> No
     # a model that names its features keeps them
     named = ModelRuntime(PipelineRecipe(str(path), trust=True, features=("a", "b", "c")), tensor_input=True)
     assert named.tensor_input is None and named.input_columns == ("a", "b", "c")
+
+
+def test_tensor_input_of_xgboost_and_lightgbm_without_feature_names(tmp_path: Path) -> None:
+    import lightgbm as lgb
+    import xgboost as xgb
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4))
+    y = (x[:, 0] > 0).astype(int)
+    xgb.XGBClassifier(n_estimators=5).fit(x, y).save_model(tmp_path / "m.json")
+    lgb.LGBMClassifier(n_estimators=5, verbose=-1).fit(x, y).booster_.save_model(tmp_path / "m.lgb")
+    for name in ("m.json", "m.lgb"):
+        runtime = ModelRuntime(PipelineRecipe(str(tmp_path / name)), tensor_input=True)
+        assert runtime.tensor_input == ("X", 4), name
+        batch = pa.RecordBatch.from_arrays([pa.array(x[:20, j]) for j in range(4)], names=list(runtime.input_columns))
+        assert runtime.score(batch).outputs.column("prediction").to_pylist() == y[:20].tolist(), name
