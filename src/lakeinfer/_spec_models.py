@@ -190,7 +190,34 @@ class BatchSection(_Strict):
     staging: StrictStr | None = None
 
 
+class ServeModel(_Strict):
+    """One of several served models: ``[[serve.models]]``, its name, its [model] keys, its own
+    pipeline steps and, optionally, its own batcher settings (else the [serve] ones)."""
+    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")]
+    path: StrictStr
+    flavor: StrictStr | None = None
+    trust: StrictBool | None = None
+    features: list[StrictStr] | None = None
+    device: StrictStr | None = None
+    steps: list[Step] = []
+    max_batch_size: Count | None = None
+    max_wait_ms: Millis | None = None
+    max_queue: Count | None = None
+
+
+def _unique_names(models: list[ServeModel] | None) -> list[ServeModel] | None:
+    names = [m.name for m in models or ()]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise PydanticCustomError("unique_names", "two models are named '{name}'; each needs a name of its own",
+                                  {"name": twice[0]})
+    if models is not None and not models:
+        raise PydanticCustomError("empty_models", "lists no model", {})
+    return models
+
+
 class ServeSection(_Strict):
+    models: Annotated[list[ServeModel] | None, AfterValidator(_unique_names)] = None
     name: StrictStr | None = None
     host: StrictStr | None = None
     port: Port | None = None
@@ -279,6 +306,8 @@ def _allowed(parent: tuple[int | str, ...], op: str | None) -> list[str] | None:
         cls: type[_Strict] | None = _STEP_BY_OP[op]
     elif not parent:
         cls = SpecModel
+    elif parent[:2] == ("serve", "models") and len(parent) == 3:
+        cls = ServeModel
     else:
         cls = _SECTIONS.get(str(parent[0])) if len(parent) == 1 else None
     return [k for k in cls.model_fields if k != "op"] if cls is not None else None
@@ -317,6 +346,8 @@ def _describe(err: ErrorDetails, lone_step: bool) -> str:
         where, message = loc, f"expected {_EXPECTED[kind]}, got {_show(err['input'])}"
     elif kind == "literal_error":
         where, message = loc, f"expected {ctx.get('expected')}, got {_show(err['input'])}"
+    elif kind == "string_pattern_mismatch":
+        where, message = loc, (f"expected a name of letters, digits, '_', '-' and '.', got {_show(err['input'])}")
     elif kind in ("greater_than_equal", "greater_than", "less_than_equal"):
         bound = {"greater_than_equal": f"at least {ctx.get('ge')}",
                  "greater_than": f"greater than {ctx.get('gt')}",

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .errors import LakeinferError
@@ -15,7 +15,7 @@ from .pipeline import ON_ERROR
 
 if TYPE_CHECKING:
     from .runtime import PipelineRecipe
-    from .serve.config import ServeConfig
+    from .serve.config import ModelConfig, ServeConfig
     from .spec import JobSpec
 
 
@@ -43,8 +43,12 @@ def _positive(value: str) -> int:
     return number
 
 
-def _model_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    parser.add_argument("--model", required=required, help="model file or directory")
+def _model_options(parser: argparse.ArgumentParser, *, required: bool, several: bool = False) -> None:
+    if several:
+        parser.add_argument("--model", action="append", metavar="[NAME=]PATH",
+                            help="model file or directory; NAME=PATH, repeated, serves several models by name")
+    else:
+        parser.add_argument("--model", required=required, help="model file or directory")
     parser.add_argument("--flavor", help="override flavor detection (onnx, sklearn, skops, xgboost, "
                         "lightgbm, torchscript, torch_export, mlflow)")
     parser.add_argument("--features", type=_columns, help="input columns, in the model's order (comma list)")
@@ -91,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     serve = commands.add_parser("serve", help="serve the model over HTTP and gRPC (Open Inference Protocol v2)")
-    _model_options(serve, required=False)
-    serve.add_argument("--name", help="the model's name in URLs (default: the model file's name)")
+    _model_options(serve, required=False, several=True)
+    serve.add_argument("--name", help="the model's name in URLs (default: the model file's name; "
+                       "several models: each --model NAME=PATH)")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8080)")
     serve.add_argument("--grpc-port", type=int,
@@ -107,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key-env", help="environment variable holding the API key clients must send")
     serve.add_argument("--access-log", action="store_true", default=None,
                        help="log a line per request to stdout (uvicorn's access log; default off)")
-    serve.add_argument("--spec", help="job spec file (TOML or YAML) with [model], [pipeline] and [serve]")
+    serve.add_argument("--spec", help="job spec file (TOML or YAML) with [model], [pipeline] and [serve], "
+                       "or [[serve.models]] for several models")
 
     stream = commands.add_parser("stream", help="score a Kafka topic into another, continuously")
     _model_options(stream, required=False)
@@ -196,18 +202,106 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
 
     job = _spec(args)
     options = {**job.serve}
+    listed = options.pop("models", None)
     cli = {"name": args.name, "host": args.host, "port": args.port, "grpc_port": args.grpc_port,
            "workers": args.workers,
            "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "max_queue": args.max_queue,
            "timeout_ms": args.timeout_ms, "max_body_bytes": args.max_body_bytes, "api_key_env": args.api_key_env,
            "access_log": args.access_log}
     options.update({k: v for k, v in cli.items() if v is not None})
-    # a bad row fails its own request (400); it is never scored as null
-    recipe = _recipe(job, args, on_error="fail")
+    given = [_named_model(value) for value in args.model or ()]
     try:
+        if listed is not None or len(given) > 1:
+            if options.get("name"):
+                raise ConfigError("--name is for a server of one model; with several, each is named "
+                                  "(--model NAME=PATH or name in [[serve.models]])")
+            return ServeConfig(models=_served_models(job, args, listed, given), **options)
+        if given:
+            name, args.model = given[0]
+            if name and options.get("name") and options["name"] != name:
+                raise ConfigError(f"--model names the model '{name}' and --name '{options['name']}': give one name")
+            options["name"] = name or options.get("name")
+        # a bad row fails its own request (400); it is never scored as null
+        recipe = _recipe(job, args, on_error="fail")
         return ServeConfig(recipe=recipe, **options)
     except TypeError as exc:
         raise ConfigError(f"serve: {exc}") from None
+
+
+def _named_model(value: str) -> tuple[str | None, str]:
+    """``--model NAME=PATH`` as (NAME, PATH); a plain path (one that exists, or no NAME= before it) as (None, PATH)."""
+    from .serve.config import MODEL_NAME
+
+    name, sep, path = value.partition("=")
+    if not sep or os.path.exists(value) or not MODEL_NAME.fullmatch(name) or not path:
+        return None, value
+    return name, path
+
+
+def _served_models(job: JobSpec, args: argparse.Namespace, listed: list[dict[str, Any]] | None,
+                   given: list[tuple[str | None, str]]) -> list[ModelConfig]:
+    """Several models: a spec's [[serve.models]], or each --model NAME=PATH with the shared options
+    (--flavor, --features, --trust-model, the spec's [model] keys) where they fit every model."""
+    from .errors import ConfigError, LakeinferError
+    from .models import detect_flavor
+    from .runtime import PipelineRecipe
+    from .serve.config import ModelConfig
+
+    spec_hint = "give each model its own in a job spec's [[serve.models]]"
+    if listed is not None:
+        if given:
+            raise ConfigError(f"--model and the job spec's [[serve.models]] ({job.source}) both name models to "
+                              "serve: keep one")
+        if job.model or job.steps:
+            raise ConfigError(f"job spec {job.source}: [[serve.models]] names each model with its keys and steps; "
+                              "[model] and [pipeline] are for a server of one model")
+        for option, value in (("--flavor", args.flavor), ("--features", args.features)):
+            if value is not None:
+                raise ConfigError(f"{option} with the job spec's [[serve.models]] is ambiguous: "
+                                  "set it per model there")
+        models = []
+        for entry in listed:
+            entry = dict(entry)
+            features = entry.pop("features", None)
+            batching = {k: entry.pop(k) for k in ("max_batch_size", "max_wait_ms", "max_queue") if k in entry}
+            name = entry.pop("name")
+            recipe = PipelineRecipe(model_path=entry.pop("path"), steps=tuple(entry.pop("steps", ())),
+                                    features=tuple(features) if features else None,
+                                    trust=bool(entry.pop("trust", False) or args.trust_model),
+                                    on_error="fail", **entry)
+            models.append(ModelConfig(name, recipe, **batching))
+        return models
+    unnamed = [path for name, path in given if name is None]
+    if unnamed:
+        raise ConfigError(f"several models need a name each: --model NAME=PATH (not '{unnamed[0]}')")
+    if "path" in job.model:
+        raise ConfigError(f"job spec {job.source}: [model] path and several --model NAME=PATH both name models: "
+                          "keep one")
+    if job.steps:
+        raise ConfigError(f"job spec {job.source}: [pipeline] steps with several --model NAME=PATH are ambiguous: "
+                          f"{spec_hint}")
+    flavor = args.flavor or job.model.get("flavor")
+    features = args.features or job.model.get("features")
+    detected: dict[str, str | None] = {}
+    for name, path in given:
+        try:
+            detected[str(name)] = detect_flavor(path)
+        except LakeinferError:
+            detected[str(name)] = None  # a flavor the option may give; else loading says why
+    if flavor is not None:
+        other = next((f"{n} is {d}" for n, d in detected.items() if d is not None and d != flavor), None)
+        if other:
+            raise ConfigError(f"--flavor {flavor} does not fit every model ({other}): {spec_hint}")
+    if features is not None:
+        kinds = sorted({flavor or d or "unknown" for d in detected.values()})
+        if len(kinds) > 1:
+            raise ConfigError(f"--features for several models of different flavors ({', '.join(kinds)}) is "
+                              f"ambiguous: {spec_hint}")
+    trust = bool(args.trust_model or job.model.get("trust"))
+    return [ModelConfig(str(name), PipelineRecipe(model_path=path, flavor=flavor, trust=trust,
+                                                  features=tuple(features) if features else None,
+                                                  device=job.model.get("device"), on_error="fail"))
+            for name, path in given]
 
 
 def _stream(args: argparse.Namespace) -> int:

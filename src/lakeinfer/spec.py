@@ -111,5 +111,8 @@ def load_spec(path: str) -> JobSpec:
     for key in ("input", "output", "staging"):
         if key in batch:
             batch[key] = _resolve(base, batch[key])
+    serve = dump(parsed.serve)
+    for served in serve.get("models", ()):
+        served["path"] = _resolve(base, served["path"])
     return JobSpec(model=model, steps=[dump(step) for step in parsed.pipeline.steps], batch=batch,
-                   serve=dump(parsed.serve), stream=dump(parsed.stream), source=path)
+                   serve=serve, stream=dump(parsed.stream), source=path)

@@ -1,7 +1,8 @@
 """The ASGI application: Open Inference Protocol v2 REST, a records endpoint, metrics, OpenAPI.
 
+A server holds one model or several, each behind its own batcher, routed by the name in the URL.
 Status codes are chosen here and only here: bad input 400, missing or wrong API key 401, unknown
-model 404, oversized body 413, full queue or model not loaded 503 (Retry-After), timeout 504.
+model 404 (naming the server's models), oversized body 413, full queue or model not loaded 503 (Retry-After), timeout 504.
 With --grpc-port the app also runs the v2 gRPC service (grpc_v2.py, whose codes mirror these).
 """
 
@@ -26,7 +27,7 @@ from starlette.routing import Route
 from ..errors import InputError, LakeinferError
 from . import v2
 from .config import ServeConfig
-from .dataplane import DataPlane, Overloaded
+from .dataplane import DataPlane, ModelPlane, Overloaded, UnknownModel
 from .metrics import CONTENT_TYPE
 from .openapi import DOCS_PAGE, openapi_document
 from .v2 import HEADER_LENGTH, ProtocolError, decode_request, encode_response, requested_outputs
@@ -65,12 +66,16 @@ def create_app(config: ServeConfig) -> Starlette:
         def wrap(handler: Handler) -> Handler:
             async def run(request: Request) -> Response:
                 start = time.perf_counter()
+                name = request.path_params.get("name", "")
+                model = name if name in plane.models else ""  # a label per served model, not per name asked
                 try:
                     if api_key and not public:
                         _check_key(request, api_key)
                     response = await handler(request)
                 except HTTPFailure as exc:
                     response = _error(exc.status, str(exc), exc.headers)
+                except UnknownModel as exc:
+                    response = _error(404, str(exc))
                 except Overloaded as exc:
                     response = _error(503, str(exc), {"Retry-After": "1"})
                 except TimeoutError:
@@ -83,8 +88,8 @@ def create_app(config: ServeConfig) -> Starlette:
                     log.exception("lakeinfer: unexpected error on %s", request.url.path)
                     response = _error(500, f"internal error ({type(exc).__name__})")
                 if response.status_code >= 400:
-                    plane.metrics.error(str(response.status_code))
-                plane.metrics.request(label, response.status_code, time.perf_counter() - start)
+                    plane.metrics.error(str(response.status_code), model)
+                plane.metrics.request(label, response.status_code, time.perf_counter() - start, model)
                 # which worker process answered: for operators (and tests) of a --workers N server
                 response.headers[WORKER_HEADER] = worker
                 return response
@@ -93,10 +98,8 @@ def create_app(config: ServeConfig) -> Starlette:
 
         return wrap
 
-    def _model(request: Request) -> None:
-        name = request.path_params["name"]
-        if name != plane.name:
-            raise HTTPFailure(404, f"unknown model '{name}' (this server has '{plane.name}')")
+    def _model(request: Request) -> ModelPlane:
+        return plane.model(request.path_params["name"])
 
     @endpoint("live", public=True)
     async def live(request: Request) -> Response:
@@ -113,27 +116,42 @@ def create_app(config: ServeConfig) -> Starlette:
 
     @endpoint("model_metadata")
     async def model_metadata(request: Request) -> Response:
-        _model(request)
-        if not plane.loaded:
-            raise Overloaded("the model is loading")
-        return JSONResponse(v2.model_metadata(plane.name, plane.flavor, plane.input_schema, plane.output_schema,
-                                              plane.tensor_input))
+        model = _model(request)
+        if not model.loaded:
+            raise model.not_loaded()
+        return JSONResponse(v2.model_metadata(model.name, model.flavor, model.input_schema, model.output_schema,
+                                              model.tensor_input))
 
     @endpoint("model_ready")
     async def model_ready(request: Request) -> Response:
-        _model(request)
-        ok = plane.ready()
-        return JSONResponse({"name": plane.name, "ready": ok}, status_code=200 if ok else 503)
+        model = _model(request)
+        ok = model.ready()
+        return JSONResponse({"name": model.name, "ready": ok}, status_code=200 if ok else 503)
+
+    @endpoint("repository_index")
+    async def repository_index(request: Request) -> Response:
+        body = await _read_body(request, config.max_body_bytes)
+        only_ready = False
+        if body.strip():
+            try:
+                payload = json.loads(body)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise ProtocolError(f"the request body is not valid JSON: {exc}") from None
+            if not isinstance(payload, dict) or not isinstance(payload.get("ready", False), bool):
+                raise ProtocolError("the request body must be an object, its optional field 'ready' true or false")
+            only_ready = payload.get("ready", False)
+        entries = plane.index()
+        return JSONResponse([e for e in entries if e["state"] == "READY"] if only_ready else entries)
 
     @endpoint("infer")
     async def infer(request: Request) -> Response:
-        _model(request)
+        model = _model(request)
         body = await _read_body(request, config.max_body_bytes)
         header_length = _header_length(request, len(body))
-        batch, payload = decode_request(body, header_length, plane.features, plane.tensor_input)
-        chosen = requested_outputs(payload, plane.output_schema.names)
-        out = await plane.infer(batch, timeout)
-        response, blobs = encode_response(out, chosen, model_name=plane.name, request_id=payload.get("id"))
+        batch, payload = decode_request(body, header_length, model.features, model.tensor_input)
+        chosen = requested_outputs(payload, model.output_schema.names)
+        out = await model.infer(batch, timeout)
+        response, blobs = encode_response(out, chosen, model_name=model.name, request_id=payload.get("id"))
         if not blobs:
             return JSONResponse(response)
         head = json.dumps(response).encode()
@@ -142,10 +160,10 @@ def create_app(config: ServeConfig) -> Starlette:
 
     @endpoint("predict")
     async def predict(request: Request) -> Response:
-        _model(request)
+        model = _model(request)
         body = await _read_body(request, config.max_body_bytes)
-        batch = _records(body, plane)
-        out = await plane.infer(batch, timeout, rows="instances[{row}]")
+        batch = _records(body, model)
+        out = await model.infer(batch, timeout, rows="instances[{row}]")
         return JSONResponse({"predictions": out.to_pylist()})
 
     @endpoint("metrics")
@@ -153,7 +171,7 @@ def create_app(config: ServeConfig) -> Starlette:
         return Response(plane.metrics.render(), media_type=CONTENT_TYPE)
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(openapi_document(plane.name))
+        return JSONResponse(openapi_document(plane.names))
 
     async def docs(request: Request) -> Response:
         return HTMLResponse(DOCS_PAGE)
@@ -176,6 +194,7 @@ def create_app(config: ServeConfig) -> Starlette:
         Route("/v2/models/{name}", model_metadata),
         Route("/v2/models/{name}/versions/{version}", model_metadata),
         Route("/v2/models/{name}/ready", model_ready),
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
         Route("/v2/models/{name}/versions/{version}/ready", model_ready),
         Route("/v2/models/{name}/infer", infer, methods=["POST"]),
         Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
@@ -221,7 +240,7 @@ def _header_length(request: Request, body_size: int) -> int | None:
     return int(raw)
 
 
-def _records(body: bytes, plane: DataPlane) -> pa.RecordBatch:
+def _records(body: bytes, plane: ModelPlane) -> pa.RecordBatch:
     """``{"instances": [{column: value, ...}, ...]}`` as a record batch, naming any bad field."""
     if plane.tensor_input is not None:  # its columns are named only inside the server
         raise ProtocolError(NO_FEATURES)
@@ -234,7 +253,7 @@ def _records(body: bytes, plane: DataPlane) -> pa.RecordBatch:
     if not payload["instances"]:
         raise ProtocolError("'instances' is empty")
     if plane.runtime is None:
-        raise Overloaded(plane.load_error and f"the model did not load: {plane.load_error}" or "the model is loading")
+        raise plane.not_loaded()
     return plane.runtime.records(payload["instances"], where="instances")
 
 

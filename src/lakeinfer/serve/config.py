@@ -5,20 +5,40 @@ from __future__ import annotations
 import base64
 import os
 import pickle
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from ..runtime import PipelineRecipe
 
 CONFIG_ENV = "LAKEINFER_SERVE_CONFIG"
+# a model's name is a URL path segment: letters, digits, '_', '-', '.', not starting with a dot
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def default_name(path: str) -> str:
+    """A model's name from its file: ``models/rf.onnx`` is ``rf``."""
+    return os.path.splitext(os.path.basename(path.rstrip("/")))[0] or "model"
+
+
+@dataclass
+class ModelConfig:
+    """One served model: its name in URLs, its pipeline, and its batcher's settings (None: the server's)."""
+
+    name: str
+    recipe: PipelineRecipe
+    max_batch_size: int | None = None
+    max_wait_ms: float | None = None
+    max_queue: int | None = None
 
 
 @dataclass
 class ServeConfig:
-    """The server's own options; the model and its pipeline are the embedded ``recipe``."""
+    """The server's own options and its ``models``; ``recipe`` (with ``name``) is the one-model shorthand."""
 
-    recipe: PipelineRecipe
+    recipe: PipelineRecipe | None = None
     name: str | None = None
+    models: list[ModelConfig] = field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = 8080
     grpc_port: int | None = None
@@ -33,11 +53,35 @@ class ServeConfig:
     state_dir: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.name:
-            self.name = os.path.splitext(os.path.basename(self.recipe.model_path.rstrip("/")))[0] or "model"
+        if self.recipe is not None:
+            if self.models:
+                raise ConfigError("serve: give one model (recipe) or several (models), not both")
+            self.models = [ModelConfig(self.name or default_name(self.recipe.model_path), self.recipe)]
+        elif self.name and len(self.models) > 1:
+            raise ConfigError("serve: name is for a server of one model; several models are named each")
+        if not self.models:
+            raise ConfigError("serve needs a model")
         for key in ("workers", "max_batch_size", "max_queue", "max_body_bytes"):
             if getattr(self, key) is not None and int(getattr(self, key)) < 1:
                 raise ConfigError(f"serve: {key} must be at least 1, not {getattr(self, key)}")
+        seen: set[str] = set()
+        for model in self.models:
+            if not MODEL_NAME.fullmatch(model.name):
+                raise ConfigError(f"serve: model name {model.name!r} is not a URL path segment "
+                                  "(letters, digits, '_', '-', '.')")
+            if model.name in seen:
+                raise ConfigError(f"serve: two models are named {model.name!r}; each needs a name of its own")
+            seen.add(model.name)
+            # a model's own batcher settings, else the server's
+            for key in ("max_batch_size", "max_wait_ms", "max_queue"):
+                if getattr(model, key) is None:
+                    setattr(model, key, getattr(self, key))
+            assert model.max_batch_size is not None and model.max_queue is not None and model.max_wait_ms is not None
+            if model.max_batch_size < 1 or model.max_queue < 1 or model.max_wait_ms < 0:
+                raise ConfigError(f"serve: model {model.name!r}: max_batch_size and max_queue must be at least 1, "
+                                  "max_wait_ms not negative")
+        if len(self.models) == 1:
+            self.name = self.models[0].name
         if self.grpc_port is not None:
             if not 0 < int(self.grpc_port) < 65536:
                 raise ConfigError(f"serve: grpc_port must be a port number (1-65535), not {self.grpc_port}")

@@ -1,4 +1,4 @@
-"""The transport-agnostic data plane: the model loaded once per worker, behind the batcher."""
+"""The transport-agnostic data plane: each model loaded once per worker, behind a batcher of its own."""
 
 from __future__ import annotations
 
@@ -12,16 +12,21 @@ import pyarrow as pa
 from ..errors import LakeinferError
 from ..runtime import ModelRuntime, Scored
 from ..runtime.batcher import AdaptiveBatcher, Overloaded
-from .config import ServeConfig
+from .config import ModelConfig, ServeConfig
 from .metrics import Metrics
 
 log = logging.getLogger("lakeinfer.serve")
 
-__all__ = ["DataPlane", "Overloaded", "ReadyBoard"]
+__all__ = ["DataPlane", "ModelPlane", "Overloaded", "ReadyBoard", "UnknownModel"]
+
+
+class UnknownModel(LakeinferError):
+    """A name that is none of the server's models (404 / NOT_FOUND)."""
 
 
 class ReadyBoard:
-    """Each worker leaves a mark once its model is loaded; the server is ready when all have.
+    """Each worker leaves a mark per model once it has loaded it; a model is ready when every
+    worker has, and the server when every model is.
 
     A mark whose process is gone does not count, so a dead worker makes the server unready.
     """
@@ -29,24 +34,27 @@ class ReadyBoard:
     def __init__(self, folder: str | None, expected: int) -> None:
         self.folder = Path(folder) if folder else None
         self.expected = expected
-        self._mine: Path | None = None
+        self._mine: list[Path] = []
 
-    def mark(self) -> None:
+    def mark(self, index: int) -> None:
         if self.folder is not None:
-            self._mine = self.folder / f"ready-{os.getpid()}"
-            self._mine.touch()
+            mine = self.folder / f"ready-{index}-{os.getpid()}"
+            mine.touch()
+            self._mine.append(mine)
 
     def unmark(self) -> None:
-        if self._mine is not None:
-            self._mine.unlink(missing_ok=True)
+        for mine in self._mine:
+            mine.unlink(missing_ok=True)
+        self._mine = []
 
-    def all_ready(self) -> bool:
+    def ready(self, index: int) -> bool:
+        """Whether every worker has loaded model ``index``."""
         if self.folder is None:
             return True
         alive = 0
-        for mark in self.folder.glob("ready-*"):
+        for mark in self.folder.glob(f"ready-{index}-*"):
             try:
-                os.kill(int(mark.name[6:]), 0)
+                os.kill(int(mark.name.rsplit("-", 1)[1]), 0)
                 alive += 1
             except (OSError, ValueError):
                 continue
@@ -57,12 +65,15 @@ class ReadyBoard:
 ERROR_COLUMN = "__lakeinfer_error"
 
 
-class DataPlane:
-    """The model behind the batcher, in Arrow only: it knows no protocol (codecs live in v2.py)."""
+class ModelPlane:
+    """One model behind its own batcher, in Arrow only: it knows no protocol (codecs live in v2.py)."""
 
-    def __init__(self, config: ServeConfig) -> None:
+    def __init__(self, index: int, model: ModelConfig, config: ServeConfig, board: ReadyBoard,
+                 metrics: Metrics) -> None:
+        self.index = index
+        self.model = model
         self.config = config
-        self.name = config.name or "model"
+        self.name = model.name
         self.runtime: ModelRuntime | None = None
         self.input_schema = pa.schema([])
         self.output_schema = pa.schema([])
@@ -70,8 +81,8 @@ class DataPlane:
         self.tensor_input: tuple[str, int] | None = None
         self.load_error: str | None = None
         self.batcher: AdaptiveBatcher | None = None
-        self.board = ReadyBoard(config.state_dir, config.workers or 1)
-        self.metrics = Metrics(lambda: self.batcher.depth if self.batcher else 0)
+        self.board = board
+        self.metrics = metrics
 
     async def load(self) -> None:
         """Load the model off the event loop, so health answers 'not ready' meanwhile."""
@@ -79,17 +90,23 @@ class DataPlane:
             await asyncio.to_thread(self._load)
         except LakeinferError as exc:
             self.load_error = str(exc)
-            log.error("lakeinfer: the model did not load: %s", exc)
+            log.error("lakeinfer: model '%s' did not load: %s", self.name, exc)
             return
-        self.batcher = AdaptiveBatcher(self._predict, max_batch_size=self.config.max_batch_size,
-                                       max_wait_ms=self.config.max_wait_ms, max_queue=self.config.max_queue,
-                                       on_batch=self.metrics.batch)
+        assert self.model.max_batch_size is not None and self.model.max_queue is not None
+        assert self.model.max_wait_ms is not None
+
+        def on_batch(requests: int, rows: int) -> None:
+            self.metrics.batch(requests, rows, self.name)
+
+        self.batcher = AdaptiveBatcher(self._predict, max_batch_size=self.model.max_batch_size,
+                                       max_wait_ms=self.model.max_wait_ms, max_queue=self.model.max_queue,
+                                       on_batch=on_batch)
         self.batcher.start()
-        self.board.mark()
+        self.board.mark(self.index)
 
     def _load(self) -> None:
         threads = max(1, (os.cpu_count() or 1) // (self.config.workers or 1))
-        runtime = ModelRuntime(self.config.recipe, threads=threads, tensor_input=True)
+        runtime = ModelRuntime(self.model.recipe, threads=threads, tensor_input=True)
         self.tensor_input = runtime.tensor_input
         self.input_schema = runtime.input_schema()
         self.output_schema = runtime.describe_outputs()
@@ -102,6 +119,10 @@ class DataPlane:
     @property
     def flavor(self) -> str | None:
         return self.runtime.model.flavor if self.runtime is not None else None
+
+    @property
+    def depth(self) -> int:
+        return self.batcher.depth if self.batcher is not None else 0
 
     def _predict(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         # bad rows are isolated, not raised: a merged batch keeps its good callers' rows, and
@@ -117,12 +138,25 @@ class DataPlane:
         return self.batcher is not None
 
     def ready(self) -> bool:
-        return self.loaded and self.board.all_ready()
+        return self.loaded and self.board.ready(self.index)
+
+    @property
+    def state(self) -> str:
+        """The v2 repository index's state: READY, LOADING (here or in another worker) or UNAVAILABLE."""
+        if self.load_error is not None:
+            return "UNAVAILABLE"
+        return "READY" if self.ready() else "LOADING"
+
+    def not_loaded(self) -> Overloaded:
+        """The 503 of a model that is not (yet) here."""
+        if self.load_error:
+            return Overloaded(f"model '{self.name}' did not load: {self.load_error}")
+        return Overloaded(f"the model '{self.name}' is loading")
 
     async def infer(self, batch: pa.RecordBatch, timeout: float, *, rows: str = "row {row}") -> pa.RecordBatch:
         """The output columns for ``batch``'s rows; a bad row raises naming it (``rows``: how rows are called)."""
         if self.batcher is None:
-            raise Overloaded(self.load_error and f"the model did not load: {self.load_error}" or "the model is loading")
+            raise self.not_loaded()
         async with asyncio.timeout(timeout):  # no extra task per request, unlike wait_for
             out = await self.batcher.submit(batch)
         index = out.schema.get_field_index(ERROR_COLUMN)
@@ -133,7 +167,52 @@ class DataPlane:
         return out
 
     async def close(self) -> None:
-        self.board.unmark()
         if self.batcher is not None:
             await self.batcher.drain()
+
+
+class DataPlane:
+    """The server's models, each a :class:`ModelPlane`, looked up by name; one worker's metrics."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.board = ReadyBoard(config.state_dir, config.workers or 1)
+        self.metrics = Metrics(lambda: {m.name: m.depth for m in self.models.values()})
+        self.models = {m.name: ModelPlane(i, m, config, self.board, self.metrics)
+                       for i, m in enumerate(config.models)}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.models)
+
+    def model(self, name: str) -> ModelPlane:
+        """The model named ``name``; else UnknownModel naming the server's models."""
+        plane = self.models.get(name)
+        if plane is None:
+            have = ", ".join(f"'{n}'" for n in self.models)
+            raise UnknownModel(f"unknown model '{name}' (this server has {have})")
+        return plane
+
+    async def load(self) -> None:
+        """Every model, one after another: each is ready as soon as it has loaded."""
+        for plane in self.models.values():
+            await plane.load()
+
+    def ready(self) -> bool:
+        return all(plane.ready() for plane in self.models.values())
+
+    def index(self) -> list[dict[str, str]]:
+        """The v2 repository index: each model's name, version and state (and why, if unavailable)."""
+        entries = []
+        for plane in self.models.values():
+            entry = {"name": plane.name, "version": "1", "state": plane.state}
+            if plane.load_error:
+                entry["reason"] = plane.load_error
+            entries.append(entry)
+        return entries
+
+    async def close(self) -> None:
+        self.board.unmark()
+        for plane in self.models.values():
+            await plane.close()
         self.metrics.close()

@@ -4,7 +4,8 @@ Each worker process runs it on the event loop of its REST app, over the same dat
 workers share the port (SO_REUSEPORT), as they share the REST one. The codec from a
 ModelInferRequest to an Arrow record batch and from the outputs back to a ModelInferResponse
 reuses v2.py's tensor rules; the status codes mirror app.py's: bad input INVALID_ARGUMENT (the
-REST 400's message), missing or wrong API key UNAUTHENTICATED, unknown model NOT_FOUND, full
+REST 400's message), missing or wrong API key UNAUTHENTICATED, unknown model NOT_FOUND (naming the
+server's models), full
 queue or model not loaded UNAVAILABLE, timeout DEADLINE_EXCEEDED.
 """
 
@@ -25,7 +26,7 @@ import pyarrow as pa
 from ..errors import InputError, LakeinferError
 from . import proto, v2
 from .config import ServeConfig
-from .dataplane import DataPlane, Overloaded
+from .dataplane import DataPlane, ModelPlane, Overloaded, UnknownModel
 from .v2 import DATATYPES, ProtocolError
 
 log = logging.getLogger("lakeinfer.serve")
@@ -172,6 +173,8 @@ class GrpcServer:
 
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
+            name = getattr(request, "model_name", None) or getattr(request, "name", "")
+            model = name if name in self.plane.models else ""  # a label per served model, not per name asked
             context.set_trailing_metadata(((WORKER_METADATA, self.worker),))
             failure: tuple[grpc.StatusCode, str] | None = None
             try:
@@ -180,6 +183,8 @@ class GrpcServer:
                 response = await handler(request, context)
             except GrpcFailure as exc:
                 failure = exc.code, str(exc)
+            except UnknownModel as exc:
+                failure = grpc.StatusCode.NOT_FOUND, str(exc)
             except Overloaded as exc:
                 failure = grpc.StatusCode.UNAVAILABLE, str(exc)
             except TimeoutError:
@@ -193,8 +198,8 @@ class GrpcServer:
                 failure = grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})"
             code = failure[0] if failure else grpc.StatusCode.OK
             if failure:
-                metrics.error(f"grpc_{code.name}")
-            metrics.request(f"grpc_{label}", code.name, time.perf_counter() - start)
+                metrics.error(f"grpc_{code.name}", model)
+            metrics.request(f"grpc_{label}", code.name, time.perf_counter() - start, model)
             if failure:
                 await context.abort(*failure)
             return response
@@ -212,10 +217,6 @@ class GrpcServer:
             raise GrpcFailure(grpc.StatusCode.UNAUTHENTICATED,
                               "missing or wrong API key (send metadata 'authorization: Bearer KEY' or 'x-api-key: KEY')")
 
-    def _model(self, name: str) -> None:
-        if name != self.plane.name:
-            raise GrpcFailure(grpc.StatusCode.NOT_FOUND,
-                              f"unknown model '{name}' (this server has '{self.plane.name}')")
 
     async def server_live(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return proto.ServerLiveResponse(live=True)
@@ -224,28 +225,25 @@ class GrpcServer:
         return proto.ServerReadyResponse(ready=self.plane.ready())
 
     async def model_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        self._model(request.name)
-        return proto.ModelReadyResponse(ready=self.plane.ready())
+        return proto.ModelReadyResponse(ready=self.plane.model(request.name).ready())
 
     async def server_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         meta = v2.server_metadata()
         return proto.ServerMetadataResponse(name=meta["name"], version=meta["version"])
 
     async def model_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        self._model(request.name)
-        plane = self.plane
+        plane = self.plane.model(request.name)
         if not plane.loaded:
-            raise Overloaded("the model is loading")
+            raise plane.not_loaded()
         meta = v2.model_metadata(plane.name, plane.flavor, plane.input_schema, plane.output_schema,
                                  plane.tensor_input)
         return proto.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"],
                                            inputs=meta["inputs"], outputs=meta["outputs"])
 
     async def model_infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        self._model(request.model_name)
-        plane = self.plane
+        plane: ModelPlane = self.plane.model(request.model_name)
         if not plane.loaded:  # before the codec, which needs the model's features and outputs
-            raise Overloaded(plane.load_error and f"the model did not load: {plane.load_error}" or "the model is loading")
+            raise plane.not_loaded()
         batch = decode_infer(request, plane.features, plane.tensor_input)
         names = requested(request, plane.output_schema.names)
         remaining = context.time_remaining()

@@ -9,7 +9,7 @@ that variable (in-process use, tests) keeps its values in memory, in a registry 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -39,49 +39,51 @@ def multiprocess_dir() -> str | None:
 
 
 class Metrics:
-    """Requests by endpoint and code, latency and batch-size histograms, queue depth, errors."""
+    """Requests by endpoint, code and model, latency and batch-size histograms and queue depth by
+    model, errors. ``model`` is "" for what belongs to no model (health, metadata of the server)."""
 
-    def __init__(self, queue_depth: Callable[[], int]) -> None:
+    def __init__(self, queue_depths: Callable[[], Mapping[str, int]]) -> None:
         self._folder = multiprocess_dir()
         # with files, the scrape builds its own registry from them; these objects only write
         registry = None if self._folder else CollectorRegistry()
         self._registry = registry
-        self._requests = Counter("lakeinfer_requests", "Requests by endpoint and status code (gRPC: endpoint grpc_*, the status name).",
-                                 ["endpoint", "code"], registry=registry)
-        self._errors = Counter("lakeinfer_errors", "Failed requests by kind of error.", ["kind"],
+        self._requests = Counter("lakeinfer_requests", "Requests by endpoint, status code and model (gRPC: endpoint grpc_*, the status name).",
+                                 ["endpoint", "code", "model"], registry=registry)
+        self._errors = Counter("lakeinfer_errors", "Failed requests by kind of error and model.", ["kind", "model"],
                                registry=registry)
-        self._latency = Histogram("lakeinfer_request_seconds", "Request latency.", ["endpoint"],
+        self._latency = Histogram("lakeinfer_request_seconds", "Request latency.", ["endpoint", "model"],
                                   buckets=LATENCY_BUCKETS, registry=registry)
-        self._batch_rows = Histogram("lakeinfer_batch_rows", "Rows per model call.",
+        self._batch_rows = Histogram("lakeinfer_batch_rows", "Rows per model call.", ["model"],
                                      buckets=BATCH_BUCKETS, registry=registry)
-        self._batch_requests = Histogram("lakeinfer_batch_requests", "Requests merged per model call.",
+        self._batch_requests = Histogram("lakeinfer_batch_requests", "Requests merged per model call.", ["model"],
                                          buckets=BATCH_BUCKETS, registry=registry)
         # livesum: the workers' queues added up, a worker that has exited counting for nothing
-        self._queue = Gauge("lakeinfer_queue_depth", "Requests waiting for the model.",
+        self._queue = Gauge("lakeinfer_queue_depth", "Requests waiting for the model.", ["model"],
                             multiprocess_mode="livesum", registry=registry)
-        self._queue_depth = queue_depth
+        self._queue_depths = queue_depths
 
     @property
     def multiprocess(self) -> bool:
         return self._folder is not None
 
-    def request(self, endpoint: str, code: int | str, seconds: float) -> None:
-        self._requests.labels(endpoint=endpoint, code=str(code)).inc()
-        self._latency.labels(endpoint=endpoint).observe(seconds)
+    def request(self, endpoint: str, code: int | str, seconds: float, model: str = "") -> None:
+        self._requests.labels(endpoint=endpoint, code=str(code), model=model).inc()
+        self._latency.labels(endpoint=endpoint, model=model).observe(seconds)
         self._sample_depth()
 
-    def error(self, kind: str) -> None:
-        self._errors.labels(kind=kind).inc()
+    def error(self, kind: str, model: str = "") -> None:
+        self._errors.labels(kind=kind, model=model).inc()
 
-    def batch(self, requests: int, rows: int) -> None:
-        self._batch_requests.observe(requests)
-        self._batch_rows.observe(rows)
+    def batch(self, requests: int, rows: int, model: str = "") -> None:
+        self._batch_requests.labels(model=model).observe(requests)
+        self._batch_rows.labels(model=model).observe(rows)
         self._sample_depth()
 
     def _sample_depth(self) -> None:
         # A gauge in files cannot be read by callback from another worker's scrape, so each
-        # worker writes its depth as its requests and model calls end, and when it is scraped.
-        self._queue.set(self._queue_depth())
+        # worker writes its depths as its requests and model calls end, and when it is scraped.
+        for model, depth in self._queue_depths().items():
+            self._queue.labels(model=model).set(depth)
 
     def render(self) -> bytes:
         self._sample_depth()

@@ -25,9 +25,10 @@ def _get(summary: str, ok: str, *, name: list[dict[str, Any]] | None = None,
     return {"get": op}
 
 
-def openapi_document(model_name: str) -> dict[str, Any]:
-    # one server, one model: the only name that exists is this one (others get 404)
-    name_param = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": [model_name]}}]
+def openapi_document(model_names: list[str]) -> dict[str, Any]:
+    # the names that exist are the server's models' (others get 404)
+    name_param = [{"name": "name", "in": "path", "required": True,
+                   "schema": {"type": "string", "enum": list(model_names)}}]
     errors = {code: _ERROR for code in ("400", "401", "404", "413", "503", "504")}
     tensor = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
         "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
@@ -36,13 +37,17 @@ def openapi_document(model_name: str) -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {"title": "lakeinfer serve", "version": __version__,
-                 "description": "Open Inference Protocol (v2) REST API for one model, plus a records endpoint."},
+                 "description": "Open Inference Protocol (v2) REST API for the server's models, plus a records endpoint."},
         "paths": {
             "/v2": _get("Server metadata", "ServerMetadata", codes=("401",)),
             "/v2/health/live": _get("Liveness", "Live"),
-            "/v2/health/ready": _get("Readiness: every worker has loaded the model", "Ready", codes=("503",)),
+            "/v2/health/ready": _get("Readiness: every worker has loaded every model", "Ready", codes=("503",)),
             "/v2/models/{name}": _get("Model metadata", "ModelMetadata", name=name_param, codes=("401", "404", "503")),
             "/v2/models/{name}/ready": _get("Model readiness", "Ready", name=name_param, codes=("401", "404", "503")),
+            "/v2/repository/index": {"post": {
+                "summary": "The models and their states (READY, LOADING, UNAVAILABLE); body {\"ready\": true}: "
+                           "only the ready ones",
+                "responses": {"200": {"description": "ok", **_json("RepositoryIndex")}, "400": _ERROR, "401": _ERROR}}},
             "/v2/models/{name}/infer": {"post": {
                 "summary": "Inference (v2 tensors)", "parameters": name_param,
                 "requestBody": {"required": True, **_json("InferRequest")},
@@ -78,6 +83,10 @@ def openapi_document(model_name: str) -> dict[str, Any]:
             "InferResponse": {"type": "object", "properties": {
                 "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
                 "outputs": {"type": "array", "items": tensor}}},
+            "RepositoryIndex": {"type": "array", "items": {"type": "object", "properties": {
+                "name": {"type": "string"}, "version": {"type": "string"},
+                "state": {"type": "string", "enum": ["READY", "LOADING", "UNAVAILABLE"]},
+                "reason": {"type": "string"}}}},
             "PredictRequest": {"type": "object", "required": ["instances"], "properties": {
                 "instances": {"type": "array", "items": {"type": "object"}}}},
             "PredictResponse": {"type": "object", "properties": {

@@ -1,4 +1,4 @@
-"""Runs the server: uvicorn with N worker processes, each loading the model once."""
+"""Runs the server: uvicorn with N worker processes, each loading every model once."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 import tempfile
 from typing import Any
 
-from ..errors import ConfigError, require
+from ..errors import ConfigError, LakeinferError, require
 from ..models import default_processes, detect_flavor
 from ..runtime import ModelRuntime
 from .config import CONFIG_ENV, ServeConfig
@@ -28,12 +28,21 @@ def run(config: ServeConfig) -> None:
         require("google.protobuf", "serve", "lakeinfer serve --grpc-port")
     config.api_key()  # fail now, not in every worker, if the key's variable is unset
     # a model or pipeline that cannot be built is a one-line error here, before any worker starts
-    runtime = ModelRuntime(config.recipe, tensor_input=True)
-    runtime.describe_outputs()
-    flavor = runtime.model.flavor
-    del runtime
-    if config.workers is None:  # as the batch engine chooses: see models.default_processes
-        config.workers = default_processes(config.recipe.flavor or detect_flavor(config.recipe.model_path))
+    flavors = []
+    for model in config.models:
+        try:
+            runtime = ModelRuntime(model.recipe, tensor_input=True)
+            runtime.describe_outputs()
+        except LakeinferError as exc:
+            if len(config.models) == 1:
+                raise
+            raise LakeinferError(f"model '{model.name}': {exc}") from None
+        flavors.append(runtime.model.flavor)
+        del runtime
+    if config.workers is None:  # as the batch engine chooses (see models.default_processes); for
+        # several models, the fewest any of them wants: a model that uses every core wants one process
+        config.workers = min(default_processes(m.recipe.flavor or detect_flavor(m.recipe.model_path))
+                             for m in config.models)
     check_port(config.host, config.port)
     if config.grpc_port is not None:
         check_port(config.host, config.grpc_port, "--grpc-port")
@@ -49,7 +58,7 @@ def run(config: ServeConfig) -> None:
     # uvicorn drains on SIGTERM, then raises the signal again for the handler it found: a
     # drained shutdown is a clean exit.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    print(start_line(config, flavor), file=sys.stderr, flush=True)
+    print(start_line(config, flavors), file=sys.stderr, flush=True)
     try:
         uvicorn.run("lakeinfer.serve.app:app_from_env", factory=True, host=config.host, port=config.port,
                     workers=config.workers, timeout_graceful_shutdown=max(5, int(config.timeout_ms / 1000) + 5),
@@ -58,12 +67,13 @@ def run(config: ServeConfig) -> None:
         shutil.rmtree(state, ignore_errors=True)
 
 
-def start_line(config: ServeConfig, flavor: str) -> str:
-    """``serving NAME (flavor) on http://HOST:PORT[, gRPC PORT], N worker(s)``."""
+def start_line(config: ServeConfig, flavors: list[str]) -> str:
+    """``serving NAME (flavor)[, NAME (flavor)...] on http://HOST:PORT[, gRPC PORT], N worker(s)``."""
     host = f"[{config.host}]" if ":" in config.host else config.host
     grpc = f", gRPC {config.grpc_port}" if config.grpc_port is not None else ""
     workers = config.workers or 1
-    return (f"serving {config.name} ({flavor}) on http://{host}:{config.port}{grpc}, "
+    models = ", ".join(f"{m.name} ({flavor})" for m, flavor in zip(config.models, flavors, strict=True))
+    return (f"serving {models} on http://{host}:{config.port}{grpc}, "
             f"{workers} worker{'s' if workers != 1 else ''}")
 
 
