@@ -146,6 +146,7 @@ def create_app(config: ServeConfig) -> Starlette:
     @endpoint("infer")
     async def infer(request: Request) -> Response:
         model = _model(request)
+        model.admit()
         body = await _read_body(request, config.max_body_bytes)
         header_length = _header_length(request, len(body))
         batch, payload = decode_request(body, header_length, model.features, model.tensor_input)
@@ -161,6 +162,7 @@ def create_app(config: ServeConfig) -> Starlette:
     @endpoint("predict")
     async def predict(request: Request) -> Response:
         model = _model(request)
+        model.admit()
         body = await _read_body(request, config.max_body_bytes)
         batch = _records(body, model)
         out = await model.infer(batch, timeout, rows="instances[{row}]")

@@ -147,6 +147,14 @@ class ModelPlane:
             return "UNAVAILABLE"
         return "READY" if self.ready() else "LOADING"
 
+    def admit(self) -> None:
+        """Refuse a request at once, before its body is read and decoded, when the queue is full
+        (or the model not loaded): under overload the work of a 503 is kept to the least."""
+        if self.batcher is None:
+            raise self.not_loaded()
+        if self.batcher.depth >= self.batcher.max_queue:
+            raise Overloaded(f"{self.batcher.depth} requests are waiting (max_queue={self.batcher.max_queue})")
+
     def not_loaded(self) -> Overloaded:
         """The 503 of a model that is not (yet) here."""
         if self.load_error:

@@ -242,8 +242,8 @@ class GrpcServer:
 
     async def model_infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         plane: ModelPlane = self.plane.model(request.model_name)
-        if not plane.loaded:  # before the codec, which needs the model's features and outputs
-            raise plane.not_loaded()
+        plane.admit()  # before the codec, which needs the model's features and outputs: a full queue's
+        # UNAVAILABLE costs no decoding
         batch = decode_infer(request, plane.features, plane.tensor_input)
         names = requested(request, plane.output_schema.names)
         remaining = context.time_remaining()
