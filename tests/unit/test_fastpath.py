@@ -1,0 +1,129 @@
+"""The per-flavor fast paths give what the framework itself gives: the same labels as the
+estimator's own predict (ties included), probabilities within 1e-9 of its predict_proba."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    GradientBoostingClassifier,
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+)
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from lakeinfer.models.sklearn import SklearnModel
+
+WIDTH = 6
+NAMES = [f"f{i}" for i in range(WIDTH)]
+
+
+def _data(rows: int = 400, classes: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    # few distinct values: many rows share leaves, so equal scores (ties) come up
+    x = rng.integers(-2, 3, size=(rows, WIDTH)).astype(np.float64)
+    y = (x[:, 0] + x[:, 1] * x[:, 2] + rng.normal(scale=0.5, size=rows)).round().astype(int) % classes
+    return x, np.array(["no", "yes", "maybe"])[y] if classes <= 3 else y
+
+
+def _batch(x: np.ndarray) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([pa.array(x[:, j]) for j in range(x.shape[1])], names=NAMES)
+
+
+def _check(model: SklearnModel, estimator: Any, x: np.ndarray) -> None:
+    out = model.predict(_batch(x))
+    frame = pd.DataFrame(x, columns=NAMES) if hasattr(estimator, "feature_names_in_") else x
+    assert out.column("prediction").to_pylist() == estimator.predict(frame).tolist()
+    got = np.array(out.column("probability").to_pylist())
+    np.testing.assert_allclose(got, estimator.predict_proba(frame), rtol=0, atol=1e-9)
+
+
+FAMILIES = {
+    "gradient_boosting": lambda: GradientBoostingClassifier(n_estimators=20, random_state=0),
+    "hist_gradient_boosting": lambda: HistGradientBoostingClassifier(max_iter=20, random_state=0),
+    "random_forest": lambda: RandomForestClassifier(n_estimators=2, max_depth=2, random_state=0),
+    "extra_trees": lambda: ExtraTreesClassifier(n_estimators=4, max_depth=2, random_state=0),
+    "logistic": lambda: LogisticRegression(),  # no joint rule: predict and predict_proba, as before
+}
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("named", [False, True])
+def test_one_call_equals_predict_and_predict_proba(family: str, classes: int, named: bool) -> None:
+    x, y = _data(classes=classes)
+    estimator = FAMILIES[family]()
+    estimator.fit(pd.DataFrame(x, columns=NAMES) if named else x, y)
+    model = SklearnModel("m.joblib", estimator, features=NAMES)
+    assert (model._joint is not None) == (family != "logistic")
+    assert not model._frame  # positional: the array goes in, no DataFrame
+    test, _ = _data(rows=300, classes=classes, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning about feature names reaches the caller
+        _check(model, estimator, test)
+
+
+def test_forest_ties_follow_predict() -> None:
+    x, y = _data()
+    forest = RandomForestClassifier(n_estimators=2, max_depth=2, random_state=3).fit(x, y)
+    forest.estimators_[0].tree_.value[:] = 0.5  # an even vote wherever the other tree is even too
+    tree = forest.estimators_[1].tree_
+    leaves = np.flatnonzero(tree.children_left == -1)
+    tree.value[leaves[:len(leaves) // 2]] = 0.5
+    test, _ = _data(rows=300, seed=2)
+    proba = forest.predict_proba(test)
+    assert (proba[:, 0] == proba[:, 1]).any() and (proba[:, 0] != proba[:, 1]).any()
+    _check(SklearnModel("m.joblib", forest, features=NAMES), forest, test)
+
+
+def test_gradient_boosting_zero_score_is_the_positive_class() -> None:
+    """predict takes raw >= 0 as the second class; the argmax of [0.5, 0.5] would be the first."""
+    x, y = _data()
+    boosting = GradientBoostingClassifier(n_estimators=3, init="zero", random_state=0).fit(x, y)
+    for tree in boosting.estimators_.ravel():
+        tree.tree_.value[:] = 0.0  # every score exactly 0
+    test, _ = _data(rows=50, seed=2)
+    assert (boosting.decision_function(test) == 0).all()
+    _check(SklearnModel("m.joblib", boosting, features=NAMES), boosting, test)
+    assert set(SklearnModel("m.joblib", boosting, features=NAMES).predict(_batch(test)).column("prediction").to_pylist()) == {"yes"}
+
+
+def test_hist_gradient_boosting_zero_score_is_the_negative_class() -> None:
+    """predict takes raw > 0 as the second class."""
+    x, y = _data()
+    boosting = HistGradientBoostingClassifier(max_iter=3, random_state=0).fit(x, y)
+    boosting._baseline_prediction = np.zeros_like(boosting._baseline_prediction)
+    for predictors in boosting._predictors:
+        for predictor in predictors:
+            predictor.nodes["value"] = 0.0
+    test, _ = _data(rows=50, seed=2)
+    assert (boosting.decision_function(test) == 0).all()
+    _check(SklearnModel("m.joblib", boosting, features=NAMES), boosting, test)
+
+
+def test_pipeline_runs_its_transformers_once_and_ends_in_the_joint_rule() -> None:
+    x, y = _data(classes=3)
+    pipe = make_pipeline(StandardScaler(), GradientBoostingClassifier(n_estimators=10, random_state=0))
+    pipe.fit(pd.DataFrame(x, columns=NAMES), y)
+    model = SklearnModel("m.joblib", pipe)
+    assert model._joint is not None and not model._frame
+    _check(model, pipe, _data(rows=100, classes=3, seed=4)[0])
+
+
+def test_column_transformer_still_gets_a_dataframe() -> None:
+    x, y = _data()
+    select = ColumnTransformer([("keep", "passthrough", ["f1", "f0", "f2"])])
+    pipe = Pipeline([("select", select), ("model", RandomForestClassifier(n_estimators=3, random_state=0))])
+    pipe.fit(pd.DataFrame(x, columns=NAMES), y)
+    model = SklearnModel("m.joblib", pipe)
+    assert model._frame
+    _check(model, pipe, _data(rows=100, seed=4)[0])
