@@ -127,3 +127,93 @@ def test_column_transformer_still_gets_a_dataframe() -> None:
     model = SklearnModel("m.joblib", pipe)
     assert model._frame
     _check(model, pipe, _data(rows=100, seed=4)[0])
+
+
+# -- the one [N, K] tensor, kept as one matrix column ------------------------------------------
+
+def _runtime(tmp_path: Any, estimator: Any, **options: Any) -> Any:
+    import joblib
+
+    from lakeinfer.runtime import ModelRuntime, PipelineRecipe
+
+    path = tmp_path / "m.joblib"
+    joblib.dump(estimator, path)
+    return ModelRuntime(PipelineRecipe(model_path=str(path), trust=True, features=tuple(NAMES), **options))
+
+
+def _fitted(estimator: Any) -> Any:
+    x, y = _data()
+    return estimator.fit(x, y)
+
+
+def test_packed_matrix_scores_as_the_split_columns(tmp_path: Any) -> None:
+    from lakeinfer.schema import pack_features
+
+    runtime = _runtime(tmp_path, _fitted(GradientBoostingClassifier(n_estimators=5, random_state=0)))
+    test, _ = _data(rows=40, seed=5)
+    for matrix in (test, test.astype(np.float32)):
+        packed = runtime.score(pack_features(matrix))
+        split = runtime.score(_batch(matrix))
+        assert packed.errors is None and packed.outputs.equals(split.outputs)
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (float("nan"), "feature column 'f3' is NaN"),
+    (float("inf"), "feature column 'f3' is Infinity"),
+    (-float("inf"), "feature column 'f3' is -Infinity"),
+])
+def test_packed_bad_values_name_the_row_and_the_column(tmp_path: Any, value: float, reason: str) -> None:
+    from lakeinfer.schema import pack_features
+
+    runtime = _runtime(tmp_path, _fitted(GradientBoostingClassifier(n_estimators=3, random_state=0)))
+    assert not runtime.model.handles_missing
+    test, _ = _data(rows=5, seed=5)
+    test[2, 3] = value
+    test[4, 3] = value
+    scored = runtime.score(pack_features(test))
+    assert scored.errors == [None, None, reason, None, reason] == runtime.score(_batch(test)).errors
+    assert scored.outputs.column("prediction").null_count == 2
+    good = runtime.score(_batch(np.delete(test, [2, 4], axis=0))).outputs.column("prediction").to_pylist()
+    assert [v for v in scored.outputs.column("prediction").to_pylist() if v is not None] == good
+    with pytest.raises(Exception, match=f"row 2: {reason}"):
+        runtime.transform(pack_features(test))
+
+
+def test_packed_missing_values_reach_a_model_that_takes_them(tmp_path: Any) -> None:
+    from lakeinfer.schema import pack_features
+
+    estimator = _fitted(HistGradientBoostingClassifier(max_iter=5, random_state=0))
+    runtime = _runtime(tmp_path, estimator)
+    test, _ = _data(rows=6, seed=5)
+    test[1, 0] = float("nan")
+    scored = runtime.score(pack_features(test))
+    assert scored.errors is None
+    assert scored.outputs.column("prediction").to_pylist() == estimator.predict(test).tolist()
+
+
+def test_packed_matrix_is_split_for_steps_before_the_model(tmp_path: Any) -> None:
+    from lakeinfer.schema import pack_features
+
+    estimator = _fitted(RandomForestClassifier(n_estimators=3, random_state=0))
+    runtime = _runtime(tmp_path, estimator, steps=({"op": "cast", "columns": {"f0": "float64"}}, "model"))
+    test, _ = _data(rows=6, seed=5)
+    scored = runtime.score(pack_features(test))
+    assert scored.outputs.column("prediction").to_pylist() == estimator.predict(test).tolist()
+
+
+def test_packed_float32_model_names_a_value_beyond_its_range(tmp_path: Any) -> None:
+    xgb = pytest.importorskip("xgboost")
+    from lakeinfer.runtime import ModelRuntime, PipelineRecipe
+    from lakeinfer.schema import pack_features
+
+    x, y = _data()
+    booster = xgb.train({"objective": "binary:logistic"}, xgb.DMatrix(x, (y == "yes").astype(int)), 5)
+    path = tmp_path / "m.ubj"
+    booster.save_model(path)
+    runtime = ModelRuntime(PipelineRecipe(model_path=str(path), features=tuple(NAMES)))
+    test, _ = _data(rows=4, seed=5)
+    test[1, 2], test[3, 0] = 1e39, float("nan")
+    packed, split = runtime.score(pack_features(test)), runtime.score(_batch(test))
+    assert packed.errors == split.errors == [None, "feature column 'f2' holds 1e+39, beyond the model's float32 range",
+                                             None, None]
+    assert packed.outputs.equals(split.outputs)
