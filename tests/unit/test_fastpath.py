@@ -217,3 +217,20 @@ def test_packed_float32_model_names_a_value_beyond_its_range(tmp_path: Any) -> N
     assert packed.errors == split.errors == [None, "feature column 'f2' holds 1e+39, beyond the model's float32 range",
                                              None, None]
     assert packed.outputs.equals(split.outputs)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_onnx_zipmap_gives_the_probabilities_of_the_graph_without_it(tmp_path: Any, classes: int) -> None:
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from lakeinfer.models import load_model
+
+    x, y = _data(classes=classes)
+    forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(x.astype(np.float32), y)
+    outputs = {}
+    for zipmap in (True, False):
+        path = tmp_path / f"m{zipmap}.onnx"
+        path.write_bytes(skl2onnx.to_onnx(forest, x[:1].astype(np.float32),
+                                          options={"zipmap": zipmap}).SerializeToString())
+        outputs[zipmap] = load_model(str(path), features=NAMES).predict(_batch(_data(rows=50, seed=3)[0]))
+    assert outputs[True].equals(outputs[False])
+    assert outputs[True].column("prediction").to_pylist() == forest.predict(_data(rows=50, seed=3)[0]).tolist()
