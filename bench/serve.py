@@ -1,19 +1,23 @@
 """Serving throughput and latency, side by side in one run, with a real load generator (hey).
 
-Models: the RandomForest of bench/batch_local.py (100 trees, depth 12, 20 features) and a tiny
-logistic regression. Servers, each one process on 127.0.0.1, sent the same one-row v2 request:
+Every server serves the same model file, sent the same one-row v2 request ([1, 30] FP32):
 
-  lakeinfer  `lakeinfer serve` on the ONNX export (adaptive batching on, the defaults: one process)
-  lakeinfer-w2  the same with --workers 2 (two processes)
-  mlserver   MLServer's scikit-learn runtime on the joblib file, adaptive batching on
-             (max_batch_size 64, max_batch_time 5 ms); installed into its own venv on first use
-  fastapi    a plain FastAPI + uvicorn endpoint calling the sklearn model per request
+  gradient_boosting  a scikit-learn GradientBoostingClassifier (50 trees, 30 features), joblib
+  xgboost            an XGBoost booster (50 trees, 30 features, binary:logistic), UBJSON
+
+Servers, each on 127.0.0.1 with 2 worker processes:
+
+  lakeinfer  `lakeinfer serve --workers 2` on the file (adaptive batching on, the defaults)
+  mlserver   MLServer's scikit-learn / XGBoost runtime on the file (parallel_workers 2, adaptive
+             batching max_batch_size 64, max_batch_time 5 ms); installed into its own venv on first use
+  fastapi    a plain FastAPI app under `uvicorn --workers 2` calling the model per request
 
 For concurrency 1, 16 and 64 it prints req/s, p50 and p99, and the ratios of lakeinfer to the
 others; and the model's own time per one-row call, for the latency lakeinfer adds at concurrency 1.
 
     python bench/serve.py                 # 8 s per point
     python bench/serve.py --seconds 3     # a quick look
+    python bench/serve.py --servers lakeinfer,fastapi   # without MLServer
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ import httpx
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-FEATURES = [f"f{i}" for i in range(20)]
+WIDTH = 30
+WORKERS = "2"
 
 
 def free_port() -> int:
@@ -44,28 +49,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def train(folder: Path) -> dict[str, dict[str, Path]]:
+def train(folder: Path) -> dict[str, Path]:
     import joblib
-    from skl2onnx import to_onnx
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression
+    import xgboost as xgb
+    from sklearn.ensemble import GradientBoostingClassifier
 
     rng = np.random.default_rng(42)
-    x = rng.normal(size=(60_000, len(FEATURES))).astype(np.float32)
+    x = rng.normal(size=(20_000, WIDTH)).astype(np.float32)
     y = ((x[:, 0] + x[:, 1] * x[:, 2] - x[:, 3]) > 0).astype(np.int64)
-    out = {}
-    for name, model in {"random_forest": RandomForestClassifier(100, max_depth=12, n_jobs=-1, random_state=0),
-                        "logistic": LogisticRegression(max_iter=300)}.items():
-        model.fit(x, y)
-        if hasattr(model, "n_jobs"):
-            model.n_jobs = 1  # one row per call: joblib's thread fan-out only costs
-        joblib.dump(model, folder / f"{name}.joblib")
-        onx = to_onnx(model, x[:1], options={"zipmap": False})
-        entry = onx.metadata_props.add()
-        entry.key, entry.value = "feature_names", ",".join(FEATURES)
-        (folder / f"{name}.onnx").write_bytes(onx.SerializeToString())
-        out[name] = {"joblib": folder / f"{name}.joblib", "onnx": folder / f"{name}.onnx"}
-    return out
+    boosting = GradientBoostingClassifier(n_estimators=50, random_state=0).fit(x, y)
+    joblib.dump(boosting, folder / "gradient_boosting.joblib")
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 6, "nthread": 1}, xgb.DMatrix(x, y), 50)
+    booster.save_model(folder / "xgboost.ubj")
+    return {"gradient_boosting": folder / "gradient_boosting.joblib", "xgboost": folder / "xgboost.ubj"}
 
 
 def mlserver_bin(venv: Path) -> Path:
@@ -74,28 +70,30 @@ def mlserver_bin(venv: Path) -> Path:
         print(f"installing MLServer into {venv} ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "mlserver", "mlserver-sklearn",
-                        "uvloop<0.22"], check=True)  # MLServer 1.7 fails to start on uvloop 0.22+
+                        "mlserver-xgboost", "uvloop<0.22"], check=True)  # MLServer 1.7 fails to start on uvloop 0.22+
     return binary
 
 
-def start(kind: str, name: str, paths: dict[str, Path], work: Path, venv: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start(kind: str, name: str, path: Path, work: Path, venv: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ}
-    if kind.startswith("lakeinfer"):
-        cmd = [sys.executable, "-m", "lakeinfer", "serve", "--model", str(paths["onnx"]), "--name", name,
-               "--port", str(port), "--workers", "2" if kind == "lakeinfer-w2" else "1"]
+    if kind == "lakeinfer":
+        cmd = [sys.executable, "-m", "lakeinfer", "serve", "--model", str(path), "--name", name, "--trust-model",
+               "--port", str(port), "--workers", WORKERS]
     elif kind == "fastapi":
-        env["BENCH_MODEL"] = str(paths["joblib"])
+        env["BENCH_MODEL"] = str(path)
         cmd = [sys.executable, "-m", "uvicorn", "_fastapi_app:app", "--port", str(port), "--log-level", "warning",
-               "--no-access-log", "--app-dir", str(HERE)]
+               "--no-access-log", "--workers", WORKERS, "--app-dir", str(HERE)]
     else:
         folder = work / f"mlserver-{name}"
         (folder / name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(paths["joblib"], folder / name / "model.joblib")
+        shutil.copy(path, folder / name / f"model{path.suffix}")
+        runtime = "mlserver_xgboost.XGBoostModel" if path.suffix == ".ubj" else "mlserver_sklearn.SKLearnModel"
         (folder / "settings.json").write_text(json.dumps(
-            {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "parallel_workers": 1}))
+            {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
+             "parallel_workers": int(WORKERS)}))
         (folder / name / "model-settings.json").write_text(json.dumps(
-            {"name": name, "implementation": "mlserver_sklearn.SKLearnModel", "parameters": {"uri": "./model.joblib"},
+            {"name": name, "implementation": runtime, "parameters": {"uri": f"./model{path.suffix}"},
              "max_batch_size": 64, "max_batch_time": 0.005}))
         cmd = [str(mlserver_bin(venv)), "start", str(folder)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -122,8 +120,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def body() -> bytes:
-    row = np.random.default_rng(7).normal(size=len(FEATURES)).round(4).tolist()
-    return json.dumps({"inputs": [{"name": "predict", "shape": [1, len(FEATURES)], "datatype": "FP32",
+    row = np.random.default_rng(7).normal(size=WIDTH).round(4).tolist()
+    return json.dumps({"inputs": [{"name": "X", "shape": [1, WIDTH], "datatype": "FP32",
                                    "data": row}]}).encode()
 
 
@@ -139,16 +137,28 @@ def hey(url: str, concurrency: int, seconds: float, body_file: Path) -> tuple[fl
     return rps, p50, p99
 
 
-def model_time_ms(paths: dict[str, Path]) -> float:
-    """Median of onnxruntime's own time for one one-row call (what lakeinfer serves)."""
-    import onnxruntime as ort
+def model_time_ms(path: Path) -> float:
+    """Median of the framework's own time for one one-row call: what every server here runs."""
+    x = np.random.default_rng(7).normal(size=(1, WIDTH)).astype(np.float32)
+    if path.suffix == ".ubj":
+        import xgboost as xgb
 
-    session = ort.InferenceSession(str(paths["onnx"]), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(7).normal(size=(1, len(FEATURES))).astype(np.float32)
+        booster = xgb.Booster(model_file=str(path))
+        booster.set_param({"nthread": 1})
+
+        def call() -> object:
+            return booster.inplace_predict(x)
+    else:
+        import joblib
+
+        model = joblib.load(path)
+
+        def call() -> object:
+            return model.predict_proba(x)
     times = []
-    for _ in range(300):
+    for _ in range(1000):
         start = time.perf_counter()
-        session.run(None, {session.get_inputs()[0].name: x})
+        call()
         times.append(time.perf_counter() - start)
     return float(np.median(times) * 1000)
 
@@ -157,7 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--servers", default="lakeinfer,lakeinfer-w2,mlserver,fastapi")
+    parser.add_argument("--servers", default="lakeinfer,mlserver,fastapi")
     parser.add_argument("--mlserver-venv", default=str(HERE.parent / ".bench" / "mlserver-venv"))
     args = parser.parse_args()
     if shutil.which("hey") is None:
@@ -169,13 +179,14 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     servers = args.servers.split(",")
     print(f"machine: {os.cpu_count()} cores; one-row requests; {args.seconds:g} s per point")
-    for name, paths in models.items():
-        own = model_time_ms(paths)
-        print(f"\n{name}: the model's own time per one-row call (onnxruntime) {own:.3f} ms")
+    print(f"every server: {WORKERS} worker processes")
+    for name, path in models.items():
+        own = model_time_ms(path)
+        print(f"\n{name} ({path.name}): the model's own time per one-row call {own:.3f} ms")
         print(f"  {'server':<10}{'conc':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
         results: dict[tuple[str, int], tuple[float, float, float]] = {}
         for kind in servers:
-            proc, url = start(kind, name, paths, work, Path(args.mlserver_venv))
+            proc, url = start(kind, name, path, work, Path(args.mlserver_venv))
             try:
                 hey(url, 4, 1, body_file)  # warm-up
                 for c in levels:
@@ -184,12 +195,12 @@ def main() -> None:
                     print(f"  {kind:<10}{c:>6}{rps:>10,.0f}{p50:>9.2f}{p99:>9.2f}", flush=True)
             finally:
                 stop(proc)
-        for mine in (k for k in servers if k.startswith("lakeinfer")):
+        for mine in (k for k in servers if k == "lakeinfer"):
             for c in levels:
                 ours = results[(mine, c)][0]
                 ratios = ", ".join(f"{ours / results[(k, c)][0]:.2f}x {k}" for k in servers if not k.startswith("lakeinfer"))
                 print(f"  concurrency {c}: {mine} req/s = {ratios}")
-            if 1 in levels:
+            if 1 in levels and ("lakeinfer", 1) in results:
                 print(f"  lakeinfer p50 at concurrency 1 over the model's own time: "
                       f"{results[('lakeinfer', 1)][1] - own:.2f} ms")
     shutil.rmtree(work, ignore_errors=True)

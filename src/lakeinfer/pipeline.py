@@ -148,14 +148,16 @@ class ModelStep(Transformer):
         self.on_error = on_error
         self._known = model.kinds.closed_values()
         self._limit = _float_limit(getattr(model, "input_dtype", np.float64))
+        self._outputs = tuple(model.output_names)
 
     def __repr__(self) -> str:
         return f"ModelStep({self.model.flavor} {self.model.path}, on_error={self.on_error!r})"
 
     def bad_rows(self, batch: pa.RecordBatch) -> InvalidRows | None:
         """The rows of ``batch`` the model cannot take, or None."""
-        for name in self.model.output_names:
-            if name in batch.schema.names:
+        names = batch.schema.names
+        for name in self._outputs:
+            if name in names:
                 raise SchemaError(f"the input already has a column '{name}', which the model writes")
         return invalid_rows(batch, self.model.input_columns, missing_ok=self.model.handles_missing,
                             known=self._known, limit=self._limit)
@@ -298,7 +300,8 @@ class Pipeline(Transformer):
         """The columns of ``after`` that the model and the steps after it wrote into ``before``."""
         model = self.model_step
         written = set(model.model.output_names) if model is not None else set()
-        return [n for n in after.schema.names if n not in before.schema.names or n in written]
+        had = set(before.schema.names)
+        return [n for n in after.schema.names if n not in had or n in written]
 
     @property
     def model_step(self) -> ModelStep | None:

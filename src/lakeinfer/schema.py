@@ -12,8 +12,13 @@ import pyarrow.compute as pc
 
 from .errors import SchemaError
 
-__all__ = ["TensorSpec", "Signature", "InvalidRows", "invalid_rows", "assemble_features", "outputs_to_batch",
-           "to_arrow"]
+__all__ = ["PACKED", "TensorSpec", "Signature", "InvalidRows", "invalid_rows", "assemble_features",
+           "outputs_to_batch", "pack_features", "packed_width", "split_matrix", "to_arrow", "unpack_features"]
+
+#: the one column of a batch that holds every feature, in the model's order, as a [N, K] matrix
+#: (a FixedSizeList of K values per row): how the server passes on a request's one [N, K] tensor
+#: instead of splitting it into K columns that the model would assemble back
+PACKED = "__lakeinfer_features__"
 
 
 @dataclass(frozen=True)
@@ -72,12 +77,58 @@ def column_or_error(batch: pa.RecordBatch, name: str) -> pa.Array:
     return batch.column(index)
 
 
+def split_matrix(matrix: np.ndarray, names: Sequence[str]) -> list[pa.Array]:
+    """The columns of an [N, K] matrix: one Arrow array, column-major, sliced (zero-copy)."""
+    rows = matrix.shape[0]
+    flat = pa.array(np.ascontiguousarray(matrix.T).reshape(-1))
+    return [flat.slice(j * rows, rows) for j in range(len(names))]
+
+
+def pack_features(matrix: np.ndarray) -> pa.RecordBatch:
+    """An [N, K] matrix as a batch of one :data:`PACKED` column (no copy)."""
+    rows, width = matrix.shape
+    values = pa.array(np.ascontiguousarray(matrix).reshape(-1))
+    return pa.RecordBatch.from_arrays([pa.FixedSizeListArray.from_arrays(values, width)], names=[PACKED])
+
+
+def packed_width(batch: pa.RecordBatch) -> int | None:
+    """K for a batch that is one :data:`PACKED` column of K numbers per row, else None."""
+    if batch.num_columns != 1 or batch.schema.names[0] != PACKED:
+        return None
+    kind = batch.schema.types[0]
+    if not pa.types.is_fixed_size_list(kind) or not _numeric(kind.value_type):
+        return None
+    return int(kind.list_size)
+
+
+def _packed_matrix(batch: pa.RecordBatch) -> np.ndarray:
+    column = batch.column(0)
+    values = column.flatten()  # the rows of this batch (slice) only
+    return values.to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
+
+
+def unpack_features(batch: pa.RecordBatch, features: Sequence[str]) -> pa.RecordBatch:
+    """A :data:`PACKED` batch as its feature columns (as though the tensor had been split)."""
+    if batch.num_columns != 1 or batch.schema.names[0] != PACKED:
+        return batch
+    column = batch.column(0)
+    width = column.type.list_size
+    if width != len(features):
+        raise SchemaError(f"the input tensor has {width} values per row; the model takes {len(features)} features")
+    if column.null_count or column.flatten().null_count:
+        return pa.RecordBatch.from_arrays([pc.list_element(column, j) for j in range(width)], names=list(features))
+    return pa.RecordBatch.from_arrays(split_matrix(_packed_matrix(batch), features), names=list(features))
+
+
 def assemble_features(batch: pa.RecordBatch, features: Sequence[str], dtype: Any) -> np.ndarray:
     """Stack ``features`` of ``batch`` column by column into a 2-D ``dtype`` array.
 
-    A single list-typed feature column (an assembled vector) is taken as the whole tensor.
+    A single list-typed feature column (an assembled vector) is taken as the whole tensor, and so
+    is a :data:`PACKED` batch of as many values per row as there are features.
     """
     dtype = np.dtype(dtype)
+    if packed_width(batch) == len(features) and batch.column(0).flatten().null_count == 0:
+        return _packed_matrix(batch).astype(dtype, copy=False)
     if len(features) == 1:
         column = column_or_error(batch, features[0])
         if pa.types.is_fixed_size_list(column.type) or pa.types.is_list(column.type):
@@ -161,6 +212,10 @@ def invalid_rows(batch: pa.RecordBatch, columns: Sequence[str], *, missing_ok: b
     ``limit``: the largest magnitude the model's number type holds (a float32 model's), beyond
     which a finite value would reach it as Infinity.
     """
+    if packed_width(batch) is not None:
+        if not known and _packed_fine(batch, limit):
+            return None  # the common case, checked on the matrix at once
+        batch = unpack_features(batch, columns)  # else per column, for the exact reasons
     codes: list[np.ndarray] = []
     values: dict[str, pa.Array] = {}
     bad = False
@@ -188,6 +243,20 @@ def invalid_rows(batch: pa.RecordBatch, columns: Sequence[str], *, missing_ok: b
         if len(code):
             matrix[:, j] = code
     return InvalidRows(np.asarray(matrix.any(axis=1)), tuple(columns), matrix, values)
+
+
+def _packed_fine(batch: pa.RecordBatch, limit: float | None) -> bool:
+    """Every value of a PACKED batch is a finite number (within ``limit``): nothing to report."""
+    column = batch.column(0)
+    values = column.flatten()
+    if column.null_count or values.null_count:
+        return False
+    if not pa.types.is_floating(values.type):
+        return True
+    array = values.to_numpy(zero_copy_only=False)
+    if limit is not None:
+        return bool(np.abs(array).max(initial=0.0) <= limit)  # NaN is not <= limit
+    return bool(np.isfinite(array).all())
 
 
 def _unknown(column: pa.Array, known: pa.Array) -> np.ndarray | None:

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 pytest.importorskip("grpc")
+from lakeinfer.schema import unpack_features
 from lakeinfer.serve import grpc_v2, proto  # noqa: E402
 from lakeinfer.serve.v2 import ProtocolError  # noqa: E402
 
@@ -35,7 +36,7 @@ def test_typed_contents_per_datatype() -> None:
 def test_raw_contents_one_matrix_into_the_feature_columns() -> None:
     rows = np.arange(6, dtype="<f4").reshape(2, 3)
     request, _ = _request(("x", "FP32", [2, 3]), raw=[rows.tobytes()])
-    batch = grpc_v2.decode_infer(request, FEATURES)
+    batch = unpack_features(grpc_v2.decode_infer(request, FEATURES), FEATURES)
     assert batch.schema.names == FEATURES and batch.column("b").to_pylist() == [1.0, 4.0]
     words = b"".join(struct.pack("<I", len(w)) + w for w in (b"hi", b""))
     strings, _ = _request(("s", "BYTES", [2]), raw=[words])

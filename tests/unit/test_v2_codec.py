@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from lakeinfer.schema import PACKED, unpack_features
 from lakeinfer.serve import v2
 
 FEATURES = ["a", "b", "c"]
@@ -27,6 +28,9 @@ def test_one_tensor_per_column_and_one_matrix() -> None:
     assert batch.column("a").type == pa.float32() and batch.column("b").to_pylist() == [3, 4]
     matrix, _ = v2.decode_request(_body({"name": "x", "shape": [2, 3], "datatype": "FP64",
                                          "data": [1, 2, 3, 4, 5, 6]}), None, FEATURES)
+    # the one [N, K] tensor of the features stays one matrix column, split only where needed
+    assert matrix.schema.names == [PACKED] and matrix.column(0).to_pylist() == [[1, 2, 3], [4, 5, 6]]
+    matrix = unpack_features(matrix, FEATURES)
     assert matrix.schema.names == FEATURES
     assert [matrix.column(f).to_pylist() for f in FEATURES] == [[1.0, 4.0], [2.0, 5.0], [3.0, 6.0]]
     # a matrix whose width is not the feature count is a column of vectors
@@ -101,6 +105,8 @@ def test_a_model_that_names_no_features_takes_its_one_tensor() -> None:
     columns = ["X[0]", "X[1]", "X[2]"]
     batch, _ = v2.decode_request(_body({"name": "X", "shape": [2, 3], "datatype": "FP32",
                                         "data": [1, 2, 3, 4, 5, 6]}), None, columns, ("X", 3))
+    assert batch.schema.names == [PACKED]
+    batch = unpack_features(batch, columns)
     assert batch.schema.names == columns
     assert batch.column("X[0]").to_pylist() == [1, 4] and batch.column("X[2]").to_pylist() == [3, 6]
     assert batch.column("X[1]").type == pa.float32()

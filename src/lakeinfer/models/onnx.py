@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -91,9 +92,13 @@ class _OnnxOutputs:
 
 def _zipmap_to_array(value: Any) -> Any:
     # skl2onnx's ZipMap gives a list of {class: probability}; export with zipmap=False to skip this.
+    # Every row's map has the classes in the same order (ZipMap's labels): its values, read in C
+    # (map and chain, no Python loop per row), are the [N, K] probabilities.
     if isinstance(value, list) and value and isinstance(value[0], dict):
-        keys = list(value[0])
-        return np.array([[row[k] for k in keys] for row in value], dtype=np.float64)
+        width = len(value[0])
+        flat = np.fromiter(itertools.chain.from_iterable(map(dict.values, value)), dtype=np.float64,
+                           count=len(value) * width)
+        return flat.reshape(len(value), width)
     return value
 
 

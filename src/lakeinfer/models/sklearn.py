@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -74,10 +75,17 @@ class SklearnModel(TabularModel):
         super().__init__(path, signature, features=features, width=width)
         self.handles_missing = _allows_nan(estimator)
         self.kinds = _kinds(estimator, self.features)
+        # a DataFrame only for an estimator that may read its columns by name (a ColumnTransformer,
+        # a FunctionTransformer, a foreign estimator): the others take the array by position
+        self._frame = self._by_name and _reads_names(estimator)
+        # the estimator that predicts (a Pipeline's last step) and the steps that transform for it
+        self._steps, self._final = _split(estimator) if self._proba else ([], estimator)
+        #: labels and probabilities from one estimator call, where its predict follows from them
+        self._joint = _joint(self._final) if self._proba else None
 
     def _predict_array(self, x: Any, batch: pa.RecordBatch) -> dict[str, Any]:
         data: Any = x
-        if self._by_name:
+        if self._by_name and (self._frame or not isinstance(x, np.ndarray)):
             import pandas as pd
 
             # Estimators fitted on a DataFrame select their columns by name (ColumnTransformer).
@@ -86,28 +94,95 @@ class SklearnModel(TabularModel):
                 data = x.set_axis(own, axis=1) if list(x.columns) != own else x
             else:
                 data = pd.DataFrame(x, columns=own, copy=False)
-        if self._proba:
-            # a Pipeline's predict and predict_proba would each run its transformers: run them once
-            final, data = _transformed(self.estimator, data)
-            return classifier_outputs(final.predict(data), final.predict_proba(data))
-        return classifier_outputs(self.estimator.predict(data), None)
+        if not self._by_name or self._frame or not isinstance(data, np.ndarray):
+            return self._outputs(data)
+        # fitted on a DataFrame but reading by position: the array, without the warning about its names
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_NO_NAMES, category=UserWarning)
+            return self._outputs(data)
+
+    def _outputs(self, data: Any) -> dict[str, Any]:
+        if not self._proba:
+            return classifier_outputs(self.estimator.predict(data), None)
+        # a Pipeline's predict and predict_proba would each run its transformers: run them once
+        for step in self._steps:
+            data = step.transform(data)
+        if self._joint is not None:
+            return classifier_outputs(*self._joint(data))
+        return classifier_outputs(self._final.predict(data), self._final.predict_proba(data))
 
 
-def _transformed(estimator: Any, data: Any) -> tuple[Any, Any]:
-    """(the estimator that predicts, its input): a Pipeline's final step and ``data`` through the
-    steps before it, as Pipeline.predict and predict_proba do; any other estimator and ``data``."""
+# scikit-learn's warning for an array given to an estimator fitted on a DataFrame
+_NO_NAMES = "X does not have valid feature names"
+
+
+def _split(estimator: Any) -> tuple[list[Any], Any]:
+    """(the transformers, the estimator that predicts): a Pipeline's steps before its last and
+    that last step, as Pipeline.predict and predict_proba run them; any other estimator alone."""
     from sklearn import get_config
     from sklearn.pipeline import Pipeline
 
     if not isinstance(estimator, Pipeline) or get_config().get("enable_metadata_routing", False):
-        return estimator, data
+        return [], estimator
     final = estimator.steps[-1][1]
     if final is None or isinstance(final, str) or not hasattr(final, "predict_proba"):
-        return estimator, data
-    for _, step in estimator.steps[:-1]:
-        if step is not None and not (isinstance(step, str) and step == "passthrough"):
-            data = step.transform(data)
-    return _transformed(final, data)  # a Pipeline may end in a Pipeline
+        return [], estimator
+    steps = [s for _, s in estimator.steps[:-1] if s is not None and not (isinstance(s, str) and s == "passthrough")]
+    inner, last = _split(final)  # a Pipeline may end in a Pipeline
+    return steps + inner, last
+
+
+def _joint(final: Any) -> Callable[[Any], tuple[Any, np.ndarray]] | None:
+    """(labels, probabilities) from one call of ``final``, exactly as its own predict and
+    predict_proba give them, for the families whose predict follows from the same raw scores
+    (scikit-learn's code: predict and predict_proba both start from decision_function /
+    _raw_predict, or predict is the argmax of predict_proba); None for any other estimator."""
+    from sklearn.ensemble import (
+        ExtraTreesClassifier,
+        GradientBoostingClassifier,
+        HistGradientBoostingClassifier,
+        RandomForestClassifier,
+    )
+
+    kind = type(final)  # exactly these classes: a subclass may predict otherwise
+    if getattr(final, "classes_", None) is None:
+        return None
+    if kind in (GradientBoostingClassifier, HistGradientBoostingClassifier) and not hasattr(final, "_loss"):
+        return None  # a scikit-learn whose boosting computes probabilities otherwise
+    if kind is GradientBoostingClassifier:
+        def boosted(x: Any) -> tuple[Any, np.ndarray]:
+            raw = final.decision_function(x)  # what predict and predict_proba each call
+            encoded = (raw >= 0).astype(int) if raw.ndim == 1 else np.argmax(raw, axis=1)
+            return final.classes_[encoded], final._loss.predict_proba(raw)
+        return boosted
+    if kind is HistGradientBoostingClassifier:
+        def hist(x: Any) -> tuple[Any, np.ndarray]:
+            raw = final._raw_predict(x)  # what predict and predict_proba each call
+            encoded = (raw.ravel() > 0).astype(int) if raw.shape[1] == 1 else np.argmax(raw, axis=1)
+            return final.classes_[encoded], final._loss.predict_proba(raw)
+        return hist
+    if kind in (RandomForestClassifier, ExtraTreesClassifier) and getattr(final, "n_outputs_", 0) == 1:
+        def forest(x: Any) -> tuple[Any, np.ndarray]:
+            proba = final.predict_proba(x)  # predict is the argmax of these
+            return final.classes_.take(np.argmax(proba, axis=1), axis=0), proba
+        return forest
+    return None
+
+
+def _reads_names(estimator: Any) -> bool:
+    """Whether ``estimator`` (or one inside it) may select its input columns by name: a
+    ColumnTransformer, a FunctionTransformer (any function), or one scikit-learn does not define."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import FunctionTransformer
+
+    try:
+        inner = [v for v in estimator.get_params(deep=True).values() if hasattr(v, "get_params")]
+    except Exception:  # parameters that cannot be read: by name, as before
+        return True
+    for part in (estimator, *inner):
+        if isinstance(part, ColumnTransformer | FunctionTransformer) or not type(part).__module__.startswith("sklearn."):
+            return True
+    return False
 
 
 def _kinds(estimator: Any, chosen: Sequence[str] | None) -> FeatureKinds:

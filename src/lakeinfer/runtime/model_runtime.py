@@ -18,6 +18,7 @@ from ..errors import BadRecordError, LakeinferError, SchemaError
 from ..models import Model, TabularModel
 from ..models._frame import NUMBER
 from ..pipeline import ModelStep, Pipeline
+from ..schema import PACKED, packed_width, unpack_features
 from .recipe import PipelineRecipe
 from .records import records_to_batch
 
@@ -81,6 +82,10 @@ class ModelRuntime:
         self._step = step
         self._keeping = ModelStep(self.model, on_error="null")
         self._after = Pipeline(rest.steps[1:])
+        # a batch of one PACKED [N, K] column (the server's one-tensor request) goes to the model as
+        # it is when the pipeline is the model alone and the model takes a matrix of numbers
+        self._packed_ok = (not before.steps and not self._after.steps and isinstance(self.model, TabularModel)
+                           and not self.model.kinds.any_text)
 
     # -- what the pipeline reads and writes ----------------------------------------------------
     @property
@@ -145,16 +150,26 @@ class ModelRuntime:
             return self.model.predict(batch.slice(0, 0)).schema
 
     # -- scoring -------------------------------------------------------------------------------
+    def _unpacked(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """``batch`` as the model takes it: a PACKED batch split into the feature columns unless
+        the model takes it whole (see ``schema.PACKED``)."""
+        width = packed_width(batch)
+        if width is None and batch.num_columns == 1 and batch.schema.names[0] == PACKED:
+            width = -1  # not numbers: split, for the model's own message about the column
+        if width is None or (self._packed_ok and width == len(self.input_columns)):
+            return batch
+        return unpack_features(batch, self.input_columns)
+
     def transform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Every column of ``batch`` plus the outputs; bad rows as ``on_error`` says."""
-        return self.pipeline.transform(batch)
+        return self.pipeline.transform(self._unpacked(batch))
 
     def score(self, batch: pa.RecordBatch) -> Scored:
         """Only the output columns, one row per input row; bad rows get nulls and a reason.
 
         The reasons are found at the model step and never pass through the steps after it.
         """
-        before = self._before.transform(batch)
+        before = self._before.transform(self._unpacked(batch))
         bad = self._step.bad_rows(before)
         after = self._after.transform(self._keeping.apply(before, bad))
         outputs = after.select(self.pipeline.written(before, after))

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from .._version import __version__
 from ..errors import InputError
+from ..schema import pack_features, split_matrix
 
 __all__ = ["ProtocolError", "DATATYPES", "bytes_elements", "decode_request", "encode_response", "datatype_of",
            "model_metadata", "output_tensor", "requested_outputs", "server_metadata", "tensor_bytes", "to_batch"]
@@ -161,9 +162,11 @@ def decode_request(body: bytes, header_length: int | None, features: Sequence[st
     """The request's rows as a record batch, and the request JSON (for id and outputs).
 
     An input of shape [N] (or [N, 1]) is one column; an input of shape [N, K] whose name is not
-    a feature column and whose K equals the number of features gives the feature columns; any
-    other [N, K] input is a column of K-vectors. For a model that names no features (``tensor``:
-    its input's name and K) the request holds that one [N, K] input, split into ``features``.
+    a feature column and whose K equals the number of features gives the feature columns (when it
+    is the only input, as one :data:`~lakeinfer.schema.PACKED` column of K numbers per row, which
+    the runtime hands to the model whole or splits into ``features``); any other [N, K] input is a
+    column of K-vectors. For a model that names no features (``tensor``: its input's name and K)
+    the request holds that one [N, K] input, packed the same way.
     """
     json_part, blob_part = (body[:header_length], body[header_length:]) if header_length is not None else (body, b"")
     try:
@@ -186,7 +189,14 @@ def to_batch(tensors: Iterable[tuple[str, np.ndarray, Sequence[int]]], features:
         return _one_tensor(tensors, features, *tensor)
     columns: dict[str, pa.Array] = {}
     rows: int | None = None
-    for name, values, shape in tensors:
+    given = list(tensors)
+    if len(given) == 1:
+        name, values, shape = given[0]
+        width = math.prod(shape[1:]) if len(shape) > 1 else 1
+        if width > 1 and width == len(features) and name not in features and values.dtype != object:
+            # the one [N, K] tensor of the features: passed on whole, not split into K columns
+            return pack_features(values.reshape(shape[0], width))
+    for name, values, shape in given:
         n = shape[0]
         if rows is not None and n != rows:
             raise ProtocolError(f"input '{name}' has {n} rows; the other inputs have {rows}")
@@ -195,10 +205,8 @@ def to_batch(tensors: Iterable[tuple[str, np.ndarray, Sequence[int]]], features:
         if width == 1:
             columns[name] = pa.array(values.reshape(n))
         elif name not in features and width == len(features):
-            # one Arrow array, column-major, sliced (zero-copy) into the feature columns
-            flat = pa.array(np.ascontiguousarray(values.reshape(n, width).T).reshape(-1))
-            for j, feature in enumerate(features):
-                columns[feature] = flat.slice(j * n, n)
+            for feature, column in zip(features, split_matrix(values.reshape(n, width), features), strict=True):
+                columns[feature] = column
         else:
             matrix = values.reshape(n, width)
             offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
@@ -218,10 +226,10 @@ def _one_tensor(tensors: Iterable[tuple[str, np.ndarray, Sequence[int]]], column
             raise ProtocolError(f"input '{name}' is given twice: {wanted}")
         if len(shape) != 2 or shape[1] != width:
             raise ProtocolError(f"input '{name}': shape {list(shape)} does not fit the model's [-1, {width}]")
-        n = shape[0]
-        # one Arrow array, column-major, sliced (zero-copy) into the columns
-        flat = pa.array(np.ascontiguousarray(values.reshape(n, width).T).reshape(-1))
-        found = pa.RecordBatch.from_arrays([flat.slice(j * n, n) for j in range(width)], names=list(columns))
+        matrix = values.reshape(shape[0], width)
+        # passed on whole (see schema.PACKED); a BYTES tensor as its columns, for the model's message
+        found = (pack_features(matrix) if values.dtype != object
+                 else pa.RecordBatch.from_arrays(split_matrix(matrix, columns), names=list(columns)))
     if found is None:
         raise ProtocolError(f"request: 'inputs' is empty ({wanted})")
     return found
