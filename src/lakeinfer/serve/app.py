@@ -20,6 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -30,6 +31,7 @@ from .config import ServeConfig
 from .dataplane import DataPlane, ModelPlane, Overloaded, UnknownModel
 from .metrics import CONTENT_TYPE
 from .openapi import DOCS_PAGE, openapi_document
+from .shed import Shedder
 from .v2 import HEADER_LENGTH, ProtocolError, decode_request, encode_response, requested_outputs
 
 log = logging.getLogger("lakeinfer.serve")
@@ -205,7 +207,10 @@ def create_app(config: ServeConfig) -> Starlette:
         Route("/openapi.json", openapi),
         Route("/docs", docs),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    # a full queue's 503 is answered before routing (shed.py); the endpoints' admit() stays for
+    # the requests that pass it as the queue fills
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    middleware=[Middleware(Shedder, plane=plane, api_key=api_key, worker=worker)])
     app.state.plane = plane
     return app
 

@@ -71,6 +71,12 @@ class Metrics:
         self._latency.labels(endpoint=endpoint, model=model).observe(seconds)
         self._sample_depth()
 
+    def shed(self, endpoint: str, model: str, seconds: float) -> None:
+        """A full queue's 503, answered before routing (see shed.py)."""
+        self._requests.labels(endpoint=endpoint, code="503", model=model).inc()
+        self._latency.labels(endpoint=endpoint, model=model).observe(seconds)
+        self._errors.labels(kind="503", model=model).inc()
+
     def error(self, kind: str, model: str = "") -> None:
         self._errors.labels(kind=kind, model=model).inc()
 
