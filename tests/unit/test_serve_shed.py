@@ -1,0 +1,59 @@
+"""The early 503's middleware: which paths it answers for, and the API key checked as the app checks it."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from lakeinfer.serve.shed import Shedder
+
+
+def _shedder(depth: int, api_key: str | None = None) -> tuple[Shedder, list[str]]:
+    passed: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        passed.append(scope["path"])
+
+    model = SimpleNamespace(name="rf", batcher=SimpleNamespace(depth=depth, max_queue=2))
+    metrics = SimpleNamespace(shed=lambda *args: None)
+    plane = SimpleNamespace(models={"rf": model}, metrics=metrics)
+    return Shedder(app, plane, api_key, "7"), passed  # type: ignore[arg-type]
+
+
+def _call(shedder: Shedder, path: str, headers: list[tuple[bytes, bytes]] | None = None,
+          method: str = "POST") -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("the body is never read")
+
+    scope = {"type": "http", "method": method, "path": path, "headers": headers or []}
+    asyncio.run(shedder(scope, receive, send))
+    return sent
+
+
+def test_full_queue_paths_are_answered_503_others_pass() -> None:
+    shedder, passed = _shedder(depth=2)
+    for path in ("/v2/models/rf/infer", "/v2/models/rf/versions/1/infer", "/v1/models/rf/predict"):
+        sent = _call(shedder, path)
+        assert sent[0]["status"] == 503 and (b"retry-after", b"1") in sent[0]["headers"]
+        assert b"waiting" in sent[1]["body"]
+    for path in ("/v2/models/other/infer", "/v1/models/rf/infer", "/v2/models/rf/predict", "/v2/models/rf",
+                 "/v2/models/rf/versions/1/ready", "/metrics"):
+        assert _call(shedder, path) == []
+    assert _call(shedder, "/v2/models/rf/infer", method="GET") == []
+    not_full, passed_too = _shedder(depth=1)
+    assert _call(not_full, "/v2/models/rf/infer") == [] and passed_too == ["/v2/models/rf/infer"]
+
+
+def test_a_request_without_the_key_goes_on_to_the_app_for_its_401() -> None:
+    shedder, passed = _shedder(depth=2, api_key="s3cret")
+    assert _call(shedder, "/v2/models/rf/infer") == []
+    assert _call(shedder, "/v2/models/rf/infer", [(b"x-api-key", b"wrong")]) == []
+    assert _call(shedder, "/v2/models/rf/infer", [(b"x-api-key", b"s3cret")])[0]["status"] == 503
+    assert _call(shedder, "/v2/models/rf/infer", [(b"authorization", b"Bearer s3cret")])[0]["status"] == 503
+    assert len(passed) == 2
