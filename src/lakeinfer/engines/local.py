@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from .. import errors
 from .._version import __version__
-from ..io import tables
+from ..io import table_output, tables
 from ..io.sinks import OutputFolder
 from ..io.sources import list_input, plan_units, read_schema
 from ..models import CONCURRENT_FLAVORS, default_processes, detect_flavor
@@ -114,7 +114,7 @@ def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: 
         raise errors.ConfigError("--incremental scores up to the input's current snapshot; leave out --snapshot")
     if staging is not None and not out_table:
         raise errors.ConfigError("--staging is for table outputs")
-    out = tables.open_output(output_uri, catalog)
+    out = table_output.open_output(output_uri, catalog)
     since = None
     if in_table:
         if incremental and not full:

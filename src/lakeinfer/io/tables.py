@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from ..errors import ConfigError, InputError, OutputError, require
+from ..errors import ConfigError, InputError, require
 from .sources import InputFile, Unit, filesystem_for, plan_units, read_unit
 
-__all__ = ["JOB_ID", "Source", "TableOutput", "is_table", "open_output", "plan_table"]
+__all__ = ["JOB_ID", "Source", "TableRef", "is_table", "parse_table", "plan_table"]
 
 JOB_ID = "lakeinfer.job-id"
 INPUT = "lakeinfer.input"
@@ -78,7 +77,7 @@ def load_catalog(name: str) -> Any:
                           f"PYICEBERG_CATALOG__{name.upper()}__* environment variables)") from None
 
 
-def _load_iceberg(catalog: Any, name: str, catalog_name: str, what: str) -> Any:
+def load_iceberg(catalog: Any, name: str, catalog_name: str, what: str) -> Any:
     from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 
     try:
@@ -170,7 +169,7 @@ def _appended_iceberg(table: Any, since: str, current: Any, uri: str) -> list[An
 def _plan_iceberg(ref: TableRef, uri: str, catalog_name: str, where: str | None, snapshot: str | None,
                   since: str | None) -> Source:
     catalog = load_catalog(catalog_name)
-    table = _load_iceberg(catalog, ref.name, catalog_name, "input")
+    table = load_iceberg(catalog, ref.name, catalog_name, "input")
     if snapshot is not None:
         try:
             current = table.snapshot_by_id(int(snapshot))
@@ -205,7 +204,7 @@ def _plan_iceberg(ref: TableRef, uri: str, catalog_name: str, where: str | None,
 
 # --- Delta ---------------------------------------------------------------------------------
 
-def _delta_table(ref: TableRef, version: int | None = None) -> Any:
+def delta_table(ref: TableRef, version: int | None = None) -> Any:
     deltalake = require("deltalake", "lake", "a Delta table")
     try:
         return deltalake.DeltaTable(ref.name, version=version)
@@ -231,7 +230,7 @@ def _plan_delta(ref: TableRef, input_format: str | None, unit_rows: int | None, 
         version = int(snapshot) if snapshot is not None else None
     except ValueError:
         raise ConfigError(f"--snapshot of a Delta table is a version number, not '{snapshot}'") from None
-    table = _delta_table(ref, version)
+    table = delta_table(ref, version)
     if table.metadata().partition_columns:
         raise InputError(f"input table {ref} is partitioned ({', '.join(table.metadata().partition_columns)}); "
                          "lakeinfer reads unpartitioned Delta tables only")
@@ -246,7 +245,7 @@ def _plan_delta(ref: TableRef, input_format: str | None, unit_rows: int | None, 
     if since == position:
         paths = []
     elif since is not None:
-        before = set(_delta_table(ref, int(since)).get_add_actions(flatten=True).column("path").to_pylist())
+        before = set(delta_table(ref, int(since)).get_add_actions(flatten=True).column("path").to_pylist())
         gone = before - set(paths)
         if gone:
             raise InputError(f"input table {ref} was changed by more than appends since version {since} "
@@ -297,143 +296,3 @@ def plan_table(uri: str, *, catalog: str, input_format: str | None = None, unit_
 def table_input_id(uri: str, catalog: str) -> str | None:
     ref = parse_table(uri)
     return input_id(ref, catalog) if ref is not None else None
-
-
-# --- outputs -------------------------------------------------------------------------------
-
-def _plain(schema: pa.Schema) -> list[tuple[str, str]]:
-    """Column names and types, without field ids, nullability or large/small variants."""
-    def norm(t: pa.DataType) -> str:
-        if pa.types.is_large_list(t) or pa.types.is_list(t):
-            return f"list<{norm(t.value_type)}>"
-        if pa.types.is_large_string(t):
-            return "string"
-        if pa.types.is_large_binary(t):
-            return "binary"
-        if pa.types.is_timestamp(t):
-            return "timestamp" + ("tz" if t.tz else "")
-        return str(t)
-
-    return [(f.name, norm(f.type)) for f in schema]
-
-
-class TableOutput:
-    """An output table: where a job's parts are staged, and the one commit that publishes them."""
-
-    def __init__(self, uri: str, ref: TableRef, catalog: str) -> None:
-        self.uri = uri
-        self.ref = ref
-        self.catalog_name = catalog
-        self.catalog: Any = load_catalog(catalog) if ref.kind == "iceberg" else None
-
-    def _table(self) -> Any:
-        if self.ref.kind == "iceberg":
-            return _load_iceberg(self.catalog, self.ref.name, self.catalog_name, "output")
-        deltalake = require("deltalake", "lake", "a Delta table")
-        try:
-            return deltalake.DeltaTable(self.ref.name)
-        except deltalake.exceptions.TableNotFoundError:
-            return None
-
-    def _commits(self) -> list[dict[str, str]]:
-        """Each commit's properties, newest first, along the table's current history."""
-        table = self._table()
-        if table is None:
-            return []
-        if self.ref.kind == "delta":
-            return [{k: str(v) for k, v in h.items()} for h in table.history()]
-        commits = []
-        snapshot = table.current_snapshot()
-        while snapshot is not None:
-            props = dict(snapshot.summary.additional_properties) if snapshot.summary is not None else {}
-            commits.append({**props, "snapshot": str(snapshot.snapshot_id)})
-            parent = snapshot.parent_snapshot_id
-            snapshot = table.snapshot_by_id(parent) if parent is not None else None
-        return commits
-
-    def find_job(self, job_id: str) -> dict[str, str] | None:
-        """The properties of the commit that job ``job_id`` made, if it made one."""
-        return next((c for c in self._commits() if c.get(JOB_ID) == job_id), None)
-
-    def last_position(self, input_id: str) -> str | None:
-        """The input position the latest commit from ``input_id`` scored up to."""
-        return next((c[POSITION] for c in self._commits() if c.get(INPUT) == input_id and POSITION in c), None)
-
-    def check_schema(self, schema: pa.Schema) -> None:
-        table = self._table()
-        if table is None:
-            return
-        theirs = table.schema().as_arrow() if self.ref.kind == "iceberg" else pa.schema(table.schema().to_arrow())
-        if _plain(theirs) != _plain(schema):
-            shown = ", ".join(f"{n}: {t}" for n, t in _plain(theirs))
-            ours = ", ".join(f"{n}: {t}" for n, t in _plain(schema))
-            raise OutputError(f"output table {self.uri} has the columns of another schema ({shown}); this job "
-                              f"writes {ours}; choose another table")
-
-    def staging_uri(self, job_id: str, staging: str | None) -> str:
-        """Where the job's parts wait for the commit: ``staging`` or, for Delta, a hidden folder
-        beside the table, for Iceberg ``.lakeinfer-staging`` in the current directory."""
-        if staging is None and self.ref.kind == "delta":
-            parent, _, name = self.ref.name.rstrip("/").rpartition("/")
-            return f"{parent}/{STAGING}/{name}/{job_id}"
-        root = staging or STAGING
-        if "://" in root:
-            return f"{root.rstrip('/')}/{job_id}"
-        safe = self.ref.name.replace("/", "_")
-        return os.path.join(os.path.abspath(root), f"{self.ref.kind}-{safe}", job_id)
-
-    def drop_staging(self, staging_uri: str) -> None:
-        fs, path = filesystem_for(staging_uri)
-        if fs.get_file_info(path).type == pafs.FileType.Directory:
-            fs.delete_dir(path)
-        if isinstance(fs, pafs.LocalFileSystem):  # the per-table and the staging folders, once empty
-            try:
-                os.rmdir(os.path.dirname(path))
-                if os.path.basename(os.path.dirname(os.path.dirname(path))) == STAGING:
-                    os.rmdir(os.path.dirname(os.path.dirname(path)))
-            except OSError:
-                pass  # not empty: another job's parts wait there
-
-    def commit(self, staging_uri: str, schema: pa.Schema, properties: dict[str, str], *, replace: bool) -> str:
-        """Publish every staged part in one commit; returns the snapshot id / version."""
-        fs, path = filesystem_for(staging_uri)
-        data = pads.dataset(path, filesystem=fs, format="parquet", schema=schema)
-        try:
-            if self.ref.kind == "iceberg":
-                return self._commit_iceberg(data, schema, properties, replace)
-            return self._commit_delta(data, schema, properties, replace)
-        except (OutputError, ConfigError):
-            raise
-        except Exception as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise OutputError(f"cannot commit to output table {self.uri}: {first}") from exc
-
-    def _commit_iceberg(self, data: pads.Dataset, schema: pa.Schema, properties: dict[str, str],
-                        replace: bool) -> str:
-        table = self._table()
-        if table is None:
-            namespace = self.ref.name.rsplit(".", 1)[0]
-            self.catalog.create_namespace_if_not_exists(namespace)
-            table = self.catalog.create_table_if_not_exists(self.ref.name, schema=schema)
-        rows = data.to_table().cast(table.schema().as_arrow())
-        with table.transaction() as tx:
-            if replace:
-                tx.overwrite(rows, snapshot_properties=properties)
-            else:
-                tx.append(rows, snapshot_properties=properties)
-        snapshot = self._table().current_snapshot()
-        return str(snapshot.snapshot_id) if snapshot is not None else "none"
-
-    def _commit_delta(self, data: pads.Dataset, schema: pa.Schema, properties: dict[str, str],
-                      replace: bool) -> str:
-        import deltalake
-
-        deltalake.write_deltalake(
-            self.ref.name, data.scanner().to_reader(), mode="overwrite" if replace else "append",
-            commit_properties=deltalake.CommitProperties(custom_metadata=properties))
-        return str(deltalake.DeltaTable(self.ref.name).version())
-
-
-def open_output(uri: str, catalog: str) -> TableOutput | None:
-    ref = parse_table(uri)
-    return TableOutput(uri, ref, catalog) if ref is not None else None
