@@ -8,9 +8,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -65,3 +66,13 @@ def serving(*args: object, env: dict[str, str] | None = None, ready: bool = True
         yield server
     finally:
         server.stop()
+
+
+def column_tensors(triton: Any, rows: Any, names: Sequence[str]) -> list[Any]:
+    """One FP64 tensor per feature column of ``rows``, for a tritonclient module (http or grpc)."""
+    tensors = []
+    for j, name in enumerate(names):
+        tensor = triton.InferInput(name, [len(rows)], "FP64")
+        tensor.set_data_from_numpy(rows[:, j].astype("float64"))
+        tensors.append(tensor)
+    return tensors

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import FEATURES, Trained, run_cli
-from tests.serving import free_port, serving
+from tests.serving import column_tensors, free_port, serving
 
 triton = pytest.importorskip("tritonclient.grpc")
 from tritonclient.grpc import service_pb2 as pb  # noqa: E402  (tritonclient's own messages, as a client has them)
@@ -77,11 +77,7 @@ def test_tritonclient_grpc_infer_equals_the_framework_and_rest(grpc_server, onnx
     np.testing.assert_array_equal(result.as_numpy("prediction"), onnx_model.labels[:50])
     np.testing.assert_allclose(result.as_numpy("probability"), onnx_model.probability[:50], atol=1e-6)
     # one tensor per column, FP64; only the outputs asked for come back
-    columns = []
-    for j, name in enumerate(FEATURES):
-        column = triton.InferInput(name, [50], "FP64")
-        column.set_data_from_numpy(rows[:, j].astype(np.float64))
-        columns.append(column)
+    columns = column_tensors(triton, rows, FEATURES)
     only = client.infer("rf", columns, outputs=[triton.InferRequestedOutput("prediction")])
     assert [o.name for o in only.get_response().outputs] == ["prediction"]
     np.testing.assert_array_equal(only.as_numpy("prediction"), onnx_model.labels[:50])

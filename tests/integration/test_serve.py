@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import FEATURES, Trained, read_output, run_cli
-from tests.serving import serving
+from tests.serving import column_tensors, serving
 from tests.slow_model import SlowEcho
 
 
@@ -76,11 +76,7 @@ def test_tritonclient_speaks_v2(onnx_server, onnx_model: Trained, X) -> None:  #
         np.testing.assert_array_equal(result.as_numpy("prediction"), onnx_model.labels[:50])
         np.testing.assert_allclose(result.as_numpy("probability"), onnx_model.probability[:50], atol=1e-6)
     # one tensor per column works too
-    columns = []
-    for j, name in enumerate(FEATURES):
-        column = triton.InferInput(name, [50], "FP64")
-        column.set_data_from_numpy(rows[:, j].astype(np.float64))
-        columns.append(column)
+    columns = column_tensors(triton, rows, FEATURES)
     result = client.infer("rf", columns)
     np.testing.assert_array_equal(result.as_numpy("prediction"), onnx_model.labels[:50])
 
