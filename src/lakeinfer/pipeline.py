@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from ._spec_models import OnError, validate_step
 from .errors import BadRecordError, ConfigError, SchemaError
 from .models import Model
-from .schema import InvalidRows, column_or_error, invalid_rows
+from .schema import BadRows, column_or_error
 
 __all__ = [
     "Transformer", "Pipeline", "ModelStep", "Select", "Rename", "Cast", "FillNull", "Assemble",
@@ -153,26 +153,31 @@ class ModelStep(Transformer):
     def __repr__(self) -> str:
         return f"ModelStep({self.model.flavor} {self.model.path}, on_error={self.on_error!r})"
 
-    def bad_rows(self, batch: pa.RecordBatch) -> InvalidRows | None:
+    def bad_rows(self, batch: pa.RecordBatch) -> BadRows | None:
         """The rows of ``batch`` the model cannot take, or None."""
         names = batch.schema.names
         for name in self._outputs:
             if name in names:
                 raise SchemaError(f"the input already has a column '{name}', which the model writes")
-        return invalid_rows(batch, self.model.input_columns, missing_ok=self.model.handles_missing,
-                            known=self._known, limit=self._limit)
+        return self.model.check_rows(batch, known=self._known, limit=self._limit)
 
     def _transform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         return self.apply(batch, self.bad_rows(batch))
 
-    def apply(self, batch: pa.RecordBatch, bad: InvalidRows | None) -> pa.RecordBatch:
-        """The outputs appended to ``batch``, whose bad rows (found by :meth:`bad_rows`) are ``bad``."""
+    def apply(self, batch: pa.RecordBatch, bad: BadRows | None) -> pa.RecordBatch:
+        """The outputs appended to ``batch``, whose bad rows (found by :meth:`bad_rows`) are ``bad``.
+
+        Rows the model itself drops (``bad.dropped``) leave the output under ``fail`` and ``skip``,
+        as the model's own framework drops them; ``null`` keeps them with null outputs.
+        """
         if bad is None:
             return _append(batch, self.model.predict(batch))
         if self.on_error == "fail":
-            row = bad.first
-            column, reason = bad.reason(row)
-            raise BadRecordError(f"row {row}: {reason}", column=column, row=row, reason=reason)
+            failing = bad.mask if bad.dropped is None else bad.mask & ~bad.dropped
+            if failing.any():
+                row = int(np.argmax(failing))
+                column, reason = bad.reason(row)
+                raise BadRecordError(f"row {row}: {reason}", column=column, row=row, reason=reason)
         valid = pa.array(~bad.mask)
         good = batch.filter(valid)
         outputs = self.model.predict(good)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -170,14 +170,37 @@ OK, NULL, NAN, POS_INF, NEG_INF, UNKNOWN, OVERFLOW, NO_VECTOR = range(8)
 _WORDS = {NULL: "null", NAN: "NaN", POS_INF: "Infinity", NEG_INF: "-Infinity", NO_VECTOR: "null"}
 
 
+class BadRows(Protocol):
+    """Rows of a batch a model cannot take, each with its first problem; ``dropped`` marks the
+    rows the model itself drops (a Spark ML stage with ``handleInvalid='skip'``), or is None."""
+
+    @property
+    def mask(self) -> np.ndarray: ...
+
+    @property
+    def dropped(self) -> np.ndarray | None: ...
+
+    @property
+    def first(self) -> int: ...
+
+    def reason(self, row: int) -> tuple[str, str]: ...
+
+    def reasons(self) -> list[str | None]: ...
+
+
 @dataclass(frozen=True)
 class InvalidRows:
     """The rows of a batch a model cannot take: per row, the first bad column and its value."""
+
 
     mask: np.ndarray  # bool, one per row
     columns: tuple[str, ...]
     codes: np.ndarray  # int8 (rows, columns): OK, NULL, NAN, POS_INF, NEG_INF or UNKNOWN
     values: Mapping[str, pa.Array] = field(default_factory=dict)  # columns with UNKNOWN codes
+
+    @property
+    def dropped(self) -> np.ndarray | None:
+        return None  # rows the model itself drops: none here
 
     def reason(self, row: int) -> tuple[str, str]:
         """(column, reason) for a bad ``row``."""

@@ -26,6 +26,7 @@ FLAVORS: MappingProxyType[str, tuple[str, dict[str, Any]]] = MappingProxyType({
     "torchscript": ("torch", {"exported": False}),
     "torch_export": ("torch", {"exported": True}),
     "mlflow": ("mlflow", {}),
+    "spark": ("sparkml", {}),
 })
 
 # Flavors whose runtime scores a batch on its own thread pool with the GIL released: one
@@ -109,10 +110,6 @@ def load_model(path: str | os.PathLike[str], *, flavor: str | None = None, trust
     if not os.path.exists(path):
         raise ModelLoadError(f"model {path} does not exist")
     chosen = flavor or detect_flavor(path)
-    if chosen == "spark":
-        raise ConfigError(
-            f"{path} is a Spark ML PipelineModel: it runs only on Spark; use --engine spark"
-        )
     if chosen not in FLAVORS:
         raise ConfigError(f"unknown flavor '{chosen}'; choose one of {', '.join(sorted(FLAVORS))}")
     module_name, fixed = FLAVORS[chosen]

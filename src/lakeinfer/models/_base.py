@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError, LakeinferError, PredictionError, SchemaError
-from ..schema import Signature, assemble_features, outputs_to_batch
+from ..schema import BadRows, Signature, assemble_features, invalid_rows, outputs_to_batch
 from ._frame import FeatureKinds, feature_frame
 
 __all__ = ["Model", "TabularModel", "classifier_outputs", "placeholder_names"]
@@ -51,6 +51,11 @@ class Model(abc.ABC):
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.signature.outputs)
+
+    def check_rows(self, batch: pa.RecordBatch, *, known: dict[str, pa.Array],
+                   limit: float | None) -> BadRows | None:
+        """The rows of ``batch`` the model cannot take (see :func:`lakeinfer.schema.invalid_rows`), or None."""
+        return invalid_rows(batch, self.input_columns, missing_ok=self.handles_missing, known=known, limit=limit)
 
     def predict(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """The model's outputs for every row of ``batch``, one column per output."""
