@@ -105,4 +105,4 @@ def test_unknown_names_the_flavor_option(tmp_path: Path, kind: str) -> None:
         detect_flavor(str(path))
     assert str(caught.value) == (
         f"cannot tell the flavor of {path}; name it with --flavor "
-        "(lightgbm, mlflow, onnx, sklearn, skops, torch_export, torchscript, xgboost)")
+        "(lightgbm, mlflow, onnx, sklearn, skops, spark, torch_export, torchscript, xgboost)")
