@@ -259,3 +259,11 @@ def broker(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
     bootstrap = start_broker(home, free_port())
     yield bootstrap
     stop_broker(home)
+
+
+@pytest.fixture
+def spark():  # type: ignore[no-untyped-def]
+    """A local Spark session shared by the tests that use it (see tests/sparkml_helpers.py)."""
+    from tests.sparkml_helpers import spark_session
+
+    return spark_session()

@@ -1,7 +1,7 @@
 """Spark ML PipelineModels trained in the test, scored by Spark's own ``transform`` and by the
 JVM-free reader, and compared column by column.
 
-``spark`` gives one local Spark session for the whole run (stopped at exit). ``fit_save`` fits
+``spark`` (tests/conftest.py) gives the local Spark session these tests share. ``fit_save`` fits
 a pyspark Pipeline on rows and saves the PipelineModel. ``spark_scores`` is Spark's transform of
 the same rows; ``local_scores`` goes through lakeinfer's local engine (the CLI's code path,
 in-process, one worker). ``assert_same`` compares what both added: doubles within 1e-9, vectors
@@ -26,13 +26,19 @@ ATOL = 1e-9
 ID = "id"
 
 
-@pytest.fixture(scope="session")
-def spark():  # type: ignore[no-untyped-def]
+def spark_session() -> Any:
+    """The local Spark session these tests share (the ``spark`` fixture of tests/conftest.py):
+    the running one, or a new one where a test module stopped its own."""
     from lakeinfer.engines._spark_session import session
 
     spark = session("local[2]", {"spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false"})
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+@pytest.fixture(scope="session")
+def spark():  # type: ignore[no-untyped-def]
+    return spark_session()
 
 
 def frame_of(spark: Any, rows: pd.DataFrame | list[dict[str, Any]], schema: str) -> Any:

@@ -360,6 +360,13 @@ def _print_inspect(info: dict) -> None:  # type: ignore[type-arg]
         for t in info[kind]:
             dims = ", ".join("N" if d is None else str(d) for d in t["shape"])
             print(f"  {t['name']}: {t['dtype']}[{dims}]")
+    extra = info.get("extra") or {}
+    if extra.get("stages"):  # a Spark ML pipeline: its stages, and what the reader noted
+        print(f"stages (saved by Spark {extra.get('spark_version', '?')}):")
+        for stage in extra["stages"]:
+            print(f"  {stage['class']} {stage['uid']}: {', '.join(stage['inputs'])} -> {', '.join(stage['outputs'])}")
+    for note in extra.get("notes") or []:
+        print(f"note: {note}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

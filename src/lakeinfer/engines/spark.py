@@ -195,13 +195,39 @@ def _score_spark_ml(df: Any, path: str, keep: Sequence[str]) -> Any:
     from pyspark.ml.functions import vector_to_array
     from pyspark.ml.linalg import VectorUDT
 
-    out = PipelineModel.load(path).transform(df)
+    try:
+        loaded = PipelineModel.load(path)
+    except Exception as exc:
+        raise _load_error(path, exc, df.sparkSession.version) from exc
+    out = loaded.transform(df)
     added = [f for f in out.schema.fields if f.name not in df.columns]
     columns = [out[k] for k in keep]
     for field in added:
         value = vector_to_array(out[field.name]) if isinstance(field.dataType, VectorUDT) else out[field.name]
         columns.append(value.alias(field.name))
     return out.select(*columns)
+
+
+# Spark's own reason inside a Py4J report: the first line of the JVM exception's message
+_JVM_REASON = re.compile(r"^(?::\s*)?(?:[\w$]+\.)+[\w$]*(?:Exception|Error): (.+)$", re.MULTILINE)
+
+
+def _load_error(path: str, exc: BaseException, running: str) -> errors.LakeinferError:
+    """Spark could not load a Spark ML model: its reason, the Spark that saved the model and the
+    one running, and the way around it (the JVM-free reader on the local engine)."""
+    from ..models.sparkml._reader import read_meta
+
+    text = str(exc)
+    found = _JVM_REASON.search(text)
+    reason = found.group(1).strip() if found else next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    try:
+        saved = read_meta(path).spark_version
+    except errors.LakeinferError:
+        saved = "an unknown version"
+    return errors.ModelLoadError(
+        f"Spark cannot load the Spark ML model {path}: {reason[:300].rstrip('.')} (saved by Spark {saved}, "
+        f"running Spark {running}); score it without a JVM: leave out --engine spark, and the local engine "
+        "reads the model itself")
 
 
 _ERROR = re.compile(r"lakeinfer\.errors\.(\w+): (.+)")
