@@ -28,6 +28,7 @@ from tests.sparkml_helpers import (
     frame_of,
     local_scores,
     spark_scores,
+    spark_session,
 )
 
 SCHEMA = "plan string, region string, x double, y double, label double"
