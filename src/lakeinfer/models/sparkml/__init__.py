@@ -75,13 +75,25 @@ class SparkMLModel(Model):
         self.stages: list[Stage] = [stage_class(m)(m) for m in metas]
         inputs: dict[str, str] = {}
         added: dict[str, str] = {}
+        optional: dict[str, tuple[str, list[str]]] = {}  # input -> (kind, the outputs it alone gives)
         for stage in self.stages:
+            skippable = stage.optional()
             for name, kind in stage.inputs().items():
-                if name not in added and name not in inputs:
+                if name in added or name in inputs or name in optional:
+                    continue
+                if name in skippable:
+                    optional[name] = (kind, skippable[name])
+                else:
                     inputs[name] = kind
             added.update(stage.outputs())
+        for name in [n for n in optional if n in added or any(n in s.inputs() and n not in s.optional()
+                                                              for s in self.stages)]:
+            inputs[name] = optional.pop(name)[0]  # another stage needs it: required after all
         self._inputs = inputs
+        self._optional = {n: kind for n, (kind, _) in optional.items()}
+        skipped = {out for _, outs in optional.values() for out in outs}
         self._added = added
+        shown = {n: k for n, k in added.items() if n not in skipped}
         versions = sorted({m.spark_version for m in metas})
         last = self.stages[-1] if self.stages else None
         task = getattr(last, "task", "transform")
@@ -89,7 +101,7 @@ class SparkMLModel(Model):
             inputs=tuple(TensorSpec(n, _DTYPES[k or NUMBER], (None, None) if k == VECTOR else (None,))
                          for n, k in inputs.items()),
             outputs=tuple(TensorSpec(n, _DTYPES[k], (None, None) if k == VECTOR else (None,))
-                          for n, k in added.items()),
+                          for n, k in shown.items()),
             features=tuple(inputs), task=task, classes=getattr(last, "classes", None),
             extra={"spark_version": ", ".join(versions),
                    "stages": [s.describe() for s in self.stages],
@@ -115,6 +127,9 @@ class SparkMLModel(Model):
                 raise ModelLoadError(f"the input lacks column '{name}', which the Spark ML pipeline reads "
                                      f"(the input has: {', '.join(names)})")
             frame.cols[name] = column_from_arrow(batch.column(name), name, kind)
+        for name, kind in self._optional.items():  # read when present, as Spark would
+            if name in names:
+                frame.cols[name] = column_from_arrow(batch.column(name), name, kind)
         for stage in self.stages:
             stage.transform(frame)
         self._last.value = (batch, frame)
@@ -135,7 +150,7 @@ class SparkMLModel(Model):
             row = min(frame.reasons)
             column, reason = frame.reasons[row]
             raise BadRecordError(f"row {row}: {reason}", column=column, row=row, reason=reason)
-        return {name: _arrow(frame.cols[name]) for name in self._added}
+        return {name: _arrow(frame.cols[name]) for name in self._added if name in frame.cols}
 
 
 def _arrow(col: Col) -> pa.Array:

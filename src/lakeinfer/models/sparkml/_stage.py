@@ -153,6 +153,11 @@ class Stage(abc.ABC):
     def outputs(self) -> dict[str, str]:
         """The columns the stage adds, in order, and the kind each holds."""
 
+    def optional(self) -> dict[str, list[str]]:
+        """Inputs the stage skips when the batch lacks them (as Spark's StringIndexer skips a
+        label column absent at scoring time), each with the outputs it then does not write."""
+        return {}
+
     @abc.abstractmethod
     def transform(self, frame: Frame) -> None:
         """Add the stage's outputs to ``frame`` (one value per row, flagging rows it cannot take)."""
