@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -74,7 +73,7 @@ def spark_scores(spark: Any, model: Path, df: Any) -> pd.DataFrame:
 def local_scores(model: Path, df: Any, tmp_path: Path, *, on_error: str = "fail") -> pd.DataFrame:
     """lakeinfer's local engine over the same rows (written to Parquet by Spark's own schema)."""
     source = tmp_path / f"in-{model.name}"
-    table = pa.Table.from_pandas(df.toPandas(), preserve_index=False)
+    table = df.toArrow()  # not via pandas, which turns a long column holding null into doubles
     source.mkdir(exist_ok=True)
     pq.write_table(table, source / "part-0.parquet")
     out = tmp_path / f"out-{model.name}-{on_error}"

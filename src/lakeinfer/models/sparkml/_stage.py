@@ -45,6 +45,9 @@ class Col:
     kind: str
     values: np.ndarray
     null: np.ndarray | None = None
+    # The Arrow type of the input column a number (or a number cast to a string) came from: some
+    # stages give back the input's own type (Imputer) or drop NaN only in floating columns.
+    origin: pa.DataType | None = None
 
     @property
     def width(self) -> int:
@@ -199,11 +202,11 @@ def column_from_arrow(array: pa.Array, name: str, want: str) -> Col:
         return Col(STRING, np.asarray(array.to_numpy(zero_copy_only=False), dtype=object), null)
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
         if want == STRING:  # Spark casts a number to its string form before indexing it
-            return Col(STRING, np.asarray(_spark_strings(array), dtype=object), null)
+            return Col(STRING, np.asarray(_spark_strings(array), dtype=object), null, kind)
         if want == VECTOR:
             raise StageError(f"column '{name}' holds numbers; the pipeline needs a vector there")
         values = pc.fill_null(array.cast(pa.float64()), np.nan) if array.null_count else array.cast(pa.float64())
-        return Col(NUMBER, np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64), null)
+        return Col(NUMBER, np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64), null, kind)
     raise StageError(f"column '{name}' has type {kind}, which no Spark ML stage here reads")
 
 
