@@ -1,5 +1,9 @@
 """Spark ML feature stages read without a JVM, against Spark's own transform of the same rows:
-nulls, NaN, unseen labels and out-of-range values under each ``handleInvalid``."""
+nulls, NaN, unseen labels and out-of-range values under each ``handleInvalid``.
+
+Spark jobs are the cost here, so models are built from few fits (a fitted stage copied with other
+transform params, labels given directly) and Spark scores each model it already holds in memory.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 pytest.importorskip("pyspark")
 
-import lakeinfer  # noqa: E402
-from lakeinfer.errors import BadRecordError, ModelLoadError  # noqa: E402
-from tests.sparkml_helpers import assert_same, fit_save, frame_of, local_scores, spark, spark_scores  # noqa: E402,F401
+from lakeinfer.errors import BadRecordError  # noqa: E402
+from tests import sparkml_helpers  # noqa: E402
+from tests.sparkml_helpers import ID, assert_same, frame_of, local_scores  # noqa: E402
+
+spark = sparkml_helpers.spark  # the one Spark session of the run
 
 NAN, INF = math.nan, math.inf
 
@@ -25,9 +32,33 @@ TRAIN_CATEGORIES = [
 ]
 
 
+def saved(stages: list[Any], path: Path) -> tuple[Any, Path]:
+    """A PipelineModel of fitted stages, saved under ``path``."""
+    from pyspark.ml import PipelineModel
+
+    model = PipelineModel(stages)
+    model.write().overwrite().save(str(path))
+    return model, path
+
+
+def spark_rows(model: Any, df: Any) -> pd.DataFrame:
+    """Spark's transform of ``df`` by the model it holds: the id and every column it added."""
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.ml.linalg import VectorUDT
+
+    out = model.transform(df)
+    added = [f for f in out.schema.fields if f.name not in df.columns]
+    cols = [out[ID]] + [vector_to_array(out[f.name]).alias(f.name) if isinstance(f.dataType, VectorUDT)
+                        else out[f.name] for f in added]
+    return out.select(*cols).toPandas().sort_values(ID).reset_index(drop=True)
+
+
 def test_string_indexer_orders_and_keep(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Every stringOrderType; numeric columns cast to strings as Spark casts them; under keep,
-    nulls and unseen labels take the extra index, which IndexToString names from the indexer."""
+    """Every stringOrderType; numeric columns cast to strings as Spark casts them (1.0E7, NaN);
+    under keep, nulls and unseen labels take the extra index, which an IndexToString without
+    labels names from the indexer upstream ('__unknown'); OneHotEncoder keep, with and without
+    dropLast."""
+    from pyspark.ml import Pipeline
     from pyspark.ml.feature import IndexToString, OneHotEncoder, StringIndexer
 
     orders = ["frequencyDesc", "frequencyAsc", "alphabetDesc", "alphabetAsc"]
@@ -39,8 +70,138 @@ def test_string_indexer_orders_and_keep(spark, tmp_path: Path) -> None:  # type:
         OneHotEncoder(inputCols=["ti", "ni"], outputCols=["t_hot", "n_hot"], handleInvalid="keep"),
         OneHotEncoder(inputCols=["di"], outputCols=["d_hot"], handleInvalid="keep", dropLast=False),
     ]
-    model = fit_save(stages, frame_of(spark, TRAIN_CATEGORIES, CATEGORIES), tmp_path / "orders")
+    fitted = Pipeline(stages=stages).fit(frame_of(spark, TRAIN_CATEGORIES, CATEGORIES))
+    model, path = saved(fitted.stages, tmp_path / "orders")
     rows = TRAIN_CATEGORIES + [{"s": "a", "t": "w", "n": 9, "d": 3.0}, {"s": "b", "t": None, "n": None, "d": None},
                                {"s": "c", "t": "x", "n": 3, "d": NAN}]
     df = frame_of(spark, rows, CATEGORIES)
-    assert_same(spark_scores(spark, model, df), local_scores(model, df, tmp_path))
+    assert_same(spark_rows(model, df), local_scores(path, df, tmp_path))
+
+
+NUMBERS = "a double, b double, k double, z double, n long"
+TRAIN_NUMBERS = [{"a": a, "b": b, "k": 5.0, "z": 0.0, "n": n}
+                 for a, b, n in [(1.0, -2.0, 1), (2.5, 0.5, 4), (-3.0, 4.0, 4), (0.25, 1.0, 2), (4.0, -1.5, 7)]]
+SCORE_NUMBERS = TRAIN_NUMBERS + [
+    {"a": NAN, "b": 1.0, "k": 5.0, "z": 0.0, "n": None},  # NaN in a vector; a null long imputed
+    {"a": None, "b": 2.0, "k": 7.0, "z": 3.0, "n": -1},  # null assembled as NaN; -1: a missingValue
+    {"a": -0.0, "b": INF, "k": 5.0, "z": -2.0, "n": 3},
+    {"a": 0.0, "b": 0.0, "k": 0.0, "z": 0.0, "n": 0},  # a zero vector: the norm leaves it as it is
+    {"a": 1.5, "b": -INF, "k": 5.0, "z": 0.0, "n": 2},
+]
+
+
+def test_scalers_imputer_buckets(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """StandardScaler (each withMean/withStd, a constant feature: std 0), MinMaxScaler (constant
+    feature, other min/max), MaxAbsScaler (an all-zero feature), Normalizer (p = 1, 2, 3, inf),
+    PCA, Imputer (mean/median/mode, missingValue, a long column), QuantileDiscretizer and a
+    Bucketizer over several columns with keep: NaN, null, infinities and -0.0 in the rows."""
+    from pyspark.ml.feature import (
+        PCA,
+        Bucketizer,
+        Imputer,
+        MaxAbsScaler,
+        MinMaxScaler,
+        Normalizer,
+        QuantileDiscretizer,
+        StandardScaler,
+        VectorAssembler,
+    )
+
+    train = frame_of(spark, TRAIN_NUMBERS, NUMBERS)
+    assemble = VectorAssembler(inputCols=["a", "b", "k", "z"], outputCol="v", handleInvalid="keep")
+    vectors = assemble.transform(train)
+    standard = StandardScaler(inputCol="v", outputCol="std", withMean=True).fit(vectors)
+    minmax = MinMaxScaler(inputCol="v", outputCol="mm").fit(vectors)
+    imputers = [Imputer(inputCols=["a", "n"], outputCols=[f"a_{s}", f"n_{s}"], strategy=s).fit(train)
+                for s in ("mean", "median", "mode")]
+    stages = [
+        assemble,
+        *[standard.copy({standard.withMean: mean, standard.withStd: std, standard.outputCol: f"std_{mean}_{std}"})
+          for mean in (True, False) for std in (True, False)],
+        minmax, minmax.copy({minmax.min: -1.0, minmax.max: 3.0, minmax.outputCol: "mm_wide"}),
+        MaxAbsScaler(inputCol="v", outputCol="maxabs").fit(vectors),
+        *[Normalizer(inputCol="v", outputCol=f"norm_{i}", p=p) for i, p in enumerate((1.0, 2.0, 3.0, INF))],
+        PCA(k=2, inputCol="v", outputCol="pca").fit(vectors),
+        *imputers,
+        imputers[0].copy({imputers[0].missingValue: -1.0, imputers[0].outputCols: ["a_minus", "n_minus"]}),
+        QuantileDiscretizer(numBuckets=3, inputCol="b", outputCol="b_q", handleInvalid="keep").fit(train),
+        Bucketizer(splitsArray=[[-INF, -1.0, 0.0, 1.5, INF], [-INF, 0.0, 5.0, 7.0]], inputCols=["a", "k"],
+                   outputCols=["a_b", "k_b"], handleInvalid="keep"),
+    ]
+    model, path = saved(stages, tmp_path / "numbers")
+    df = frame_of(spark, SCORE_NUMBERS, NUMBERS)
+    assert_same(spark_rows(model, df), local_scores(path, df, tmp_path))
+
+
+INVALID = "s string, d double, x double, y double, w double, q double"
+CLEAN = {"s": "a", "d": 0.5, "x": 0.5, "y": -1.0, "w": 2.0, "q": 1.0}
+# One bad value each: (column, value); where it fails or is dropped depends on handleInvalid.
+BAD: list[tuple[str, Any]] = [("s", "zz"), ("s", None), ("d", NAN), ("d", 9.5), ("x", NAN), ("x", None), ("y", None),
+       ("w", NAN), ("w", None)]
+# No skip for these: OneHotEncoder and IndexToString have none, Bucketizer fails out of its splits.
+# Spark takes these under 'error': a null number is bucketed as null, NaN in a double column is the
+# label "NaN" (while 'skip' drops it, as Spark's na.drop does).
+KEPT_UNDER_ERROR: list[tuple[str, Any]] = [("y", None), ("d", NAN)]
+ERROR_ONLY: list[tuple[str, Any]] = [("q", 7.0), ("q", -1.0), ("q", NAN), ("q", 3.0), ("q", None), ("x", 2.5), ("x", -0.0)]
+
+
+def invalid_model(spark: Any, handle: str, path: Path) -> tuple[Any, Path]:
+    from pyspark.ml.feature import (
+        Bucketizer,
+        IndexToString,
+        OneHotEncoder,
+        StringIndexerModel,
+        VectorAssembler,
+    )
+
+    hot = OneHotEncoder(inputCols=["q"], outputCols=["q_hot"]).fit(frame_of(spark, [{"q": 0.0}, {"q": 2.0}], "q double"))
+    return saved([
+        StringIndexerModel.from_arrays_of_labels([["a", "b"], ["0.5", "1.5", "NaN"]], inputCols=["s", "d"],
+                                                 outputCols=["si", "di"], handleInvalid=handle),
+        Bucketizer(splitsArray=[[0.0, 1.0, 2.0], [-INF, 0.0, INF]], inputCols=["x", "y"], outputCols=["xb", "yb"],
+                   handleInvalid=handle),
+        VectorAssembler(inputCols=["si", "x", "w"], outputCol="v", handleInvalid=handle),
+        hot,
+        IndexToString(inputCol="q", outputCol="q_name", labels=["zero", "one", "two"]),
+    ], path)
+
+
+def test_skip_drops_the_rows_spark_drops(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model, path = invalid_model(spark, "skip", tmp_path / "skip")
+    rows = [CLEAN] + [{**CLEAN, column: value} for column, value in BAD] + [{**CLEAN, "q": 2.0, "x": 1.0}]
+    df = frame_of(spark, rows, INVALID)
+    expected = spark_rows(model, df)
+    assert len(expected) < len(rows)
+    assert_same(expected, local_scores(path, df, tmp_path, on_error="skip"))
+    # Rows Spark drops are no bad records: on_error='fail' drops them too and fails on none.
+    assert_same(expected, local_scores(path, df, tmp_path))
+
+
+@pytest.fixture(scope="module")
+def error_model(spark, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:  # type: ignore[no-untyped-def]
+    return invalid_model(spark, "error", tmp_path_factory.mktemp("error") / "error")
+
+
+@pytest.mark.parametrize(("column", "value"), [bad for bad in BAD if bad not in KEPT_UNDER_ERROR] + ERROR_ONLY)
+def test_error_fails_where_spark_fails(spark, error_model: tuple[Any, Path], tmp_path: Path,  # type: ignore[no-untyped-def]
+                                       column: str, value: Any) -> None:
+    """Spark fails the job on the row; lakeinfer fails naming the column and the row."""
+    model, path = error_model
+    df = frame_of(spark, [CLEAN, CLEAN, {**CLEAN, column: value}, CLEAN], INVALID)
+    with pytest.raises(Exception, match="SQLSTATE"):
+        spark_rows(model, df)
+    with pytest.raises(BadRecordError) as failed:
+        local_scores(path, df, tmp_path)
+    assert failed.value.column == column and failed.value.row == 2
+    assert f"'{column}'" in str(failed.value) and "row 2" in str(failed.value)
+
+
+def test_error_keeps_null_where_spark_keeps_it(spark, error_model: tuple[Any, Path],  # type: ignore[no-untyped-def]
+                                               tmp_path: Path) -> None:
+    """Under error, Spark buckets a null as null and indexes a NaN double as the label "NaN"; the
+    upper bound of the splits falls in the last bucket; IndexToString truncates a fraction."""
+    model, path = error_model
+    rows = [CLEAN, *({**CLEAN, column: value} for column, value in KEPT_UNDER_ERROR),
+            {**CLEAN, "x": 2.0, "q": 0.0}, {**CLEAN, "x": 0.0, "y": 0.0, "q": 1.7}]
+    df = frame_of(spark, rows, INVALID)
+    assert_same(spark_rows(model, df), local_scores(path, df, tmp_path))

@@ -74,7 +74,9 @@ class StringIndexerModel(Stage):
         for name, out, labels in zip(self.ins, self.outs, self.labels, strict=True):
             col = frame.col(name, self, STRING)
             array = pa.array(col.values, type=pa.string(), mask=col.null)
-            index = pc.index_in(array, value_set=labels)
+            # skip_nulls: Spark checks null before its label lookup, so a null never matches a null
+            # label (pyspark's from_arrays_of_labels pads shorter label lists with null)
+            index = pc.index_in(array, value_set=labels, skip_nulls=True)
             invalid = np.asarray(index.is_null())
             if self.handle == "skip" and col.origin is not None and _floating(col):
                 invalid |= np.asarray(pc.equal(array, "NaN").fill_null(False))
@@ -101,7 +103,7 @@ def _upstream_labels(meta: StageMeta, column: str) -> list[str] | None:
     if parent.short_class != "PipelineModel" or not isinstance(uids, list) or meta.uid not in uids:
         return None
     found = None
-    for folder in stage_dirs(pipeline, uids[:uids.index(meta.uid)]):
+    for folder in stage_dirs(pipeline, uids)[:uids.index(meta.uid)]:
         earlier = read_meta(folder)
         if earlier.short_class == "StringIndexerModel":
             labels = StringIndexerModel(earlier).output_labels(column)
@@ -114,8 +116,9 @@ class IndexToString(Stage):
     """Indices back to labels: the ``labels`` param, else the labels of the StringIndexerModel
     upstream that wrote the input column (Spark reads them from that column's metadata).
 
-    As Spark's ``index.toInt``: a fraction is truncated and NaN is index 0; null stays null; an
-    index outside the labels fails the row (Spark has no ``handleInvalid`` here).
+    As Spark 4 computes it (the index cast to an int in SQL, then looked up): a fraction is
+    truncated toward zero (-0.5 names label 0); null, NaN, an infinity and an index outside the
+    labels fail the row (Spark raises for each; this stage has no ``handleInvalid``).
     """
 
     spark_classes = ("IndexToString",)
@@ -141,19 +144,17 @@ class IndexToString(Stage):
 
     def transform(self, frame: Frame) -> None:
         col = frame.col(self.inp, self, NUMBER)
-        null = col.nulls()
-        values = col.values
+        null, values = col.nulls(), col.values
         with np.errstate(invalid="ignore"):
-            index = np.trunc(np.where(np.isnan(values), 0.0, values))
-        invalid = ~null & ((index < 0) | (index >= len(self.labels)))
+            index = np.trunc(values)
+            invalid = null | np.isnan(values) | ~((index >= 0) & (index < len(self.labels)))
         if invalid.any():
             frame.flag(invalid, self.inp, lambda row: (
-                f"column '{self.inp}' is {values[row]!r}, an index with no label "
-                f"(IndexToString knows {len(self.labels)})"))
-        picks = np.where(invalid | null, 0, index).astype(np.int64)
-        out = self.labels[picks]
-        out[null] = None
-        frame.cols[self.out] = Col(STRING, out, null.copy() if null.any() else None)
+                f"column '{self.inp}' is {'null' if null[row] else repr(values[row])}, not an index among "
+                f"the {len(self.labels)} labels of IndexToString"))
+        out = self.labels[np.where(invalid, 0, index).astype(np.int64)]
+        out[invalid] = None
+        frame.cols[self.out] = Col(STRING, out, invalid.copy() if invalid.any() else None)
 
 
 @register
