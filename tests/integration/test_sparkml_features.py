@@ -7,7 +7,10 @@ transform params, labels given directly) and Spark scores each model it already 
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,8 @@ import pytest
 
 pytest.importorskip("pyspark")
 
-from lakeinfer.errors import BadRecordError  # noqa: E402
+from lakeinfer.errors import BadRecordError, ModelLoadError  # noqa: E402
+from lakeinfer.models.sparkml import SparkMLModel  # noqa: E402
 from tests import sparkml_helpers  # noqa: E402
 from tests.sparkml_helpers import ID, assert_same, frame_of, local_scores  # noqa: E402
 
@@ -33,11 +37,13 @@ TRAIN_CATEGORIES = [
 
 
 def saved(stages: list[Any], path: Path) -> tuple[Any, Path]:
-    """A PipelineModel of fitted stages, saved under ``path``."""
+    """A PipelineModel of fitted stages, saved under ``path``; the reader knows each of its params."""
     from pyspark.ml import PipelineModel
 
     model = PipelineModel(stages)
     model.write().overwrite().save(str(path))
+    notes = SparkMLModel(str(path)).signature.extra.get("notes")
+    assert not notes, f"params the reader does not know: {notes}"
     return model, path
 
 
@@ -205,3 +211,33 @@ def test_error_keeps_null_where_spark_keeps_it(spark, error_model: tuple[Any, Pa
             {**CLEAN, "x": 2.0, "q": 0.0}, {**CLEAN, "x": 0.0, "y": 0.0, "q": 1.7}]
     df = frame_of(spark, rows, INVALID)
     assert_same(spark_rows(model, df), local_scores(path, df, tmp_path))
+
+
+def _edit_stage(folder: Path, stage_class: str, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Rewrite the metadata of the stage of ``stage_class`` in the saved PipelineModel ``folder``."""
+    for part in folder.glob("stages/*_*/metadata/part-*"):
+        meta = json.loads(part.read_text().splitlines()[0])
+        if meta["class"].endswith("." + stage_class):
+            edit(meta)
+            part.write_text(json.dumps(meta) + "\n")
+            return
+    raise AssertionError(f"no {stage_class} stage in {folder}")
+
+
+@pytest.mark.parametrize(("stage_class", "edit", "named"), [
+    ("IndexToString", lambda m: m["paramMap"].pop("labels"), "labels"),  # and no StringIndexer wrote 'q'
+    ("Bucketizer", lambda m: m["paramMap"].update(handleInvalid="clip"), "handleInvalid"),
+    ("OneHotEncoderModel", lambda m: m["paramMap"].update(handleInvalid="skip"), "handleInvalid"),
+    ("VectorAssembler", lambda m: m["paramMap"].update(outputSparse=True), "outputSparse"),  # a newer Spark's
+])
+def test_load_refuses_what_it_cannot_compute(error_model: tuple[Any, Path], tmp_path: Path, stage_class: str,
+                                             edit: Callable[[dict[str, Any]], None], named: str) -> None:
+    """A param that would change the transform and that the reader does not implement fails the
+    load with one line naming it, rather than being ignored."""
+    folder = tmp_path / "edited"
+    shutil.copytree(error_model[1], folder)
+    assert not SparkMLModel(str(folder)).signature.extra.get("notes")  # as saved: every param known
+    _edit_stage(folder, stage_class, edit)
+    with pytest.raises(ModelLoadError) as refused:
+        SparkMLModel(str(folder))
+    assert named in str(refused.value) and "\n" not in str(refused.value)

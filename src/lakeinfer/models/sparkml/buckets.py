@@ -9,7 +9,7 @@ import pyarrow as pa
 from ...errors import ModelLoadError
 from ._reader import StageMeta
 from ._stage import NUMBER, Col, Frame, Stage, register
-from .features import columns
+from .features import choice, columns
 
 __all__ = ["Bucketizer", "ImputerModel"]
 
@@ -91,7 +91,7 @@ class Bucketizer(Stage):
         for splits in self.splits:
             if len(splits) < 3 or not (np.diff(splits) > 0).all():
                 raise ModelLoadError(f"{self.name}: splits {splits.tolist()} are not 3 or more increasing values")
-        self.handle = str(self.param("handleInvalid", "error"))
+        self.handle = choice(self, "handleInvalid", ("error", "skip", "keep"))
 
     def inputs(self) -> dict[str, str]:
         return dict.fromkeys(self.ins, NUMBER)

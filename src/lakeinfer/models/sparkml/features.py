@@ -13,7 +13,7 @@ from ...errors import ModelLoadError
 from ._reader import StageMeta, read_meta, stage_dirs
 from ._stage import NUMBER, STRING, VECTOR, Col, Frame, Stage, register
 
-__all__ = ["IndexToString", "OneHotEncoderModel", "StringIndexerModel", "VectorAssembler", "columns"]
+__all__ = ["IndexToString", "OneHotEncoderModel", "StringIndexerModel", "VectorAssembler", "choice", "columns"]
 
 # The label Spark's StringIndexerModel puts last in its output column's metadata under
 # handleInvalid='keep', so that an IndexToString downstream names the extra index.
@@ -27,6 +27,15 @@ def columns(stage: Stage, single: str, multi: str) -> list[str]:
         return list(many)
     one = stage.param(single)
     return [one] if one else []
+
+
+def choice(stage: Stage, param: str, allowed: tuple[str, ...]) -> str:
+    """A string param that must be one of ``allowed`` (the first is Spark's default)."""
+    value = str(stage.param(param, allowed[0]))
+    if value not in allowed:
+        raise ModelLoadError(f"{stage.name}: {param} = {value!r} is not one this reader knows "
+                             f"({', '.join(allowed)}); score this model with --engine spark")
+    return value
 
 
 def _floating(col: Col) -> bool:
@@ -55,7 +64,7 @@ class StringIndexerModel(Stage):
         if labels is None or len(labels) != len(self.ins):
             raise ModelLoadError(f"{self.name}: stored labels do not match its {len(self.ins)} input columns")
         self.labels = [pa.array(list(ls), type=pa.string()) for ls in labels]
-        self.handle = str(self.param("handleInvalid", "error"))
+        self.handle = choice(self, "handleInvalid", ("error", "skip", "keep"))
 
     def inputs(self) -> dict[str, str]:
         return dict.fromkeys(self.ins, STRING)
@@ -176,7 +185,7 @@ class OneHotEncoderModel(Stage):
         self.sizes = [int(s) for s in meta.data().to_pylist()[0]["categorySizes"]]
         if len(self.sizes) != len(self.ins):
             raise ModelLoadError(f"{self.name}: {len(self.sizes)} category sizes for {len(self.ins)} columns")
-        self.keep = str(self.param("handleInvalid", "error")) == "keep"
+        self.keep = choice(self, "handleInvalid", ("error", "keep")) == "keep"
         drop_last = bool(self.param("dropLast", True))
         extra = (0 if drop_last else 1) if self.keep else (-1 if drop_last else 0)
         self.widths = [s + extra for s in self.sizes]
@@ -222,7 +231,7 @@ class VectorAssembler(Stage):
         super().__init__(meta)
         self.ins = list(self.param("inputCols") or [])
         self.out = str(self.param("outputCol"))
-        self.handle = str(self.param("handleInvalid", "error"))
+        self.handle = choice(self, "handleInvalid", ("error", "skip", "keep"))
 
     def inputs(self) -> dict[str, str]:
         return dict.fromkeys(self.ins, "")
