@@ -62,11 +62,13 @@ def spark_scores(spark: Any, model: Path, df: Any) -> pd.DataFrame:
     from pyspark.ml import PipelineModel
     from pyspark.ml.functions import vector_to_array
     from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql.functions import when
 
     out = PipelineModel.load(str(model)).transform(df)
     added = [f for f in out.schema.fields if f.name not in df.columns]
-    cols = [out[ID]] + [vector_to_array(out[f.name]).alias(f.name) if isinstance(f.dataType, VectorUDT)
-                        else out[f.name] for f in added]
+    # vector_to_array fails on a null vector (a one-hot of null), so null stays null around it
+    cols = [out[ID]] + [when(out[f.name].isNotNull(), vector_to_array(out[f.name])).alias(f.name)
+                        if isinstance(f.dataType, VectorUDT) else out[f.name] for f in added]
     return out.select(*cols).toPandas().sort_values(ID).reset_index(drop=True)
 
 

@@ -51,11 +51,13 @@ def spark_rows(model: Any, df: Any) -> pd.DataFrame:
     """Spark's transform of ``df`` by the model it holds: the id and every column it added."""
     from pyspark.ml.functions import vector_to_array
     from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql.functions import when
 
     out = model.transform(df)
     added = [f for f in out.schema.fields if f.name not in df.columns]
-    cols = [out[ID]] + [vector_to_array(out[f.name]).alias(f.name) if isinstance(f.dataType, VectorUDT)
-                        else out[f.name] for f in added]
+    # vector_to_array fails on a null vector (a one-hot of null), so null stays null around it
+    cols = [out[ID]] + [when(out[f.name].isNotNull(), vector_to_array(out[f.name])).alias(f.name)
+                        if isinstance(f.dataType, VectorUDT) else out[f.name] for f in added]
     return out.select(*cols).toPandas().sort_values(ID).reset_index(drop=True)
 
 
@@ -93,14 +95,17 @@ SCORE_NUMBERS = TRAIN_NUMBERS + [
     {"a": -0.0, "b": INF, "k": 5.0, "z": -2.0, "n": 3},
     {"a": 0.0, "b": 0.0, "k": 0.0, "z": 0.0, "n": 0},  # a zero vector: the norm leaves it as it is
     {"a": 1.5, "b": -INF, "k": 5.0, "z": 0.0, "n": 2},
+    {"a": 2.5, "b": 0.0, "k": 5.0, "z": 0.0, "n": 8},
 ]
 
 
 def test_scalers_imputer_buckets(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """StandardScaler (each withMean/withStd, a constant feature: std 0), MinMaxScaler (constant
     feature, other min/max), MaxAbsScaler (an all-zero feature), Normalizer (p = 1, 2, 3, inf),
-    PCA, Imputer (mean/median/mode, missingValue, a long column), QuantileDiscretizer and a
-    Bucketizer over several columns with keep: NaN, null, infinities and -0.0 in the rows."""
+    PCA, Imputer (mean/median/mode, missingValue, a long column), QuantileDiscretizer, a
+    Bucketizer over several columns and OneHotEncoder with keep (fractions, negatives, NaN, null),
+    VectorAssembler over a null vector and a vector holding NaN: NaN, null, infinities and -0.0
+    in the rows."""
     from pyspark.ml.feature import (
         PCA,
         Bucketizer,
@@ -108,6 +113,7 @@ def test_scalers_imputer_buckets(spark, tmp_path: Path) -> None:  # type: ignore
         MaxAbsScaler,
         MinMaxScaler,
         Normalizer,
+        OneHotEncoder,
         QuantileDiscretizer,
         StandardScaler,
         VectorAssembler,
@@ -118,6 +124,9 @@ def test_scalers_imputer_buckets(spark, tmp_path: Path) -> None:  # type: ignore
     vectors = assemble.transform(train)
     standard = StandardScaler(inputCol="v", outputCol="std", withMean=True).fit(vectors)
     minmax = MinMaxScaler(inputCol="v", outputCol="mm").fit(vectors)
+    # indices in [0, 3) and [0, 8): -3, 2.5, 4, NaN and -1 are invalid, 1.5 a fraction, null gives null
+    hot = OneHotEncoder(inputCols=["a", "n"], outputCols=["a_hot", "n_hot"], handleInvalid="keep").fit(
+        frame_of(spark, [{"a": 0.0, "n": 0}, {"a": 2.0, "n": 7}], "a double, n long"))
     imputers = [Imputer(inputCols=["a", "n"], outputCols=[f"a_{s}", f"n_{s}"], strategy=s).fit(train)
                 for s in ("mean", "median", "mode")]
     stages = [
@@ -133,6 +142,10 @@ def test_scalers_imputer_buckets(spark, tmp_path: Path) -> None:  # type: ignore
         QuantileDiscretizer(numBuckets=3, inputCol="b", outputCol="b_q", handleInvalid="keep").fit(train),
         Bucketizer(splitsArray=[[-INF, -1.0, 0.0, 1.5, INF], [-INF, 0.0, 5.0, 7.0]], inputCols=["a", "k"],
                    outputCols=["a_b", "k_b"], handleInvalid="keep"),
+        hot, hot.copy({hot.dropLast: False, hot.outputCols: ["a_hot_all", "n_hot_all"]}),
+        # a null vector (one-hot of a null) and NaN inside a vector, assembled again
+        VectorAssembler(inputCols=["v", "a_hot"], outputCol="again", handleInvalid="keep"),
+        VectorAssembler(inputCols=["v", "b"], outputCol="again_error"),
     ]
     model, path = saved(stages, tmp_path / "numbers")
     df = frame_of(spark, SCORE_NUMBERS, NUMBERS)
