@@ -28,11 +28,12 @@ spark = sparkml_helpers.spark  # the one Spark session of the run
 
 NAN, INF = math.nan, math.inf
 
-CATEGORIES = "s string, t string, n long, d double"
+CATEGORIES = "s string, t string, n long, d double, f float"
 TRAIN_CATEGORIES = [
-    {"s": s, "t": t, "n": n, "d": d}
-    for s, t, n, d in [("a", "x", 1, 0.5), ("b", "y", 2, 1.5), ("a", "y", 2, 0.5), ("c", "x", 3, 1.0e7),
-                       ("b", "z", 1, 0.5), ("a", "x", 2, 2.0), ("c", "y", 3, 1.5), ("d", "x", 1, NAN)]
+    {"s": s, "t": t, "n": n, "d": d, "f": f}
+    for s, t, n, d, f in [("a", "x", 1, 0.5, 0.1), ("b", "y", 2, 1.5, 1e8), ("a", "y", 2, 0.5, 0.1),
+                          ("c", "x", 3, 1.0e7, 2.5), ("b", "z", 1, 0.5, -0.0), ("a", "x", 2, 2.0, 2.5),
+                          ("c", "y", 3, 1.5, 0.1), ("d", "x", 1, NAN, 0.0)]
 ]
 
 
@@ -62,7 +63,8 @@ def spark_rows(model: Any, df: Any) -> pd.DataFrame:
 
 
 def test_string_indexer_orders_and_keep(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Every stringOrderType; numeric columns cast to strings as Spark casts them (1.0E7, NaN);
+    """Every stringOrderType; numeric columns cast to strings as Spark casts them (1.0E7, NaN, a
+    float's 0.1 and 1.0E8, -0.0 apart from 0.0);
     under keep, nulls and unseen labels take the extra index, which an IndexToString without
     labels names from the indexer upstream ('__unknown'); OneHotEncoder keep, with and without
     dropLast."""
@@ -72,7 +74,7 @@ def test_string_indexer_orders_and_keep(spark, tmp_path: Path) -> None:  # type:
     orders = ["frequencyDesc", "frequencyAsc", "alphabetDesc", "alphabetAsc"]
     stages: list[Any] = [StringIndexer(inputCol="s", outputCol=f"s_{o}", stringOrderType=o) for o in orders]
     stages += [
-        StringIndexer(inputCols=["t", "n", "d"], outputCols=["ti", "ni", "di"], handleInvalid="keep"),
+        StringIndexer(inputCols=["t", "n", "d", "f"], outputCols=["ti", "ni", "di", "fi"], handleInvalid="keep"),
         IndexToString(inputCol="ti", outputCol="t_back"),
         IndexToString(inputCol="s_alphabetAsc", outputCol="s_named", labels=["A", "B", "C", "D", "E"]),
         OneHotEncoder(inputCols=["ti", "ni"], outputCols=["t_hot", "n_hot"], handleInvalid="keep"),
@@ -80,18 +82,20 @@ def test_string_indexer_orders_and_keep(spark, tmp_path: Path) -> None:  # type:
     ]
     fitted = Pipeline(stages=stages).fit(frame_of(spark, TRAIN_CATEGORIES, CATEGORIES))
     model, path = saved(fitted.stages, tmp_path / "orders")
-    rows = TRAIN_CATEGORIES + [{"s": "a", "t": "w", "n": 9, "d": 3.0}, {"s": "b", "t": None, "n": None, "d": None},
-                               {"s": "c", "t": "x", "n": 3, "d": NAN}]
+    rows = TRAIN_CATEGORIES + [{"s": "a", "t": "w", "n": 9, "d": 3.0, "f": 0.2},
+                               {"s": "b", "t": None, "n": None, "d": None, "f": None},
+                               {"s": "c", "t": "x", "n": 3, "d": NAN, "f": NAN}]
     df = frame_of(spark, rows, CATEGORIES)
     assert_same(spark_rows(model, df), local_scores(path, df, tmp_path))
 
 
-NUMBERS = "a double, b double, k double, z double, n long"
-TRAIN_NUMBERS = [{"a": a, "b": b, "k": 5.0, "z": 0.0, "n": n}
-                 for a, b, n in [(1.0, -2.0, 1), (2.5, 0.5, 4), (-3.0, 4.0, 4), (0.25, 1.0, 2), (4.0, -1.5, 7)]]
+NUMBERS = "a double, b double, k double, z double, n long, f float"
+TRAIN_NUMBERS = [{"a": a, "b": b, "k": 5.0, "z": 0.0, "n": n, "f": f}
+                 for a, b, n, f in [(1.0, -2.0, 1, 0.1), (2.5, 0.5, 4, 0.7), (-3.0, 4.0, 4, 0.7), (0.25, 1.0, 2, 1.3),
+                                    (4.0, -1.5, 7, 2.9)]]
 SCORE_NUMBERS = TRAIN_NUMBERS + [
-    {"a": NAN, "b": 1.0, "k": 5.0, "z": 0.0, "n": None},  # NaN in a vector; a null long imputed
-    {"a": None, "b": 2.0, "k": 7.0, "z": 3.0, "n": -1},  # null assembled as NaN; -1: a missingValue
+    {"a": NAN, "b": 1.0, "k": 5.0, "z": 0.0, "n": None, "f": NAN},  # NaN in a vector; a null long imputed
+    {"a": None, "b": 2.0, "k": 7.0, "z": 3.0, "n": -1, "f": None},  # null assembled as NaN; -1: a missingValue
     {"a": -0.0, "b": INF, "k": 5.0, "z": -2.0, "n": 3},
     {"a": 0.0, "b": 0.0, "k": 0.0, "z": 0.0, "n": 0},  # a zero vector: the norm leaves it as it is
     {"a": 1.5, "b": -INF, "k": 5.0, "z": 0.0, "n": 2},
@@ -102,7 +106,7 @@ SCORE_NUMBERS = TRAIN_NUMBERS + [
 def test_scalers_imputer_buckets(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """StandardScaler (each withMean/withStd, a constant feature: std 0), MinMaxScaler (constant
     feature, other min/max), MaxAbsScaler (an all-zero feature), Normalizer (p = 1, 2, 3, inf),
-    PCA, Imputer (mean/median/mode, missingValue, a long column), QuantileDiscretizer, a
+    PCA, Imputer (mean/median/mode, missingValue, a long and a float column), QuantileDiscretizer, a
     Bucketizer over several columns and OneHotEncoder with keep (fractions, negatives, NaN, null),
     VectorAssembler over a null vector and a vector holding NaN: NaN, null, infinities and -0.0
     in the rows."""
@@ -127,7 +131,7 @@ def test_scalers_imputer_buckets(spark, tmp_path: Path) -> None:  # type: ignore
     # indices in [0, 3) and [0, 8): -3, 2.5, 4, NaN and -1 are invalid, 1.5 a fraction, null gives null
     hot = OneHotEncoder(inputCols=["a", "n"], outputCols=["a_hot", "n_hot"], handleInvalid="keep").fit(
         frame_of(spark, [{"a": 0.0, "n": 0}, {"a": 2.0, "n": 7}], "a double, n long"))
-    imputers = [Imputer(inputCols=["a", "n"], outputCols=[f"a_{s}", f"n_{s}"], strategy=s).fit(train)
+    imputers = [Imputer(inputCols=["a", "n", "f"], outputCols=[f"a_{s}", f"n_{s}", f"f_{s}"], strategy=s).fit(train)
                 for s in ("mean", "median", "mode")]
     stages = [
         assemble,
@@ -138,7 +142,7 @@ def test_scalers_imputer_buckets(spark, tmp_path: Path) -> None:  # type: ignore
         *[Normalizer(inputCol="v", outputCol=f"norm_{i}", p=p) for i, p in enumerate((1.0, 2.0, 3.0, INF))],
         PCA(k=2, inputCol="v", outputCol="pca").fit(vectors),
         *imputers,
-        imputers[0].copy({imputers[0].missingValue: -1.0, imputers[0].outputCols: ["a_minus", "n_minus"]}),
+        imputers[0].copy({imputers[0].missingValue: -1.0, imputers[0].outputCols: ["a_minus", "n_minus", "f_minus"]}),
         QuantileDiscretizer(numBuckets=3, inputCol="b", outputCol="b_q", handleInvalid="keep").fit(train),
         Bucketizer(splitsArray=[[-INF, -1.0, 0.0, 1.5, INF], [-INF, 0.0, 5.0, 7.0]], inputCols=["a", "k"],
                    outputCols=["a_b", "k_b"], handleInvalid="keep"),
