@@ -38,11 +38,6 @@ def choice(stage: Stage, param: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def _floating(col: Col) -> bool:
-    """Whether a column came from floating point numbers, where Spark's ``na.drop`` also drops NaN."""
-    return col.origin is None or pa.types.is_floating(col.origin)
-
-
 @register
 class StringIndexerModel(Stage):
     """Labels to indices in the stored order (``labelsArray``; ``labels`` before Spark 3.0).
@@ -87,7 +82,7 @@ class StringIndexerModel(Stage):
             # label (pyspark's from_arrays_of_labels pads shorter label lists with null)
             index = pc.index_in(array, value_set=labels, skip_nulls=True)
             invalid = np.asarray(index.is_null())
-            if self.handle == "skip" and col.origin is not None and _floating(col):
+            if self.handle == "skip" and col.origin is not None and pa.types.is_floating(col.origin):
                 invalid |= np.asarray(pc.equal(array, "NaN").fill_null(False))
             values = np.asarray(index.fill_null(len(labels)).to_numpy(zero_copy_only=False), dtype=np.float64)
             if invalid.any() and self.handle != "keep":
