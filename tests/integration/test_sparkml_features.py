@@ -161,12 +161,12 @@ CLEAN = {"s": "a", "d": 0.5, "x": 0.5, "y": -1.0, "w": 2.0, "q": 1.0}
 # One bad value each: (column, value); where it fails or is dropped depends on handleInvalid.
 BAD: list[tuple[str, Any]] = [("s", "zz"), ("s", None), ("d", NAN), ("d", 9.5), ("x", NAN), ("x", None), ("y", None),
        ("w", NAN), ("w", None)]
-# No skip for these: OneHotEncoder and IndexToString have none, Bucketizer fails out of its splits.
 # Spark takes these under 'error': a null number is bucketed as null, NaN in a double column is the
 # label "NaN" (while 'skip' drops it, as Spark's na.drop does).
 KEPT_UNDER_ERROR: list[tuple[str, Any]] = [("y", None), ("d", NAN)]
 # Each Spark job costs a second: under error, a null 'w' fails as the null 'x' does (VectorAssembler).
 ALIKE_UNDER_ERROR: list[tuple[str, Any]] = [("w", None)]
+# No skip for these: OneHotEncoder and IndexToString have none, Bucketizer fails out of its splits.
 ERROR_ONLY: list[tuple[str, Any]] = [("q", -1.0), ("q", NAN), ("q", 3.0), ("q", None), ("x", 2.5), ("x", -0.0)]
 
 
@@ -192,11 +192,13 @@ def invalid_model(spark: Any, handle: str, path: Path) -> tuple[Any, Path]:
 
 
 def test_skip_drops_the_rows_spark_drops(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Under skip, Spark drops nulls, NaN of float columns (even a NaN label) and unseen labels;
+    the local engine drops the same rows, under on_error='skip' and under the default 'fail'."""
     model, path = invalid_model(spark, "skip", tmp_path / "skip")
     rows = [CLEAN] + [{**CLEAN, column: value} for column, value in BAD] + [{**CLEAN, "q": 2.0, "x": 1.0}]
     df = frame_of(spark, rows, INVALID)
     expected = spark_rows(model, df)
-    assert len(expected) < len(rows)
+    assert expected[ID].tolist() == [0, len(rows) - 1]  # Spark dropped each row with a bad value
     assert_same(expected, local_scores(path, df, tmp_path, on_error="skip"))
     # Rows Spark drops are no bad records: on_error='fail' drops them too and fails on none.
     assert_same(expected, local_scores(path, df, tmp_path))
