@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -69,18 +68,20 @@ def spark_scores(spark: Any, model: Path, df: Any) -> pd.DataFrame:
     from pyspark.ml import PipelineModel
     from pyspark.ml.functions import vector_to_array
     from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql.functions import when
 
     out = PipelineModel.load(str(model)).transform(df)
     added = [f for f in out.schema.fields if f.name not in df.columns]
-    cols = [out[ID]] + [vector_to_array(out[f.name]).alias(f.name) if isinstance(f.dataType, VectorUDT)
-                        else out[f.name] for f in added]
+    # vector_to_array fails on a null vector (a one-hot of null), so null stays null around it
+    cols = [out[ID]] + [when(out[f.name].isNotNull(), vector_to_array(out[f.name])).alias(f.name)
+                        if isinstance(f.dataType, VectorUDT) else out[f.name] for f in added]
     return out.select(*cols).toPandas().sort_values(ID).reset_index(drop=True)
 
 
 def local_scores(model: Path, df: Any, tmp_path: Path, *, on_error: str = "fail") -> pd.DataFrame:
     """lakeinfer's local engine over the same rows (written to Parquet by Spark's own schema)."""
     source = tmp_path / f"in-{model.name}"
-    table = pa.Table.from_pandas(df.toPandas(), preserve_index=False)
+    table = df.toArrow()  # not via pandas, which turns a long column holding null into doubles
     source.mkdir(exist_ok=True)
     pq.write_table(table, source / "part-0.parquet")
     out = tmp_path / f"out-{model.name}-{on_error}"

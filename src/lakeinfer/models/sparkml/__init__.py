@@ -20,7 +20,7 @@ from ...schema import Signature, TensorSpec
 from .._base import Model
 from .._frame import STRING as TEXT
 from .._frame import FeatureKinds
-from . import features, linear, scalers, trees  # noqa: F401  (each registers its stages)
+from . import buckets, features, linear, scalers, trees  # noqa: F401  (each registers its stages)
 from ._reader import StageMeta, read_meta, stage_dirs
 from ._stage import NUMBER, STRING, VECTOR, Col, Frame, Stage, column_from_arrow, stage_class
 

@@ -74,8 +74,9 @@ def read_meta(folder: str) -> StageMeta:
 def stage_dirs(folder: str, uids: list[str]) -> list[str]:
     """The folders of a PipelineModel's stages, in order (``stages/<index>_<uid>``)."""
     out = []
+    digits = len(str(len(uids)))  # Spark pads the index to the digits of the stage count: 00_ .. 11_
     for index, uid in enumerate(uids):
-        path = os.path.join(folder, "stages", f"{index}_{uid}")
+        path = os.path.join(folder, "stages", f"{index:0{digits}d}_{uid}")
         if not os.path.isdir(path):
             raise ModelLoadError(f"{folder}: stage {index} ({uid}) has no folder {path}")
         out.append(path)

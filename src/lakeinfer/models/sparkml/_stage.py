@@ -45,6 +45,9 @@ class Col:
     kind: str
     values: np.ndarray
     null: np.ndarray | None = None
+    # The Arrow type of the input column a number (or a number cast to a string) came from: some
+    # stages give back the input's own type (Imputer) or drop NaN only in floating columns.
+    origin: pa.DataType | None = None
 
     @property
     def width(self) -> int:
@@ -204,11 +207,11 @@ def column_from_arrow(array: pa.Array, name: str, want: str) -> Col:
         return Col(STRING, np.asarray(array.to_numpy(zero_copy_only=False), dtype=object), null)
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
         if want == STRING:  # Spark casts a number to its string form before indexing it
-            return Col(STRING, np.asarray(_spark_strings(array), dtype=object), null)
+            return Col(STRING, _spark_strings(array), null, kind)
         if want == VECTOR:
             raise StageError(f"column '{name}' holds numbers; the pipeline needs a vector there")
         values = pc.fill_null(array.cast(pa.float64()), np.nan) if array.null_count else array.cast(pa.float64())
-        return Col(NUMBER, np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64), null)
+        return Col(NUMBER, np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64), null, kind)
     raise StageError(f"column '{name}' has type {kind}, which no Spark ML stage here reads")
 
 
@@ -230,24 +233,34 @@ def _matrix(array: pa.Array, name: str) -> np.ndarray:
     return values.reshape(rows, width)
 
 
-def _spark_strings(array: pa.Array) -> list[str | None]:
-    """Numbers as Spark's CAST(... AS STRING) writes them: integers plainly, doubles with '.0'."""
-    if pa.types.is_integer(array.type):
-        return [None if v is None else str(v) for v in array.to_pylist()]
-    if pa.types.is_boolean(array.type):
-        return [None if v is None else str(v).lower() for v in array.to_pylist()]
-    return [None if v is None else _double_string(float(v)) for v in array.to_pylist()]
+def _spark_strings(array: pa.Array) -> np.ndarray:
+    """Numbers as Spark's CAST(... AS STRING) writes them: integers plainly, doubles and floats as
+    Java's Double/Float.toString (with '.0', 1.0E7). Each distinct value is formatted once."""
+    if pa.types.is_integer(array.type) or pa.types.is_boolean(array.type):  # Arrow writes 12, true
+        return np.asarray(array.cast(pa.string()).to_numpy(zero_copy_only=False), dtype=object)
+    single = pa.types.is_float32(array.type)
+    values = np.asarray(pc.fill_null(array.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False),
+                        dtype=np.float64)
+    # distinct bit patterns, not values: -0.0 and 0.0 are written apart
+    bits, inverse = np.unique(values.view(np.int64), return_inverse=True)
+    texts = np.asarray([_java_string(float(v), single=single) for v in bits.view(np.float64)], dtype=object)
+    out = texts[inverse.reshape(-1)]
+    if array.null_count:
+        out[np.asarray(array.is_null())] = None
+    return out
 
 
-def _double_string(value: float) -> str:
-    """Java's Double.toString: plain between 1e-3 and 1e7, else scientific (1.0E7, 5.0E-4)."""
+def _java_string(value: float, *, single: bool = False) -> str:
+    """Java's Double.toString (Float.toString for a float column): the shortest digits that
+    read back to the value, plain between 1e-3 and 1e7, else scientific (1.0E7, 5.0E-4)."""
     if value != value:
         return "NaN"
     if value in (float("inf"), float("-inf")):
         return "Infinity" if value > 0 else "-Infinity"
+    shortest = str(np.float32(value)) if single else repr(value)
     if value == 0 or 1e-3 <= abs(value) < 1e7:
-        return repr(value)  # Python's repr is plain in this range too
-    sign, digits, exponent = Decimal(repr(value)).normalize().as_tuple()
+        return shortest  # Python's and numpy's shortest forms are plain in this range too
+    sign, digits, exponent = Decimal(shortest).normalize().as_tuple()
     text = "".join(map(str, digits))
     power = int(exponent) + len(text) - 1
     return f"{'-' if sign else ''}{text[0]}.{text[1:] or '0'}E{power}"
