@@ -181,7 +181,7 @@ class ModelStep(Transformer):
         valid = pa.array(~bad.mask)
         good = batch.filter(valid)
         outputs = self.model.predict(good)
-        if self.on_error == "skip":
+        if self.on_error in ("skip", "fail"):  # under fail, every bad row left is one the model drops
             return _append(good, outputs)
         # null: one output row per input row, null where the input was bad
         positions = np.cumsum(~bad.mask) - 1
