@@ -73,25 +73,24 @@ class SparkMLModel(Model):
     def __init__(self, path: str) -> None:
         metas = _flatten(path)
         self.stages: list[Stage] = [stage_class(m)(m) for m in metas]
-        inputs: dict[str, str] = {}
+        seen: dict[str, tuple[str, list[str] | None]] = {}  # raw input -> (kind, outputs if skippable)
         added: dict[str, str] = {}
-        optional: dict[str, tuple[str, list[str]]] = {}  # input -> (kind, the outputs it alone gives)
         for stage in self.stages:
             skippable = stage.optional()
             for name, kind in stage.inputs().items():
-                if name in added or name in inputs or name in optional:
-                    continue
-                if name in skippable:
-                    optional[name] = (kind, skippable[name])
-                else:
-                    inputs[name] = kind
+                if name not in added and name not in seen:
+                    seen[name] = (kind, skippable.get(name))
             added.update(stage.outputs())
-        for name in [n for n in optional if n in added or any(n in s.inputs() and n not in s.optional()
-                                                              for s in self.stages)]:
-            inputs[name] = optional.pop(name)[0]  # another stage needs it: required after all
+        # only a label's indexer may be left out: its outputs are a later predictor's labelCol, which
+        # no stage reads when scoring; any other skippable input is required like the rest
+        labels = {s.param("labelCol") for s in self.stages if s.param("labelCol")}
+        read = {n for s in self.stages for n in s.inputs()}
+        optional = {n: (k, outs) for n, (k, outs) in seen.items()
+                    if outs is not None and set(outs) <= labels and not set(outs) & read}
+        inputs = {n: k for n, (k, _) in seen.items() if n not in optional}
         self._inputs = inputs
         self._optional = {n: kind for n, (kind, _) in optional.items()}
-        skipped = {out for _, outs in optional.values() for out in outs}
+        skipped = {out for _, outs in optional.values() for out in outs or ()}
         self._added = added
         shown = {n: k for n, k in added.items() if n not in skipped}
         versions = sorted({m.spark_version for m in metas})

@@ -74,8 +74,14 @@ class StringIndexerModel(Stage):
         labels = self.labels[self.outs.index(column)].to_pylist()
         return [*labels, UNKNOWN_LABEL] if self.handle == "keep" else labels
 
+    def optional(self) -> dict[str, list[str]]:
+        # Spark skips a column absent at scoring time (the label's indexer in a fitted pipeline)
+        return {name: [out] for name, out in zip(self.ins, self.outs, strict=True)}
+
     def transform(self, frame: Frame) -> None:
         for name, out, labels in zip(self.ins, self.outs, self.labels, strict=True):
+            if name not in frame.cols:
+                continue
             col = frame.col(name, self, STRING)
             array = pa.array(col.values, type=pa.string(), mask=col.null)
             # skip_nulls: Spark checks null before its label lookup, so a null never matches a null
