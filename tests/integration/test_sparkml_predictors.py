@@ -1,0 +1,175 @@
+"""Spark ML predictors read without a JVM give what Spark's own transform gives: linear models,
+naive Bayes, decision trees and tree ensembles, with thresholds, renamed or switched-off output
+columns, categorical splits and NaN features."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pyspark")
+
+from lakeinfer.errors import ModelLoadError  # noqa: E402
+from lakeinfer.models.sparkml import SparkMLModel  # noqa: E402
+from tests import sparkml_helpers  # noqa: E402
+from tests.sparkml_helpers import assert_same, fit_save, frame_of, local_scores, spark_scores  # noqa: E402
+
+spark = sparkml_helpers.spark  # the session fixture shared by the Spark ML tests
+
+SCHEMA = ("x1 double, x2 double, x3 double, b1 double, b2 double, cat string, yes double, kind double, "
+          "y double")
+NUMERIC = ["x1", "x2", "x3"]
+
+
+def _rows(n: int, seed: int) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        x1, x2, x3 = rng.normal(size=3)
+        cat = str(rng.choice(["a", "b", "c", "d"]))
+        score = x1 - 0.5 * x2 + (0.8 if cat in ("b", "d") else -0.4) + rng.normal(scale=0.5)
+        out.append({"x1": float(x1), "x2": float(x2), "x3": float(abs(x3)), "cat": cat,
+                    "b1": float(x1 > 0), "b2": float(x3 > 1.0),
+                    "yes": float(score > 0), "kind": float(0 if score < -0.5 else 1 if score < 0.7 else 2),
+                    "y": float(score * 3 + x3)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(spark):  # type: ignore[no-untyped-def]
+    train = _rows(240, 1)
+    score = _rows(60, 2)
+    # rows a tree sends somewhere particular: NaN features, an exact threshold comes later
+    score += [{**r, "x1": float("nan")} for r in score[:8]]
+    score += [{**r, "x2": float("nan"), "x1": float("nan")} for r in score[8:12]]
+    return frame_of(spark, train, SCHEMA), frame_of(spark, score, SCHEMA)
+
+
+def _assembled(inputs: list[str], est: Any, *, categorical: bool) -> list[Any]:
+    from pyspark.ml.feature import StringIndexer, VectorAssembler
+
+    stages: list[Any] = []
+    cols = list(inputs)
+    if categorical:  # the index goes straight into the vector: trees split on it as a category
+        stages.append(StringIndexer(inputCol="cat", outputCol="cat_ix"))
+        cols = ["cat_ix", *cols]
+    stages.append(VectorAssembler(inputCols=cols, outputCol="features", handleInvalid="keep"))
+    return [*stages, est]
+
+
+def _check(spark: Any, data: Any, tmp_path: Path, name: str, stages: list[Any], *, nan: bool) -> None:
+    train, score = data
+    if not nan:
+        score = score.na.drop()  # a NaN would only be NaN in NaN out for these models
+    model = fit_save(stages, train, tmp_path / name)
+    expected = spark_scores(spark, model, score)
+    assert_same(expected, local_scores(model, score, tmp_path))
+
+
+def _linear() -> dict[str, Callable[[], Any]]:
+    from pyspark.ml.classification import LinearSVC, LogisticRegression
+    from pyspark.ml.regression import LinearRegression
+
+    return {
+        "lr_binary": lambda: LogisticRegression(labelCol="yes", maxIter=20),
+        "lr_binary_threshold": lambda: LogisticRegression(labelCol="yes", maxIter=20, threshold=0.3),
+        "lr_binary_thresholds_no_raw": lambda: LogisticRegression(
+            labelCol="yes", maxIter=20, thresholds=[0.7, 0.3], rawPredictionCol=""),
+        "lr_binary_prediction_only": lambda: LogisticRegression(
+            labelCol="yes", maxIter=20, threshold=0.65, rawPredictionCol="", probabilityCol=""),
+        "lr_multinomial": lambda: LogisticRegression(labelCol="kind", maxIter=20, probabilityCol="p"),
+        "lr_multinomial_thresholds": lambda: LogisticRegression(
+            labelCol="kind", maxIter=20, thresholds=[0.5, 0.2, 0.3], predictionCol="label_hat"),
+        "lr_multinomial_binary": lambda: LogisticRegression(labelCol="yes", maxIter=20, family="multinomial"),
+        "linear_regression": lambda: LinearRegression(labelCol="y", regParam=0.1, elasticNetParam=0.5),
+        "linear_svc": lambda: LinearSVC(labelCol="yes", maxIter=20, threshold=0.25),
+        "linear_svc_prediction_only": lambda: LinearSVC(labelCol="yes", maxIter=20, rawPredictionCol=""),
+    }
+
+
+@pytest.mark.parametrize("name", [
+    "lr_binary", "lr_binary_threshold", "lr_binary_thresholds_no_raw", "lr_binary_prediction_only",
+    "lr_multinomial", "lr_multinomial_thresholds", "lr_multinomial_binary", "linear_regression",
+    "linear_svc", "linear_svc_prediction_only"])
+def test_linear_models_score_as_spark(spark, data, tmp_path: Path, name: str) -> None:  # type: ignore[no-untyped-def]
+    est = _linear()[name]()
+    _check(spark, data, tmp_path, name, _assembled(NUMERIC, est, categorical=True), nan=False)
+
+
+@pytest.mark.parametrize("kind", ["multinomial", "complement", "bernoulli", "gaussian"])
+def test_naive_bayes_scores_as_spark(spark, data, tmp_path: Path, kind: str) -> None:  # type: ignore[no-untyped-def]
+    from pyspark.ml.classification import NaiveBayes
+    from pyspark.ml.feature import StringIndexer, VectorAssembler
+
+    # naive Bayes needs counts (>= 0), or 0/1 for bernoulli
+    inputs = ["b1", "b2"] if kind == "bernoulli" else ["cat_ix", "x3", "b1"]
+    stages = [StringIndexer(inputCol="cat", outputCol="cat_ix"),
+              VectorAssembler(inputCols=inputs, outputCol="features"),
+              NaiveBayes(labelCol="kind", modelType=kind, smoothing=0.5)]
+    if kind == "multinomial":
+        stages[-1].setThresholds([0.3, 0.3, 0.4])
+    _check(spark, data, tmp_path, f"nb_{kind}", stages, nan=False)
+
+
+def _trees() -> dict[str, Callable[[], Any]]:
+    from pyspark.ml.classification import (
+        DecisionTreeClassifier,
+        GBTClassifier,
+        RandomForestClassifier,
+    )
+    from pyspark.ml.regression import DecisionTreeRegressor, GBTRegressor, RandomForestRegressor
+
+    return {
+        "dt_classifier": lambda: DecisionTreeClassifier(labelCol="kind", maxDepth=5),
+        "dt_classifier_prediction_only": lambda: DecisionTreeClassifier(
+            labelCol="kind", maxDepth=4, rawPredictionCol="", probabilityCol=""),
+        "dt_regressor_variance": lambda: DecisionTreeRegressor(labelCol="y", maxDepth=5, varianceCol="var"),
+        "rf_classifier": lambda: RandomForestClassifier(labelCol="kind", numTrees=12, maxDepth=4, seed=3),
+        "rf_classifier_thresholds": lambda: RandomForestClassifier(
+            labelCol="yes", numTrees=8, maxDepth=4, seed=5).setThresholds([0.3, 0.7]).setRawPredictionCol(""),
+        "rf_regressor": lambda: RandomForestRegressor(labelCol="y", numTrees=10, maxDepth=4, seed=4),
+        "gbt_classifier": lambda: GBTClassifier(labelCol="yes", maxIter=8, maxDepth=3, seed=6),
+        "gbt_classifier_prediction_only": lambda: GBTClassifier(
+            labelCol="yes", maxIter=6, maxDepth=3).setRawPredictionCol("").setProbabilityCol(""),
+        "gbt_regressor": lambda: GBTRegressor(labelCol="y", maxIter=8, maxDepth=3, seed=7),
+    }
+
+
+@pytest.mark.parametrize("name", ["dt_classifier", "dt_classifier_prediction_only", "dt_regressor_variance",
+                                  "rf_classifier", "rf_classifier_thresholds", "rf_regressor",
+                                  "gbt_classifier", "gbt_classifier_prediction_only", "gbt_regressor"])
+def test_trees_score_as_spark_with_categories_and_nan(spark, data, tmp_path: Path, name: str) -> None:  # type: ignore[no-untyped-def]
+    est = _trees()[name]()
+    _check(spark, data, tmp_path, name, _assembled(["x1", "x2"], est, categorical=True), nan=True)
+
+
+def test_a_split_at_its_threshold_goes_left_as_in_spark(spark, data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from pyspark.ml.regression import DecisionTreeRegressor
+
+    train, _ = data
+    stages = _assembled(["x1", "x2"], DecisionTreeRegressor(labelCol="y", maxDepth=4), categorical=False)
+    model = fit_save(stages, train, tmp_path / "dt_edges")
+    tree = SparkMLModel(str(model)).stages[-1]
+    thresholds = tree.forest.threshold[np.isfinite(tree.forest.threshold)]  # type: ignore[attr-defined]
+    assert len(thresholds)
+    # every stored threshold, exactly and a hair either side, on both features
+    values = [v for t in thresholds for v in (t, np.nextafter(t, -np.inf), np.nextafter(t, np.inf))]
+    rows = [{"x1": float(v), "x2": float(w), "x3": 1.0, "b1": 0.0, "b2": 1.0, "cat": "a", "yes": 0.0, "kind": 0.0, "y": 0.0}
+            for v, w in zip(values, values[::-1], strict=True)]
+    score = frame_of(spark, rows, SCHEMA)
+    assert_same(spark_scores(spark, model, score), local_scores(model, score, tmp_path))
+
+
+def test_a_set_leaf_column_is_refused_at_load(spark, data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from pyspark.ml.classification import DecisionTreeClassifier
+
+    train, _ = data
+    stages = _assembled(NUMERIC, DecisionTreeClassifier(labelCol="yes", maxDepth=2, leafCol="leaf"),
+                        categorical=False)
+    model = fit_save(stages, train, tmp_path / "dt_leaf")
+    with pytest.raises(ModelLoadError, match="leafCol"):
+        SparkMLModel(str(model))
