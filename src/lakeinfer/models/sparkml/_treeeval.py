@@ -15,8 +15,8 @@ import numpy as np
 
 __all__ = ["Forest", "Node", "build_forest"]
 
-# rows per chunk: a chunk's (rows x trees) node indices and gathered values stay in cache
-CHUNK = 4096
+# node indices and values gathered per chunk: (rows x trees) of them stay in the L2 cache
+CHUNK_CELLS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -33,41 +33,60 @@ class Node:
 
 @dataclass
 class Forest:
-    feature: np.ndarray  # int64 per node (0 for leaves)
-    threshold: np.ndarray  # float64 per node (+inf for leaves and categorical nodes)
-    child: np.ndarray  # int64 per node x 2: the left child at 2i, the right at 2i + 1
-    category: np.ndarray  # int64 per node: a row of left_table for a categorical split, else -1
+    """Flat node arrays of all trees, indexed by slot = 2 x global node id.
+
+    Both slots of a node hold its feature and threshold; ``next_slot[slot + go_left]`` is the
+    slot of the child to visit, so one level of every tree is seven array operations per
+    chunk: gather the feature, offset it into the row, gather the value, gather the threshold,
+    compare, add, gather the next slot.
+    """
+
+    feature: np.ndarray  # int64 per slot (0 for leaves)
+    threshold: np.ndarray  # float64 per slot (+inf for leaves and categorical nodes)
+    next_slot: np.ndarray  # int64 per slot: at 2i the right child's slot, at 2i + 1 the left's
+    category: np.ndarray  # int64 per slot: a row of left_table for a categorical split, else -1
     left_table: np.ndarray  # bool (categorical nodes, max category + 1): category goes left
-    roots: np.ndarray  # int64 per tree
+    roots: np.ndarray  # int64 per tree: the root's slot
     depth: int
     num_features: int
 
     def leaves(self, x: np.ndarray) -> np.ndarray:
         """The global node id of the leaf each row reaches in each tree: (rows, trees)."""
         rows = len(x)
-        out = np.empty((rows, len(self.roots)), dtype=np.int64)
+        trees = len(self.roots)
+        out = np.empty((rows, trees), dtype=np.int64)
         x = np.ascontiguousarray(x, dtype=np.float64)
-        for start in range(0, rows, CHUNK):
-            stop = min(rows, start + CHUNK)
-            out[start:stop] = self._chunk(x[start:stop])
+        chunk = max(16, CHUNK_CELLS // max(trees, 1))
+        width = x.shape[1] if x.ndim == 2 else 0
+        buffers = _Buffers(min(chunk, rows), trees)
+        flat = x.reshape(-1)
+        for start in range(0, rows, chunk):
+            stop = min(rows, start + chunk)
+            out[start:stop] = self._chunk(flat[start * width:stop * width], stop - start, width, buffers)
         return out
 
-    def _chunk(self, x: np.ndarray) -> np.ndarray:
-        rows, width = x.shape
-        flat = x.reshape(-1)
-        base = (np.arange(rows, dtype=np.int64) * width)[:, None]
-        node = np.broadcast_to(self.roots, (rows, len(self.roots))).copy()
+    def _chunk(self, flat: np.ndarray, rows: int, width: int, buf: _Buffers) -> np.ndarray:
+        base = buf.base[:rows]
+        if width != buf.width or rows != buf.rows:
+            np.multiply(np.arange(rows, dtype=np.int64)[:, None], width, out=base)
+            buf.width, buf.rows = width, rows
+        slot = np.broadcast_to(self.roots, (rows, len(self.roots))).copy()
+        at, value, limit, left = buf.at[:rows], buf.value[:rows], buf.limit[:rows], buf.left[:rows]
         categorical = len(self.left_table) > 0
         for _ in range(self.depth):
-            value = flat[base + self.feature[node]]
-            right = ~(value <= self.threshold[node])
+            np.take(self.feature, slot, out=at)
+            at += base
+            np.take(flat, at, out=value)
+            np.take(self.threshold, slot, out=limit)
+            np.less_equal(value, limit, out=left)  # NaN compares false: it goes right
             if categorical:
-                self._categorical(node, value, right)
-            node = self.child[node * 2 + right]
-        return node
+                self._categorical(slot, value, left)
+            slot += left
+            np.take(self.next_slot, slot, out=slot)
+        return slot >> 1
 
-    def _categorical(self, node: np.ndarray, value: np.ndarray, right: np.ndarray) -> None:
-        which = self.category[node]
+    def _categorical(self, slot: np.ndarray, value: np.ndarray, left: np.ndarray) -> None:
+        which = self.category[slot]
         at = which >= 0
         if not at.any():
             return
@@ -77,7 +96,19 @@ class Forest:
         known = (v >= 0) & (v < width) & (v == np.floor(v))
         go_left = np.zeros(len(v), dtype=bool)
         go_left[known] = self.left_table[which[at][known], v[known].astype(np.int64)]
-        right[at] = ~go_left
+        left[at] = go_left
+
+
+class _Buffers:
+    """Per-call scratch arrays for one chunk (a call's own, so concurrent calls never share)."""
+
+    def __init__(self, rows: int, trees: int) -> None:
+        self.rows, self.width = -1, -1
+        self.base = np.empty((rows, 1), dtype=np.int64)
+        self.at = np.empty((rows, trees), dtype=np.int64)
+        self.value = np.empty((rows, trees), dtype=np.float64)
+        self.limit = np.empty((rows, trees), dtype=np.float64)
+        self.left = np.empty((rows, trees), dtype=bool)
 
 
 def build_forest(trees: list[list[Node]], num_features: int) -> tuple[Forest, list[np.ndarray]]:
@@ -114,12 +145,14 @@ def build_forest(trees: list[list[Node]], num_features: int) -> tuple[Forest, li
         for c in categories:
             if c >= 0 and c == int(c):
                 table[row, int(c)] = True
-    child = np.empty(2 * offset, dtype=np.int64)
-    child[0::2], child[1::2] = lefts, rights
-    forest = Forest(feature=np.asarray(features, dtype=np.int64),
-                    threshold=np.asarray(thresholds, dtype=np.float64), child=child,
-                    category=np.asarray(cats, dtype=np.int64), left_table=table if tables else table[:0],
-                    roots=np.asarray(roots, dtype=np.int64), depth=depth, num_features=num_features)
+    next_slot = np.empty(2 * offset, dtype=np.int64)
+    next_slot[0::2] = 2 * np.asarray(rights, dtype=np.int64)
+    next_slot[1::2] = 2 * np.asarray(lefts, dtype=np.int64)
+    forest = Forest(feature=np.repeat(np.asarray(features, dtype=np.int64), 2),
+                    threshold=np.repeat(np.asarray(thresholds, dtype=np.float64), 2), next_slot=next_slot,
+                    category=np.repeat(np.asarray(cats, dtype=np.int64), 2),
+                    left_table=table if tables else table[:0],
+                    roots=2 * np.asarray(roots, dtype=np.int64), depth=depth, num_features=num_features)
     return forest, ids
 
 
