@@ -4,7 +4,6 @@ columns, categorical splits and NaN features."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,9 @@ def data(spark):  # type: ignore[no-untyped-def]
     return frame_of(spark, train, SCHEMA), frame_of(spark, score, SCHEMA)
 
 
-def _assembled(inputs: list[str], est: Any, *, categorical: bool) -> list[Any]:
+def _assembled(inputs: list[str], estimators: dict[str, Any], *, categorical: bool) -> list[Any]:
+    """A StringIndexer (for a categorical input), one VectorAssembler and every estimator, each
+    writing its outputs under its own name so one fit and one transform check them all."""
     from pyspark.ml.feature import StringIndexer, VectorAssembler
 
     stages: list[Any] = []
@@ -58,7 +59,14 @@ def _assembled(inputs: list[str], est: Any, *, categorical: bool) -> list[Any]:
         stages.append(StringIndexer(inputCol="cat", outputCol="cat_ix"))
         cols = ["cat_ix", *cols]
     stages.append(VectorAssembler(inputCols=cols, outputCol="features", handleInvalid="keep"))
-    return [*stages, est]
+    return [*stages, *(_named(est, name) for name, est in estimators.items())]
+
+
+def _named(est: Any, name: str) -> Any:
+    for param in ("predictionCol", "rawPredictionCol", "probabilityCol"):
+        if est.hasParam(param) and not est.isSet(param):  # a set one ("" switches it off) stays
+            est._set(**{param: f"{name}_{param}"})
+    return est
 
 
 def _check(spark: Any, data: Any, tmp_path: Path, name: str, stages: list[Any], *, nan: bool) -> None:
@@ -67,55 +75,60 @@ def _check(spark: Any, data: Any, tmp_path: Path, name: str, stages: list[Any], 
         score = score.na.drop()  # a NaN would only be NaN in NaN out for these models
     model = fit_save(stages, train, tmp_path / name)
     expected = spark_scores(spark, model, score)
+    assert len(expected.columns) > 2
     assert_same(expected, local_scores(model, score, tmp_path))
 
 
-def _linear() -> dict[str, Callable[[], Any]]:
+def _linear(group: str) -> dict[str, Any]:
     from pyspark.ml.classification import LinearSVC, LogisticRegression
     from pyspark.ml.regression import LinearRegression
 
+    if group == "binary":
+        return {
+            "lr": LogisticRegression(labelCol="yes", maxIter=10),
+            "lr_threshold": LogisticRegression(labelCol="yes", maxIter=10, threshold=0.3),
+            "lr_thresholds_no_raw": LogisticRegression(
+                labelCol="yes", maxIter=10, thresholds=[0.7, 0.3], rawPredictionCol=""),
+            "lr_prediction_only": LogisticRegression(
+                labelCol="yes", maxIter=10, threshold=0.65, rawPredictionCol="", probabilityCol=""),
+            "lr_multinomial_family": LogisticRegression(labelCol="yes", maxIter=10, family="multinomial"),
+            "svc": LinearSVC(labelCol="yes", maxIter=10, threshold=0.25),
+            "svc_prediction_only": LinearSVC(labelCol="yes", maxIter=10, rawPredictionCol=""),
+        }
     return {
-        "lr_binary": lambda: LogisticRegression(labelCol="yes", maxIter=20),
-        "lr_binary_threshold": lambda: LogisticRegression(labelCol="yes", maxIter=20, threshold=0.3),
-        "lr_binary_thresholds_no_raw": lambda: LogisticRegression(
-            labelCol="yes", maxIter=20, thresholds=[0.7, 0.3], rawPredictionCol=""),
-        "lr_binary_prediction_only": lambda: LogisticRegression(
-            labelCol="yes", maxIter=20, threshold=0.65, rawPredictionCol="", probabilityCol=""),
-        "lr_multinomial": lambda: LogisticRegression(labelCol="kind", maxIter=20, probabilityCol="p"),
-        "lr_multinomial_thresholds": lambda: LogisticRegression(
-            labelCol="kind", maxIter=20, thresholds=[0.5, 0.2, 0.3], predictionCol="label_hat"),
-        "lr_multinomial_binary": lambda: LogisticRegression(labelCol="yes", maxIter=20, family="multinomial"),
-        "linear_regression": lambda: LinearRegression(labelCol="y", regParam=0.1, elasticNetParam=0.5),
-        "linear_svc": lambda: LinearSVC(labelCol="yes", maxIter=20, threshold=0.25),
-        "linear_svc_prediction_only": lambda: LinearSVC(labelCol="yes", maxIter=20, rawPredictionCol=""),
+        "lr3": LogisticRegression(labelCol="kind", maxIter=10, probabilityCol="p"),
+        "lr3_thresholds": LogisticRegression(
+            labelCol="kind", maxIter=10, thresholds=[0.5, 0.2, 0.3], predictionCol="label_hat"),
+        "lr3_thresholds_no_raw": LogisticRegression(
+            labelCol="kind", maxIter=10, thresholds=[0.4, 0.0, 0.6], rawPredictionCol=""),
+        "linear_regression": LinearRegression(labelCol="y", regParam=0.1, elasticNetParam=0.5),
     }
 
 
-@pytest.mark.parametrize("name", [
-    "lr_binary", "lr_binary_threshold", "lr_binary_thresholds_no_raw", "lr_binary_prediction_only",
-    "lr_multinomial", "lr_multinomial_thresholds", "lr_multinomial_binary", "linear_regression",
-    "linear_svc", "linear_svc_prediction_only"])
-def test_linear_models_score_as_spark(spark, data, tmp_path: Path, name: str) -> None:  # type: ignore[no-untyped-def]
-    est = _linear()[name]()
-    _check(spark, data, tmp_path, name, _assembled(NUMERIC, est, categorical=True), nan=False)
+@pytest.mark.parametrize("group", ["binary", "multiclass_and_regression"])
+def test_linear_models_score_as_spark(spark, data, tmp_path: Path, group: str) -> None:  # type: ignore[no-untyped-def]
+    stages = _assembled(NUMERIC, _linear(group), categorical=True)
+    _check(spark, data, tmp_path, group, stages, nan=False)
 
 
-@pytest.mark.parametrize("kind", ["multinomial", "complement", "bernoulli", "gaussian"])
-def test_naive_bayes_scores_as_spark(spark, data, tmp_path: Path, kind: str) -> None:  # type: ignore[no-untyped-def]
+def test_naive_bayes_scores_as_spark(spark, data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from pyspark.ml.classification import NaiveBayes
     from pyspark.ml.feature import StringIndexer, VectorAssembler
 
-    # naive Bayes needs counts (>= 0), or 0/1 for bernoulli
-    inputs = ["b1", "b2"] if kind == "bernoulli" else ["cat_ix", "x3", "b1"]
-    stages = [StringIndexer(inputCol="cat", outputCol="cat_ix"),
-              VectorAssembler(inputCols=inputs, outputCol="features"),
-              NaiveBayes(labelCol="kind", modelType=kind, smoothing=0.5)]
-    if kind == "multinomial":
-        stages[-1].setThresholds([0.3, 0.3, 0.4])
-    _check(spark, data, tmp_path, f"nb_{kind}", stages, nan=False)
+    # naive Bayes needs counts (>= 0), and 0 or 1 for bernoulli
+    stages: list[Any] = [StringIndexer(inputCol="cat", outputCol="cat_ix"),
+                         VectorAssembler(inputCols=["cat_ix", "x3", "b1"], outputCol="counts"),
+                         VectorAssembler(inputCols=["b1", "b2"], outputCol="bits")]
+    for kind in ("multinomial", "complement", "bernoulli", "gaussian"):
+        nb = NaiveBayes(labelCol="kind", modelType=kind, smoothing=0.5,
+                        featuresCol="bits" if kind == "bernoulli" else "counts")
+        if kind == "multinomial":
+            nb.setThresholds([0.3, 0.3, 0.4])
+        stages.append(_named(nb, f"nb_{kind}"))
+    _check(spark, data, tmp_path, "naive_bayes", stages, nan=False)
 
 
-def _trees() -> dict[str, Callable[[], Any]]:
+def _trees(group: str) -> dict[str, Any]:
     from pyspark.ml.classification import (
         DecisionTreeClassifier,
         GBTClassifier,
@@ -123,35 +136,36 @@ def _trees() -> dict[str, Callable[[], Any]]:
     )
     from pyspark.ml.regression import DecisionTreeRegressor, GBTRegressor, RandomForestRegressor
 
+    if group == "classifiers":
+        return {
+            "dt": DecisionTreeClassifier(labelCol="kind", maxDepth=5),
+            "dt_prediction_only": DecisionTreeClassifier(
+                labelCol="kind", maxDepth=4, rawPredictionCol="", probabilityCol=""),
+            "rf": RandomForestClassifier(labelCol="kind", numTrees=12, maxDepth=4, seed=3),
+            "rf_thresholds": RandomForestClassifier(labelCol="yes", numTrees=8, maxDepth=4, seed=5)
+            .setThresholds([0.3, 0.7]).setRawPredictionCol(""),
+            "gbt": GBTClassifier(labelCol="yes", maxIter=8, maxDepth=3, seed=6),
+            "gbt_prediction_only": GBTClassifier(labelCol="yes", maxIter=6, maxDepth=3)
+            .setRawPredictionCol("").setProbabilityCol(""),
+        }
     return {
-        "dt_classifier": lambda: DecisionTreeClassifier(labelCol="kind", maxDepth=5),
-        "dt_classifier_prediction_only": lambda: DecisionTreeClassifier(
-            labelCol="kind", maxDepth=4, rawPredictionCol="", probabilityCol=""),
-        "dt_regressor_variance": lambda: DecisionTreeRegressor(labelCol="y", maxDepth=5, varianceCol="var"),
-        "rf_classifier": lambda: RandomForestClassifier(labelCol="kind", numTrees=12, maxDepth=4, seed=3),
-        "rf_classifier_thresholds": lambda: RandomForestClassifier(
-            labelCol="yes", numTrees=8, maxDepth=4, seed=5).setThresholds([0.3, 0.7]).setRawPredictionCol(""),
-        "rf_regressor": lambda: RandomForestRegressor(labelCol="y", numTrees=10, maxDepth=4, seed=4),
-        "gbt_classifier": lambda: GBTClassifier(labelCol="yes", maxIter=8, maxDepth=3, seed=6),
-        "gbt_classifier_prediction_only": lambda: GBTClassifier(
-            labelCol="yes", maxIter=6, maxDepth=3).setRawPredictionCol("").setProbabilityCol(""),
-        "gbt_regressor": lambda: GBTRegressor(labelCol="y", maxIter=8, maxDepth=3, seed=7),
+        "dt_variance": DecisionTreeRegressor(labelCol="y", maxDepth=5, varianceCol="var"),
+        "rf_regressor": RandomForestRegressor(labelCol="y", numTrees=10, maxDepth=4, seed=4),
+        "gbt_regressor": GBTRegressor(labelCol="y", maxIter=8, maxDepth=3, seed=7),
     }
 
 
-@pytest.mark.parametrize("name", ["dt_classifier", "dt_classifier_prediction_only", "dt_regressor_variance",
-                                  "rf_classifier", "rf_classifier_thresholds", "rf_regressor",
-                                  "gbt_classifier", "gbt_classifier_prediction_only", "gbt_regressor"])
-def test_trees_score_as_spark_with_categories_and_nan(spark, data, tmp_path: Path, name: str) -> None:  # type: ignore[no-untyped-def]
-    est = _trees()[name]()
-    _check(spark, data, tmp_path, name, _assembled(["x1", "x2"], est, categorical=True), nan=True)
+@pytest.mark.parametrize("group", ["classifiers", "regressors"])
+def test_trees_score_as_spark_with_categories_and_nan(spark, data, tmp_path: Path, group: str) -> None:  # type: ignore[no-untyped-def]
+    stages = _assembled(["x1", "x2"], _trees(group), categorical=True)
+    _check(spark, data, tmp_path, group, stages, nan=True)
 
 
 def test_a_split_at_its_threshold_goes_left_as_in_spark(spark, data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from pyspark.ml.regression import DecisionTreeRegressor
 
     train, _ = data
-    stages = _assembled(["x1", "x2"], DecisionTreeRegressor(labelCol="y", maxDepth=4), categorical=False)
+    stages = _assembled(["x1", "x2"], {"dt": DecisionTreeRegressor(labelCol="y", maxDepth=4)}, categorical=False)
     model = fit_save(stages, train, tmp_path / "dt_edges")
     tree = SparkMLModel(str(model)).stages[-1]
     thresholds = tree.forest.threshold[np.isfinite(tree.forest.threshold)]  # type: ignore[attr-defined]
@@ -168,7 +182,7 @@ def test_a_set_leaf_column_is_refused_at_load(spark, data, tmp_path: Path) -> No
     from pyspark.ml.classification import DecisionTreeClassifier
 
     train, _ = data
-    stages = _assembled(NUMERIC, DecisionTreeClassifier(labelCol="yes", maxDepth=2, leafCol="leaf"),
+    stages = _assembled(NUMERIC, {"dt": DecisionTreeClassifier(labelCol="yes", maxDepth=2, leafCol="leaf")},
                         categorical=False)
     model = fit_save(stages, train, tmp_path / "dt_leaf")
     with pytest.raises(ModelLoadError, match="leafCol"):
