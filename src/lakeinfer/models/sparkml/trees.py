@@ -35,6 +35,7 @@ class _Trees:
     impurity: np.ndarray
     stats: list[np.ndarray]  # per global node: impurityStats
     weights: np.ndarray
+    weighted: np.ndarray
 
     def load_trees(self, stage: Stage, ensemble: bool) -> None:
         meta = stage.meta
@@ -63,11 +64,13 @@ class _Trees:
         self.prediction = np.zeros(total)
         self.impurity = np.zeros(total)
         self.stats = [np.zeros(0)] * total
-        for nodes, where in zip(tree_rows, ids, strict=True):
+        self.weighted = np.zeros(total)  # prediction x its tree's weight: a boosted tree's term
+        for nodes, where, weight in zip(tree_rows, ids, self.weights, strict=True):
             for r, g in zip(sorted(nodes, key=lambda r: int(r["id"])), where, strict=True):
                 self.prediction[g] = float(r["prediction"])
                 self.impurity[g] = float(r["impurity"])
                 self.stats[g] = np.asarray(r["impurityStats"] or [], dtype=np.float64)
+                self.weighted[g] = self.prediction[g] * weight
 
     def class_table(self, num_classes: int, *, normalize: bool) -> np.ndarray:
         """Each node's class counts (or, with ``normalize``, counts / their sum as a random
@@ -106,12 +109,16 @@ def _normalize(raw: np.ndarray) -> np.ndarray:
     return np.where(total != 0, raw / np.where(total != 0, total, 1.0), raw)
 
 
-def _sum_in_order(values: np.ndarray) -> np.ndarray:
-    """Tree values summed left to right, as Spark's loop adds them (numpy's sum is pairwise)."""
-    out = values[:, 0].copy()
-    for t in range(1, values.shape[1]):
-        out += values[:, t]
-    return out
+def _sum_in_order(table: np.ndarray, leaves: np.ndarray) -> np.ndarray:
+    """Each tree's leaf value (``table`` per node, a vector per node when 2-D) added tree after
+    tree, in Spark's order (numpy's sum would add pairwise); ``leaves``: (trees, rows)."""
+    if table.ndim == 1:
+        out = table[leaves[0]]
+        for t in range(1, len(leaves)):
+            out += table[leaves[t]]
+        return np.asarray(out)
+    columns = [_sum_in_order(np.ascontiguousarray(table[:, c]), leaves) for c in range(table.shape[1])]
+    return np.stack(columns, axis=1) if columns else np.zeros((leaves.shape[1], 0))
 
 
 class _TreeClassifier(Classifier, _Trees):
@@ -127,11 +134,7 @@ class _TreeClassifier(Classifier, _Trees):
         self.table = self.class_table(self.num_classes, normalize=self.normalize_votes)
 
     def raw(self, x: np.ndarray) -> np.ndarray:
-        leaves = self.forest.leaves(x)
-        raw = self.table[leaves[:, 0]]
-        for t in range(1, leaves.shape[1]):
-            raw += self.table[leaves[:, t]]
-        return np.asarray(raw)
+        return _sum_in_order(self.table, self.forest.leaves(x))
 
     def raw2probability(self, raw: np.ndarray) -> np.ndarray:
         return _normalize(raw)
@@ -147,7 +150,7 @@ class DecisionTreeClassificationModel(_TreeClassifier):
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         # Spark's own shortcut when neither raw nor probability is asked for: the leaf's label
-        return np.asarray(self.prediction[self.forest.leaves(x)[:, 0]])
+        return np.asarray(self.prediction[self.forest.leaves(x)[0]])
 
 
 @register
@@ -172,7 +175,7 @@ class GBTClassificationModel(Classifier, _Trees):
         self.set_classes(2)
 
     def margin(self, x: np.ndarray) -> np.ndarray:
-        return _sum_in_order(self.prediction[self.forest.leaves(x)] * self.weights)
+        return _sum_in_order(self.weighted, self.forest.leaves(x))
 
     def raw(self, x: np.ndarray) -> np.ndarray:
         m = self.margin(x)
@@ -215,7 +218,7 @@ class DecisionTreeRegressionModel(_TreeRegressor):
 
     def transform(self, frame: Frame) -> None:
         x = self.matrix(frame)
-        leaf = self.forest.leaves(x)[:, 0]
+        leaf = self.forest.leaves(x)[0]
         if self.prediction_col:
             frame.cols[self.prediction_col] = Col(NUMBER, self.prediction[leaf])
         if self.variance_col:
@@ -232,8 +235,7 @@ class RandomForestRegressionModel(_TreeRegressor):
         super().__init__(meta, True)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        leaves = self.forest.leaves(x)
-        return _sum_in_order(self.prediction[leaves]) / leaves.shape[1]
+        return _sum_in_order(self.prediction, self.forest.leaves(x)) / len(self.forest.roots)
 
 
 @register
@@ -246,4 +248,4 @@ class GBTRegressionModel(_TreeRegressor):
         super().__init__(meta, True)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return _sum_in_order(self.prediction[self.forest.leaves(x)] * self.weights)
+        return _sum_in_order(self.weighted, self.forest.leaves(x))
