@@ -72,10 +72,12 @@ def read_meta(folder: str) -> StageMeta:
 
 
 def stage_dirs(folder: str, uids: list[str]) -> list[str]:
-    """The folders of a PipelineModel's stages, in order (``stages/<index>_<uid>``)."""
+    """The folders of a PipelineModel's stages, in order (``stages/<index>_<uid>``, the index
+    zero-padded to as many digits as the number of stages has, as Spark's getStagePath writes it)."""
     out = []
+    digits = len(str(len(uids)))
     for index, uid in enumerate(uids):
-        path = os.path.join(folder, "stages", f"{index}_{uid}")
+        path = os.path.join(folder, "stages", f"{index:0{digits}d}_{uid}")
         if not os.path.isdir(path):
             raise ModelLoadError(f"{folder}: stage {index} ({uid}) has no folder {path}")
         out.append(path)
