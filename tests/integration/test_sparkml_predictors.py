@@ -48,9 +48,11 @@ def data(spark):  # type: ignore[no-untyped-def]
     return frame_of(spark, train, SCHEMA), frame_of(spark, score, SCHEMA)
 
 
-def _assembled(inputs: list[str], estimators: dict[str, Any], *, categorical: bool) -> list[Any]:
-    """A StringIndexer (for a categorical input), one VectorAssembler and every estimator, each
-    writing its outputs under its own name so one fit and one transform check them all."""
+Variants = dict[str, dict[str, Any]]  # variant name -> params set on a copy of the fitted model
+
+
+def _prep(inputs: list[str], *, categorical: bool, out: str = "features") -> list[Any]:
+    """A StringIndexer (for a categorical input) and a VectorAssembler keeping NaN."""
     from pyspark.ml.feature import StringIndexer, VectorAssembler
 
     stages: list[Any] = []
@@ -58,77 +60,91 @@ def _assembled(inputs: list[str], estimators: dict[str, Any], *, categorical: bo
     if categorical:  # the index goes straight into the vector: trees split on it as a category
         stages.append(StringIndexer(inputCol="cat", outputCol="cat_ix"))
         cols = ["cat_ix", *cols]
-    stages.append(VectorAssembler(inputCols=cols, outputCol="features", handleInvalid="keep"))
-    return [*stages, *(_named(est, name) for name, est in estimators.items())]
+    return [*stages, VectorAssembler(inputCols=cols, outputCol=out, handleInvalid="keep")]
 
 
-def _named(est: Any, name: str) -> Any:
-    for param in ("predictionCol", "rawPredictionCol", "probabilityCol"):
-        if est.hasParam(param) and not est.isSet(param):  # a set one ("" switches it off) stays
-            est._set(**{param: f"{name}_{param}"})
-    return est
+def _outputs(model: Any, name: str, params: dict[str, Any]) -> Any:
+    """A copy of a fitted model with ``params`` set and its outputs named after ``name``
+    (an output param given as "" stays switched off)."""
+    extra = {model.getParam(k): v for k, v in params.items()}
+    for param in ("predictionCol", "rawPredictionCol", "probabilityCol", "varianceCol"):
+        if model.hasParam(param) and param not in params and (param != "varianceCol"):
+            extra[model.getParam(param)] = f"{name}_{param}"
+    return model.copy(extra)
 
 
-def _check(spark: Any, data: Any, tmp_path: Path, name: str, stages: list[Any], *, nan: bool) -> None:
+def _fit(spark: Any, data: Any, tmp_path: Path, name: str, prep: list[Any],
+         estimators: dict[str, tuple[Any, Variants]], *, nan: bool) -> None:
+    """Fit ``prep`` and each estimator once, put every variant of every model in one
+    PipelineModel, and check lakeinfer against Spark's transform of the scoring rows."""
+    from pyspark.ml import Pipeline, PipelineModel
+
     train, score = data
     if not nan:
         score = score.na.drop()  # a NaN would only be NaN in NaN out for these models
-    model = fit_save(stages, train, tmp_path / name)
-    expected = spark_scores(spark, model, score)
-    assert len(expected.columns) > 2
-    assert_same(expected, local_scores(model, score, tmp_path))
+    prepared = Pipeline(stages=prep).fit(train)
+    ready = prepared.transform(train)
+    models: list[Any] = []
+    for est_name, (est, variants) in estimators.items():
+        fitted = est.fit(ready)
+        models.append(_outputs(fitted, est_name, {}))
+        models += [_outputs(fitted, f"{est_name}_{v}", params) for v, params in variants.items()]
+    path = tmp_path / name
+    PipelineModel(stages=[*prepared.stages, *models]).write().overwrite().save(str(path))
+    expected = spark_scores(spark, path, score)
+    assert len(expected.columns) > len(models)
+    assert_same(expected, local_scores(path, score, tmp_path))
 
 
-def _linear(group: str) -> dict[str, Any]:
+def _linear(group: str) -> dict[str, tuple[Any, Variants]]:
     from pyspark.ml.classification import LinearSVC, LogisticRegression
     from pyspark.ml.regression import LinearRegression
 
+    off = {"rawPredictionCol": "", "probabilityCol": ""}
     if group == "binary":
         return {
-            "lr": LogisticRegression(labelCol="yes", maxIter=10),
-            "lr_threshold": LogisticRegression(labelCol="yes", maxIter=10, threshold=0.3),
-            "lr_thresholds_no_raw": LogisticRegression(
-                labelCol="yes", maxIter=10, thresholds=[0.7, 0.3], rawPredictionCol=""),
-            "lr_prediction_only": LogisticRegression(
-                labelCol="yes", maxIter=10, threshold=0.65, rawPredictionCol="", probabilityCol=""),
-            "lr_multinomial_family": LogisticRegression(labelCol="yes", maxIter=10, family="multinomial"),
-            "svc": LinearSVC(labelCol="yes", maxIter=10, threshold=0.25),
-            "svc_prediction_only": LinearSVC(labelCol="yes", maxIter=10, rawPredictionCol=""),
+            "lr": (LogisticRegression(labelCol="yes", maxIter=5), {
+                "threshold": {"threshold": 0.3},
+                "thresholds_no_raw": {"thresholds": [0.7, 0.3], "rawPredictionCol": ""},
+                "prediction_only": {"threshold": 0.65, **off},
+                "zero_threshold": {"threshold": 0.0, "probabilityCol": ""},
+            }),
+            "lr_multinomial_family": (LogisticRegression(labelCol="yes", maxIter=5, family="multinomial"), {
+                "thresholds": {"thresholds": [0.35, 0.65]}}),
+            "svc": (LinearSVC(labelCol="yes", maxIter=5), {
+                "threshold": {"threshold": 0.25},
+                "prediction_only": {"threshold": -0.1, "rawPredictionCol": ""}}),
         }
     return {
-        "lr3": LogisticRegression(labelCol="kind", maxIter=10, probabilityCol="p"),
-        "lr3_thresholds": LogisticRegression(
-            labelCol="kind", maxIter=10, thresholds=[0.5, 0.2, 0.3], predictionCol="label_hat"),
-        "lr3_thresholds_no_raw": LogisticRegression(
-            labelCol="kind", maxIter=10, thresholds=[0.4, 0.0, 0.6], rawPredictionCol=""),
-        "linear_regression": LinearRegression(labelCol="y", regParam=0.1, elasticNetParam=0.5),
+        "lr3": (LogisticRegression(labelCol="kind", maxIter=5), {
+            "thresholds": {"thresholds": [0.5, 0.2, 0.3], "predictionCol": "label_hat"},
+            "zero_threshold_no_raw": {"thresholds": [0.4, 0.0, 0.6], "rawPredictionCol": ""},
+            "prediction_only": off}),
+        "linear_regression": (LinearRegression(labelCol="y", regParam=0.1, elasticNetParam=0.5), {}),
     }
 
 
 @pytest.mark.parametrize("group", ["binary", "multiclass_and_regression"])
 def test_linear_models_score_as_spark(spark, data, tmp_path: Path, group: str) -> None:  # type: ignore[no-untyped-def]
-    stages = _assembled(NUMERIC, _linear(group), categorical=True)
-    _check(spark, data, tmp_path, group, stages, nan=False)
+    _fit(spark, data, tmp_path, group, _prep(NUMERIC, categorical=True), _linear(group), nan=False)
 
 
 def test_naive_bayes_scores_as_spark(spark, data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from pyspark.ml.classification import NaiveBayes
-    from pyspark.ml.feature import StringIndexer, VectorAssembler
+    from pyspark.ml.feature import VectorAssembler
 
     # naive Bayes needs counts (>= 0), and 0 or 1 for bernoulli
-    stages: list[Any] = [StringIndexer(inputCol="cat", outputCol="cat_ix"),
-                         VectorAssembler(inputCols=["cat_ix", "x3", "b1"], outputCol="counts"),
-                         VectorAssembler(inputCols=["b1", "b2"], outputCol="bits")]
-    for kind in ("multinomial", "complement", "bernoulli", "gaussian"):
-        nb = NaiveBayes(labelCol="kind", modelType=kind, smoothing=0.5,
-                        featuresCol="bits" if kind == "bernoulli" else "counts")
-        if kind == "multinomial":
-            nb.setThresholds([0.3, 0.3, 0.4])
-        stages.append(_named(nb, f"nb_{kind}"))
-    _check(spark, data, tmp_path, "naive_bayes", stages, nan=False)
+    prep = [*_prep(["x3", "b1"], categorical=True, out="counts"),
+            VectorAssembler(inputCols=["b1", "b2"], outputCol="bits")]
+    estimators: dict[str, tuple[Any, Variants]] = {
+        f"nb_{kind}": (NaiveBayes(labelCol="kind", modelType=kind, smoothing=0.5,
+                                  featuresCol="bits" if kind == "bernoulli" else "counts"),
+                       {"thresholds": {"thresholds": [0.3, 0.3, 0.4]}} if kind == "multinomial" else {})
+        for kind in ("multinomial", "complement", "bernoulli", "gaussian")}
+    _fit(spark, data, tmp_path, "naive_bayes", prep, estimators, nan=False)
 
 
-def _trees(group: str) -> dict[str, Any]:
+def _trees(group: str) -> dict[str, tuple[Any, Variants]]:
     from pyspark.ml.classification import (
         DecisionTreeClassifier,
         GBTClassifier,
@@ -136,36 +152,32 @@ def _trees(group: str) -> dict[str, Any]:
     )
     from pyspark.ml.regression import DecisionTreeRegressor, GBTRegressor, RandomForestRegressor
 
+    off = {"rawPredictionCol": "", "probabilityCol": ""}
     if group == "classifiers":
         return {
-            "dt": DecisionTreeClassifier(labelCol="kind", maxDepth=5),
-            "dt_prediction_only": DecisionTreeClassifier(
-                labelCol="kind", maxDepth=4, rawPredictionCol="", probabilityCol=""),
-            "rf": RandomForestClassifier(labelCol="kind", numTrees=12, maxDepth=4, seed=3),
-            "rf_thresholds": RandomForestClassifier(labelCol="yes", numTrees=8, maxDepth=4, seed=5)
-            .setThresholds([0.3, 0.7]).setRawPredictionCol(""),
-            "gbt": GBTClassifier(labelCol="yes", maxIter=8, maxDepth=3, seed=6),
-            "gbt_prediction_only": GBTClassifier(labelCol="yes", maxIter=6, maxDepth=3)
-            .setRawPredictionCol("").setProbabilityCol(""),
+            "dt": (DecisionTreeClassifier(labelCol="kind", maxDepth=5), {"prediction_only": off}),
+            "rf": (RandomForestClassifier(labelCol="kind", numTrees=12, maxDepth=4, seed=3), {
+                "thresholds_no_raw": {"thresholds": [0.3, 0.3, 0.4], "rawPredictionCol": ""}}),
+            "gbt": (GBTClassifier(labelCol="yes", maxIter=8, maxDepth=3, seed=6), {
+                "prediction_only": off, "thresholds": {"thresholds": [0.6, 0.4]}}),
         }
     return {
-        "dt_variance": DecisionTreeRegressor(labelCol="y", maxDepth=5, varianceCol="var"),
-        "rf_regressor": RandomForestRegressor(labelCol="y", numTrees=10, maxDepth=4, seed=4),
-        "gbt_regressor": GBTRegressor(labelCol="y", maxIter=8, maxDepth=3, seed=7),
+        "dt": (DecisionTreeRegressor(labelCol="y", maxDepth=5), {"variance": {"varianceCol": "var"}}),
+        "rf": (RandomForestRegressor(labelCol="y", numTrees=10, maxDepth=4, seed=4), {}),
+        "gbt": (GBTRegressor(labelCol="y", maxIter=8, maxDepth=3, seed=7), {}),
     }
 
 
 @pytest.mark.parametrize("group", ["classifiers", "regressors"])
 def test_trees_score_as_spark_with_categories_and_nan(spark, data, tmp_path: Path, group: str) -> None:  # type: ignore[no-untyped-def]
-    stages = _assembled(["x1", "x2"], _trees(group), categorical=True)
-    _check(spark, data, tmp_path, group, stages, nan=True)
+    _fit(spark, data, tmp_path, group, _prep(["x1", "x2"], categorical=True), _trees(group), nan=True)
 
 
 def test_a_split_at_its_threshold_goes_left_as_in_spark(spark, data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from pyspark.ml.regression import DecisionTreeRegressor
 
     train, _ = data
-    stages = _assembled(["x1", "x2"], {"dt": DecisionTreeRegressor(labelCol="y", maxDepth=4)}, categorical=False)
+    stages = [*_prep(["x1", "x2"], categorical=False), DecisionTreeRegressor(labelCol="y", maxDepth=4)]
     model = fit_save(stages, train, tmp_path / "dt_edges")
     tree = SparkMLModel(str(model)).stages[-1]
     thresholds = tree.forest.threshold[np.isfinite(tree.forest.threshold)]  # type: ignore[attr-defined]
@@ -182,8 +194,7 @@ def test_a_set_leaf_column_is_refused_at_load(spark, data, tmp_path: Path) -> No
     from pyspark.ml.classification import DecisionTreeClassifier
 
     train, _ = data
-    stages = _assembled(NUMERIC, {"dt": DecisionTreeClassifier(labelCol="yes", maxDepth=2, leafCol="leaf")},
-                        categorical=False)
+    stages = [*_prep(NUMERIC, categorical=False), DecisionTreeClassifier(labelCol="yes", maxDepth=2, leafCol="leaf")]
     model = fit_save(stages, train, tmp_path / "dt_leaf")
     with pytest.raises(ModelLoadError, match="leafCol"):
         SparkMLModel(str(model))

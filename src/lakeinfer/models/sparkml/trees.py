@@ -110,15 +110,10 @@ def _normalize(raw: np.ndarray) -> np.ndarray:
 
 
 def _sum_in_order(table: np.ndarray, leaves: np.ndarray) -> np.ndarray:
-    """Each tree's leaf value (``table`` per node, a vector per node when 2-D) added tree after
-    tree, in Spark's order (numpy's sum would add pairwise); ``leaves``: (trees, rows)."""
-    if table.ndim == 1:
-        out = table[leaves[0]]
-        for t in range(1, len(leaves)):
-            out += table[leaves[t]]
-        return np.asarray(out)
-    columns = [_sum_in_order(np.ascontiguousarray(table[:, c]), leaves) for c in range(table.shape[1])]
-    return np.stack(columns, axis=1) if columns else np.zeros((leaves.shape[1], 0))
+    """Each tree's leaf value (``table`` per node: a number or a vector) added tree after tree,
+    in Spark's order; ``leaves``: (trees, rows). numpy reduces an outer axis one slice after
+    another (only an inner, contiguous axis is summed pairwise), so this is Spark's sum."""
+    return np.asarray(table[leaves].sum(axis=0))
 
 
 class _TreeClassifier(Classifier, _Trees):
