@@ -81,7 +81,7 @@ def _fit(spark: Any, data: Any, tmp_path: Path, name: str, prep: list[Any],
 
     train, score = data
     if not nan:
-        score = score.na.drop()  # a NaN would only be NaN in NaN out for these models
+        score = score.na.drop()  # naive Bayes refuses NaN (Spark's transform fails on it)
     prepared = Pipeline(stages=prep).fit(train)
     ready = prepared.transform(train)
     models: list[Any] = []
@@ -126,7 +126,7 @@ def _linear(group: str) -> dict[str, tuple[Any, Variants]]:
 
 @pytest.mark.parametrize("group", ["binary", "multiclass_and_regression"])
 def test_linear_models_score_as_spark(spark, data, tmp_path: Path, group: str) -> None:  # type: ignore[no-untyped-def]
-    _fit(spark, data, tmp_path, group, _prep(NUMERIC, categorical=True), _linear(group), nan=False)
+    _fit(spark, data, tmp_path, group, _prep(NUMERIC, categorical=True), _linear(group), nan=True)
 
 
 def test_naive_bayes_scores_as_spark(spark, data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -155,9 +155,12 @@ def _trees(group: str) -> dict[str, tuple[Any, Variants]]:
     off = {"rawPredictionCol": "", "probabilityCol": ""}
     if group == "classifiers":
         return {
-            "dt": (DecisionTreeClassifier(labelCol="kind", maxDepth=5), {"prediction_only": off}),
+            "dt": (DecisionTreeClassifier(labelCol="kind", maxDepth=5), {
+                "prediction_only": off, "thresholds": {"thresholds": [0.2, 0.5, 0.3]},
+                "thresholds_prediction_only": {"thresholds": [0.2, 0.5, 0.3], **off}}),
             "rf": (RandomForestClassifier(labelCol="kind", numTrees=12, maxDepth=4, seed=3), {
-                "thresholds_no_raw": {"thresholds": [0.3, 0.3, 0.4], "rawPredictionCol": ""}}),
+                "thresholds_no_raw": {"thresholds": [0.3, 0.3, 0.4], "rawPredictionCol": ""},
+                "thresholds_prediction_only": {"thresholds": [0.3, 0.3, 0.4], **off}}),
             "gbt": (GBTClassifier(labelCol="yes", maxIter=8, maxDepth=3, seed=6), {
                 "prediction_only": off, "thresholds": {"thresholds": [0.6, 0.4]}}),
         }
