@@ -201,3 +201,18 @@ def test_a_set_leaf_column_is_refused_at_load(spark, data, tmp_path: Path) -> No
     model = fit_save(stages, train, tmp_path / "dt_leaf")
     with pytest.raises(ModelLoadError, match="leafCol"):
         SparkMLModel(str(model))
+
+
+def test_naive_bayes_rows_spark_fails_on_are_bad_records(spark, data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from pyspark.ml.classification import NaiveBayes
+
+    train, score = data
+    model = fit_save([*_prep(["x3"], categorical=True), NaiveBayes(labelCol="kind")], train, tmp_path / "nb")
+    rows = _rows(20, 3)
+    for r in rows[::4]:
+        r["x3"] = -r["x3"] - 0.5  # a negative count
+    mixed = frame_of(spark, rows, SCHEMA)
+    with pytest.raises(Exception, match="nonnegative"):
+        spark_scores(spark, model, mixed)
+    expected = spark_scores(spark, model, mixed.filter("x3 >= 0"))
+    assert_same(expected, local_scores(model, mixed, tmp_path, on_error="skip"))
