@@ -105,6 +105,8 @@ def _linear(group: str) -> dict[str, tuple[Any, Variants]]:
         return {
             "lr": (LogisticRegression(labelCol="yes", maxIter=5), {
                 "threshold": {"threshold": 0.3},
+                "thresholds": {"thresholds": [0.45, 0.55]},
+                "class_1_threshold_zero": {"thresholds": [0.5, 0.0], "probabilityCol": ""},
                 "thresholds_no_raw": {"thresholds": [0.7, 0.3], "rawPredictionCol": ""},
                 "prediction_only": {"threshold": 0.65, **off},
                 "zero_threshold": {"threshold": 0.0, "probabilityCol": ""},
@@ -158,16 +160,16 @@ def _trees(group: str) -> dict[str, tuple[Any, Variants]]:
             "dt": (DecisionTreeClassifier(labelCol="kind", maxDepth=5), {
                 "prediction_only": off, "thresholds": {"thresholds": [0.2, 0.5, 0.3]},
                 "thresholds_prediction_only": {"thresholds": [0.2, 0.5, 0.3], **off}}),
-            "rf": (RandomForestClassifier(labelCol="kind", numTrees=12, maxDepth=4, seed=3), {
+            "rf": (RandomForestClassifier(labelCol="kind", numTrees=6, maxDepth=4, seed=3), {
                 "thresholds_no_raw": {"thresholds": [0.3, 0.3, 0.4], "rawPredictionCol": ""},
                 "thresholds_prediction_only": {"thresholds": [0.3, 0.3, 0.4], **off}}),
-            "gbt": (GBTClassifier(labelCol="yes", maxIter=8, maxDepth=3, seed=6), {
+            "gbt": (GBTClassifier(labelCol="yes", maxIter=5, maxDepth=3, seed=6), {
                 "prediction_only": off, "thresholds": {"thresholds": [0.6, 0.4]}}),
         }
     return {
         "dt": (DecisionTreeRegressor(labelCol="y", maxDepth=5), {"variance": {"varianceCol": "var"}}),
-        "rf": (RandomForestRegressor(labelCol="y", numTrees=10, maxDepth=4, seed=4), {}),
-        "gbt": (GBTRegressor(labelCol="y", maxIter=8, maxDepth=3, seed=7), {}),
+        "rf": (RandomForestRegressor(labelCol="y", numTrees=5, maxDepth=4, seed=4), {}),
+        "gbt": (GBTRegressor(labelCol="y", maxIter=5, maxDepth=3, seed=7), {}),
     }
 
 

@@ -59,6 +59,8 @@ class Forest:
         self.split_source = np.searchsorted(self.categorical, self.split_feature)
         self.split_offset = np.arange(len(self.split_feature), dtype=np.int64) * self.left_table.shape[1]
         self.right_value = np.where(self.left_table, 0.0, 1.0).reshape(-1)
+        self.root_feature = self.feature[self.roots]
+        self.root_threshold = self.threshold[self.roots]
 
     def leaves(self, x: np.ndarray) -> np.ndarray:
         """The global node id of the leaf each row reaches in each tree, tree by tree: (trees, rows)
@@ -100,16 +102,25 @@ class Forest:
         if rows != buf.rows:
             np.multiply(np.arange(rows, dtype=np.int64)[:, None], width, out=base)
             buf.rows = rows
-        slot = np.broadcast_to(self.roots, (rows, len(self.roots))).copy()
         at, value, limit, left = buf.at[:rows], buf.value[:rows], buf.limit[:rows], buf.left[:rows]
-        for _ in range(self.depth):
-            np.take(self.feature, slot, out=at)
+        slot = at.copy()
+        if not self.depth:
+            slot[:] = self.roots
+            return slot >> 1
+        # the first level: every row at its tree's root, so each tree reads one known column
+        np.take(flat.reshape(rows, width), self.root_feature, axis=1, out=value, mode="clip")
+        np.less_equal(value, self.root_threshold, out=left)
+        np.add(self.roots, left, out=slot)
+        np.take(self.next_slot, slot, out=slot, mode="clip")
+        # indices are in range by construction: mode="clip" skips the bounds check
+        for _ in range(self.depth - 1):
+            np.take(self.feature, slot, out=at, mode="clip")
             at += base
-            np.take(flat, at, out=value)
-            np.take(self.threshold, slot, out=limit)
+            np.take(flat, at, out=value, mode="clip")
+            np.take(self.threshold, slot, out=limit, mode="clip")
             np.less_equal(value, limit, out=left)  # NaN compares false: it goes right
             slot += left
-            np.take(self.next_slot, slot, out=slot)
+            np.take(self.next_slot, slot, out=slot, mode="clip")
         return slot >> 1
 
 

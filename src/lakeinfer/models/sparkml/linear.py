@@ -62,7 +62,8 @@ class LogisticRegressionModel(Classifier):
         if not self.multinomial:
             # getThreshold: thresholds (t0, t1), when set, stand for 1 / (1 + t0 / t1)
             ts = self.thresholds
-            t = 1.0 / (1.0 + ts[0] / ts[1]) if ts is not None else float(self.param("threshold", 0.5))
+            with np.errstate(divide="ignore"):  # a threshold of 0 for class 1: t0 / 0 is +Infinity, t 0
+                t = float(1.0 / (1.0 + ts[0] / ts[1])) if ts is not None else float(self.param("threshold", 0.5))
             self.threshold = t
             self.raw_threshold = -np.inf if t == 0.0 else np.inf if t == 1.0 else float(np.log(t / (1.0 - t)))
             self.w = np.ascontiguousarray(self.coef[0])

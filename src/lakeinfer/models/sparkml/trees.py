@@ -16,7 +16,7 @@ import numpy as np
 from ...errors import ModelLoadError
 from ._predictor import Classifier, Predictor
 from ._reader import StageMeta
-from ._stage import NUMBER, Col, Frame, Stage, register
+from ._stage import NUMBER, Col, Frame, register
 from ._treeeval import Forest, Node, build_forest
 
 __all__ = ["DecisionTreeClassificationModel", "DecisionTreeRegressionModel", "GBTClassificationModel",
@@ -37,9 +37,9 @@ class _Trees:
     weights: np.ndarray
     weighted: np.ndarray
 
-    def load_trees(self, stage: Stage, ensemble: bool) -> None:
+    def load_trees(self, stage: Predictor, ensemble: bool) -> None:
         meta = stage.meta
-        stage_refuse(stage)
+        stage.refuse_if_set("leafCol")
         table = meta.data()
         if ensemble:
             rows = table.to_pylist()
@@ -84,13 +84,6 @@ class _Trees:
         return table
 
 
-def stage_refuse(stage: Stage) -> None:
-    value = stage.param("leafCol")
-    if value:
-        raise ModelLoadError(f"{stage.name} sets leafCol={value!r}, which this reader does not "
-                             "implement; score this model with --engine spark")
-
-
 def _node(r: dict[str, Any]) -> Node:
     split = r.get("split") or {}
     left, right = int(r["leftChild"]), int(r["rightChild"])
@@ -113,7 +106,15 @@ def _sum_in_order(table: np.ndarray, leaves: np.ndarray) -> np.ndarray:
     """Each tree's leaf value (``table`` per node: a number or a vector) added tree after tree,
     in Spark's order; ``leaves``: (trees, rows). numpy reduces an outer axis one slice after
     another (only an inner, contiguous axis is summed pairwise), so this is Spark's sum."""
-    return np.asarray(table[leaves].sum(axis=0))
+    if leaves.shape[1] <= 256:  # few rows: one gather and one reduction, the fewest calls
+        return np.asarray(table[leaves].sum(axis=0))
+    if table.ndim == 2:  # one class at a time: gathers from a small contiguous column are fastest
+        columns = [_sum_in_order(np.ascontiguousarray(table[:, c]), leaves) for c in range(table.shape[1])]
+        return np.stack(columns, axis=1) if columns else np.zeros((leaves.shape[1], 0))
+    out = np.take(table, leaves[0])  # many rows: tree by tree, never every tree's values at once
+    for tree in leaves[1:]:
+        out += np.take(table, tree)
+    return out
 
 
 class _TreeClassifier(Classifier, _Trees):
