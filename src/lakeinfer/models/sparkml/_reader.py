@@ -72,7 +72,8 @@ def read_meta(folder: str) -> StageMeta:
 
 
 def stage_dirs(folder: str, uids: list[str]) -> list[str]:
-    """The folders of a PipelineModel's stages, in order (``stages/<index>_<uid>``)."""
+    """The folders of a PipelineModel's stages, in order (``stages/<index>_<uid>``, the index
+    zero-padded to as many digits as the number of stages has, as Spark's getStagePath writes it)."""
     out = []
     digits = len(str(len(uids)))  # Spark pads the index to the digits of the stage count: 00_ .. 11_
     for index, uid in enumerate(uids):
