@@ -85,11 +85,17 @@ def test_local_engine_equals_spark(spark, models: dict[str, Path], name: str, tm
     assert_same(expected, local_scores(models[name], df, tmp_path))
 
 
+def _records(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows as JSON records, a missing value as null (pandas holds a missing string as NaN)."""
+    return [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+            for r in rows[list(INPUTS)].to_dict("records")]
+
+
 def _v2_inputs(rows: pd.DataFrame) -> list[dict[str, Any]]:
     out = []
     for name in INPUTS:
         values = rows[name].tolist()
-        text = rows[name].dtype == object
+        text = name in ("plan", "region")
         out.append({"name": name, "shape": [len(rows)], "datatype": "BYTES" if text else "FP64", "data": values})
     return out
 
@@ -108,7 +114,7 @@ def test_server_equals_spark(spark, models: dict[str, Path]) -> None:  # type: i
             got[name] = list(data.reshape(out["shape"])) if len(out["shape"]) == 2 else data
         assert_same(expected, got)
 
-        instances = rows[list(INPUTS)].to_dict("records")
+        instances = _records(rows)
         records = httpx.post(f"{server.url}/v1/models/forest/predict", json={"instances": instances}, timeout=30)
         assert records.status_code == 200, records.text
         served = pd.DataFrame(records.json()["predictions"])
@@ -116,7 +122,7 @@ def test_server_equals_spark(spark, models: dict[str, Path]) -> None:  # type: i
         assert_same(expected, served)
 
         # the rows Spark drops or refuses are per-record errors here, naming the row and the column
-        bad = _test_rows().loc[[0, 3]][list(INPUTS)].to_dict("records")
+        bad = _records(_test_rows().loc[[0, 3]])
         refused = httpx.post(f"{server.url}/v1/models/forest/predict", json={"instances": bad}, timeout=30)
         assert refused.status_code == 400
         assert refused.json()["error"].startswith("instances[1]: column 'plan' is 'enterprise'"), refused.text
@@ -135,7 +141,7 @@ def test_stream_equals_spark(spark, models: dict[str, Path], broker: str) -> Non
                         "--keep", ID, "--max-batch-size", "16")
     try:
         produce(broker, topics[0], [(str(i).encode(), json.dumps({ID: i, **r}).encode())
-                                    for i, r in enumerate(rows[list(INPUTS)].to_dict("records"))])
+                                    for i, r in enumerate(_records(rows))])
         consumer = Consumer({"bootstrap.servers": broker, "group.id": f"check-{tag}",
                              "auto.offset.reset": "earliest"})
         consumer.subscribe([topics[1], topics[2]])
