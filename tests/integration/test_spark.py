@@ -87,8 +87,15 @@ def test_pipeline_model_runs_natively(spark, frame: pd.DataFrame, tmp_path: Path
     np.testing.assert_array_equal(out["prediction"], expected["prediction"])
     np.testing.assert_allclose(np.stack(out["probability"]), np.stack(expected["probability"]), atol=1e-12)
 
-    local = run_cli("batch", "--model", model_dir, "--input", tmp_path / "train.parquet", "--output", tmp_path / "l")
-    assert local.returncode == 1 and "use --engine spark" in local.stderr
+    # the local engine reads the same folder without a JVM and writes the same columns
+    local = run_cli("batch", "--model", model_dir, "--input", tmp_path / "train.parquet", "--output", tmp_path / "l",
+                    "--keep", "id")
+    assert local.returncode == 0, local.stderr
+    mine = read_output(tmp_path / "l")
+    assert list(mine.columns) == list(out.columns)
+    np.testing.assert_array_equal(mine["prediction"], out["prediction"])
+    np.testing.assert_allclose(np.stack(mine["probability"]), np.stack(out["probability"]), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(np.stack(mine["rawPrediction"]), np.stack(out["rawPrediction"]), rtol=0, atol=1e-9)
 
 
 def test_bad_rows_on_spark_give_one_line(onnx_model: Trained, tmp_path: Path) -> None:
