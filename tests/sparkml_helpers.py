@@ -37,6 +37,7 @@ def spark_session() -> Any:
 
 @pytest.fixture(scope="session")
 def spark():  # type: ignore[no-untyped-def]
+    """For modules whose module-scoped fixtures need the session: ``spark = sparkml_helpers.spark``."""
     return spark_session()
 
 

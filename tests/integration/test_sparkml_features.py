@@ -17,12 +17,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-pytest.importorskip("pyspark")
-
-from lakeinfer.errors import BadRecordError, ModelLoadError  # noqa: E402
-from lakeinfer.models.sparkml import SparkMLModel  # noqa: E402
-from tests import sparkml_helpers  # noqa: E402
-from tests.sparkml_helpers import ID, assert_same, frame_of, local_scores  # noqa: E402
+from lakeinfer.errors import BadRecordError, ModelLoadError
+from lakeinfer.models.sparkml import SparkMLModel
+from tests import sparkml_helpers
+from tests.sparkml_helpers import ID, assert_same, frame_of, local_scores
 
 spark = sparkml_helpers.spark  # the one Spark session of the run
 

@@ -10,12 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytest.importorskip("pyspark")
-
-from lakeinfer.errors import ModelLoadError  # noqa: E402
-from lakeinfer.models.sparkml import SparkMLModel  # noqa: E402
-from tests import sparkml_helpers  # noqa: E402
-from tests.sparkml_helpers import assert_same, fit_save, frame_of, local_scores, spark_scores  # noqa: E402
+from lakeinfer.errors import ModelLoadError
+from lakeinfer.models.sparkml import SparkMLModel
+from tests import sparkml_helpers
+from tests.sparkml_helpers import assert_same, fit_save, frame_of, local_scores, spark_scores
 
 spark = sparkml_helpers.spark  # the session fixture shared by the Spark ML tests
 
