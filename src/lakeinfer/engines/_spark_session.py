@@ -31,7 +31,16 @@ def session(master: str | None, conf: dict[str, str]) -> Any:
         builder = builder.master(master)
     for key, value in conf.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:
+        if not conf.get("spark.jars.packages"):
+            raise
+        # Ivy's report of what it could not fetch went to stderr; the reason here is one line
+        raise errors.ConfigError(
+            f"Spark did not start with the jars {conf['spark.jars.packages']} (spark.jars.packages fetches them "
+            f"from Maven Central into the Ivy cache on first use: is it reachable, do these versions exist?): "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 

@@ -3,6 +3,7 @@ snapshot, a Delta version) that publishes them with the job's id and the input p
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -16,6 +17,7 @@ from .tables import (
     INPUT,
     JOB_ID,
     POSITION,
+    ROWS,
     STAGING,
     TableRef,
     load_catalog,
@@ -66,11 +68,13 @@ class TableOutput:
         if table is None:
             return []
         if self.ref.kind == "delta":
-            return [{k: str(v) for k, v in h.items()} for h in table.history()]
+            return [_delta_commit(h) for h in table.history()]
         commits = []
         snapshot = table.current_snapshot()
         while snapshot is not None:
             props = dict(snapshot.summary.additional_properties) if snapshot.summary is not None else {}
+            # a Spark commit cannot carry the row counts (they are known after it): Iceberg's own count
+            props.setdefault(ROWS, props.get("added-records", "0"))
             commits.append({**props, "snapshot": str(snapshot.snapshot_id)})
             parent = snapshot.parent_snapshot_id
             snapshot = table.snapshot_by_id(parent) if parent is not None else None
@@ -157,6 +161,21 @@ class TableOutput:
             self.ref.name, data.scanner().to_reader(), mode="overwrite" if replace else "append",
             commit_properties=deltalake.CommitProperties(custom_metadata=properties))
         return str(deltalake.DeltaTable(self.ref.name).version())
+
+
+def _delta_commit(info: dict[str, Any]) -> dict[str, str]:
+    """A Delta commit's properties: delta-rs puts them in commitInfo itself, delta-spark (the Spark
+    engine's writes) in ``userMetadata`` as one JSON object."""
+    props = {k: str(v) for k, v in info.items()}
+    try:
+        extra = json.loads(info.get("userMetadata") or "null")
+    except ValueError:
+        extra = None  # someone else's user metadata
+    if isinstance(extra, dict) and JOB_ID in extra:
+        props.update({k: str(v) for k, v in extra.items()})
+        metrics = info.get("operationMetrics") or {}
+        props.setdefault(ROWS, str(metrics.get("numOutputRows", 0)))
+    return props
 
 
 def open_output(uri: str, catalog: str) -> TableOutput | None:

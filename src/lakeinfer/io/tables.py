@@ -67,10 +67,19 @@ def input_id(ref: TableRef, catalog: str) -> str:
 
 # --- Iceberg -------------------------------------------------------------------------------
 
+def catalog_properties(name: str) -> dict[str, Any]:
+    """The pyiceberg configuration of catalog ``name`` (``.pyiceberg.yaml``, ``PYICEBERG_CATALOG__*``),
+    read now: pyiceberg's own copy is read once at import, which a long-lived process outlives."""
+    require("pyiceberg.catalog", "lake", "an Iceberg table")
+    from pyiceberg.utils.config import Config
+
+    return dict(Config().get_catalog_config(name) or {})
+
+
 def load_catalog(name: str) -> Any:
     catalog_module = require("pyiceberg.catalog", "lake", "an Iceberg table")
     try:
-        return catalog_module.load_catalog(name)
+        return catalog_module.load_catalog(name, **catalog_properties(name))
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"cannot load Iceberg catalog '{name}': {first} (configure it in .pyiceberg.yaml or "
