@@ -99,13 +99,15 @@ class Tables:
             except NoSuchTableError:
                 return []
             return [dict(s.summary.additional_properties) for s in table.snapshots()]
-        path = self.output[len("delta:"):]
-        if not os.path.isdir(os.path.join(path, "_delta_log")):
-            return []
         from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
 
+        try:
+            history = DeltaTable(self.output[len("delta:"):]).history()
+        except TableNotFoundError:  # none yet, or only the empty _delta_log a killed job began
+            return []
         return [{"userMetadata": h.get("userMetadata", ""), **{k: str(v) for k, v in h.items()}}
-                for h in reversed(DeltaTable(path).history())]
+                for h in reversed(history)]
 
 
 def _check(result: pd.DataFrame, trained: Trained, ids: range) -> None:
@@ -228,14 +230,19 @@ def test_one_job_is_already_committed_on_either_engine(lake: dict[str, Any], onn
 
 def _data_files(t: Tables) -> list[Path]:
     if t.kind == "iceberg":
-        name = t.output[len("iceberg:"):].split(".")[-1]
-        return list((t.lake["root"] / "warehouse").glob(f"ns.db/{name}/data/**/*.parquet"))
+        from pyiceberg.exceptions import NoSuchTableError
+
+        try:  # the job creates the table, then Spark's tasks write into its location
+            location = t.lake["catalog"].load_table(t.output[len("iceberg:"):]).location()
+        except NoSuchTableError:
+            return []
+        return list(Path(location.removeprefix("file://")).glob("data/**/*.parquet"))
     return list(Path(t.output[len("delta:"):]).glob("*.parquet"))
 
 
 @pytest.mark.parametrize("kind", ["iceberg", "delta"])
 def test_spark_sigkill_then_rerun_commits_every_row_once(kind: str, lake: dict[str, Any], tmp_path: Path) -> None:
-    files, per_file = 12, 50
+    files, per_file = 6, 40
     rng = np.random.default_rng(5)
     frame = pd.DataFrame(np.round(rng.normal(size=(files * per_file, len(FEATURES))) * 1024) / 1024, columns=FEATURES)
     frame.insert(0, "id", np.arange(len(frame), dtype=np.int64))
@@ -246,7 +253,7 @@ def test_spark_sigkill_then_rerun_commits_every_row_once(kind: str, lake: dict[s
     joblib.dump(SlowEcho(len(FEATURES), delay=0.1), model)
     args = ["batch", "--engine", "spark", "--master", "local[2]", "--model", model, "--trust-model", "--features",
             ",".join(FEATURES), "--input", t.input, "--output", t.output, "--keep", "id", "--catalog", CATALOG,
-            "--batch-size", "20"]
+            "--batch-size", "10"]
     # this tree's lakeinfer, and tests.slow_model for the Python workers that unpickle the model
     path = os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])
     job = subprocess.Popen([sys.executable, "-m", "lakeinfer", *map(str, args)], start_new_session=True,
@@ -271,3 +278,16 @@ def test_spark_sigkill_then_rerun_commits_every_row_once(kind: str, lake: dict[s
     assert result["id"].tolist() == list(range(files * per_file))
     np.testing.assert_allclose(result["prediction"].to_numpy(), frame["f0"].to_numpy() * 10.0)
     assert len(t.commits()) == 1
+
+
+def test_missing_jars_fail_in_one_line(lake: dict[str, Any], onnx_model: Trained, frame: pd.DataFrame) -> None:
+    t = Tables(lake, "iceberg")
+    t.append(_rows(frame, 0, 10))
+    # a runtime version Maven Central does not have: Spark cannot start with it
+    env = {**lake["env"], "LAKEINFER_ICEBERG_VERSION": "0.0.1"}
+    done = run_cli("batch", "--engine", "spark", "--master", "local[1]", "--model", onnx_model.path,
+                   *onnx_model.cli, "--input", t.input, "--output", t.output, "--catalog", CATALOG, env=env)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("lakeinfer: error: Spark did not start with the jars") and "iceberg-spark-runtime" in last, last
+    assert "Traceback" not in done.stderr and "\tat org." not in done.stderr
