@@ -163,7 +163,8 @@ def _score(recipe: PipelineRecipe, source: tables.Source, fingerprint: dict[str,
         columns = runtime.read_columns(keep)
         probe = todo[0] if todo else units[0]
         sample = _sample(source, probe, runtime)
-        schema = _output_schema(runtime, sample, keep, probe.path, probe.first_row)
+        # an input table's field ids name its columns, not the output's: the parts carry none
+        schema = _without_field_ids(_output_schema(runtime, sample, keep, probe.path, probe.first_row))
         if check_schema is not None:
             check_schema(schema)
         folder.claim(fingerprint, overwrite=overwrite)
@@ -213,6 +214,14 @@ def _sample(source: tables.Source, unit: Any, runtime: ModelRuntime) -> pa.Recor
             raise errors.SchemaError(f"input file {unit.path}: missing feature column '{missing[0]}' "
                                      f"(the input has: {', '.join(sample.schema.names) or 'no columns'})")
     return sample
+
+
+def _without_field_ids(schema: pa.Schema) -> pa.Schema:
+    fields = []
+    for f in schema:
+        meta = {k: v for k, v in (f.metadata or {}).items() if k != b"PARQUET:field_id"}
+        fields.append(f.with_metadata(meta) if f.metadata else f)
+    return pa.schema(fields, metadata=schema.metadata)
 
 
 def _output_schema(runtime: ModelRuntime, sample: pa.RecordBatch, keep: Sequence[str], path: str,
