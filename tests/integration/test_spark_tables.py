@@ -124,15 +124,6 @@ def _run(t: Tables, trained: Trained, engine: str = "spark", **options: Any) -> 
                  catalog=CATALOG, **extra, **options)
 
 
-def _job_ids(t: Tables) -> list[str]:
-    ids = []
-    for commit in t.commits():
-        text = commit.get("lakeinfer.job-id") or commit.get("userMetadata", "")
-        if "lakeinfer.job-id" in text or (text and "userMetadata" not in commit):
-            ids.append(text)
-    return ids
-
-
 @pytest.mark.parametrize("kind", ["iceberg", "delta"])
 def test_spark_reads_writes_incremental_and_idle_reruns(kind: str, lake: dict[str, Any], onnx_model: Trained,
                                                         frame: pd.DataFrame) -> None:

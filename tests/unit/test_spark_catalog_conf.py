@@ -32,6 +32,8 @@ def test_rest_and_unmapped_catalogs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYICEBERG_CATALOG__R__URI", "http://127.0.0.1:8181")
     conf = _spark_tables.catalog_conf("r")
     assert conf["spark.sql.catalog.r.type"] == "rest" and conf["spark.sql.catalog.r.uri"] == "http://127.0.0.1:8181"
+    monkeypatch.setenv("PYICEBERG_CATALOG__H__URI", "thrift://127.0.0.1:9083")
+    assert _spark_tables.catalog_conf("h")["spark.sql.catalog.h.type"] == "hive"
     monkeypatch.setenv("PYICEBERG_CATALOG__PG__URI", "postgresql+psycopg2://u@h/db")
     with pytest.raises(ConfigError, match="maps SQL catalogs on SQLite"):
         _spark_tables.catalog_conf("pg")

@@ -59,16 +59,16 @@ def packages(kinds: set[str]) -> list[str]:
 
 def catalog_conf(name: str) -> dict[str, str]:
     """Spark's Iceberg catalog ``name`` from the same pyiceberg configuration: a SQL catalog on
-    SQLite becomes Iceberg's JDBC catalog on the same file (the two share their tables), a REST
-    catalog the same REST catalog, with the same warehouse."""
+    SQLite becomes Iceberg's JDBC catalog on the same file (the two share their tables), a REST or
+    Hive catalog the same catalog, with the same warehouse."""
     props = {k: str(v) for k, v in tables.catalog_properties(name).items()}
     prefix = f"spark.sql.catalog.{name}"
-    kind = props.get("type", "sql" if "uri" in props and "://" in props["uri"] and
-                     not props["uri"].startswith("http") else "rest")
+    uri = props.get("uri", "")
+    inferred = "rest" if uri.startswith("http") else "hive" if uri.startswith("thrift") else "sql"
+    kind = props.get("type", inferred)  # as pyiceberg infers it from the uri
     conf = {prefix: _ICEBERG_CLASS, f"{prefix}.cache-enabled": "false"}  # see the other engine's commits
     if "warehouse" in props:
         conf[f"{prefix}.warehouse"] = props["warehouse"]
-    uri = props.get("uri", "")
     if kind == "sql":
         if not uri.startswith("sqlite:///"):
             raise errors.ConfigError(f"Iceberg catalog '{name}': the Spark engine maps SQL catalogs on SQLite "
@@ -77,8 +77,8 @@ def catalog_conf(name: str) -> dict[str, str]:
         path = os.path.abspath(uri[len("sqlite:///"):])
         conf.update({f"{prefix}.catalog-impl": "org.apache.iceberg.jdbc.JdbcCatalog",
                      f"{prefix}.uri": f"jdbc:sqlite:{path}"})
-    elif kind == "rest":
-        conf.update({f"{prefix}.type": "rest", f"{prefix}.uri": uri})
+    elif kind in ("rest", "hive"):
+        conf.update({f"{prefix}.type": kind, f"{prefix}.uri": uri})
     else:
         raise errors.ConfigError(f"Iceberg catalog '{name}' is of type '{kind}', which the Spark engine does not "
                                  f"map; configure Spark's catalog with --spark-conf {prefix}=...")
