@@ -261,9 +261,39 @@ def broker(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
     stop_broker(home)
 
 
+def spark_session():  # type: ignore[no-untyped-def]
+    """The tests' Spark session on local[2], with the Iceberg, Delta and SQLite JDBC jars.
+
+    Jars given by spark.jars.packages reach only a JVM that starts with them: a JVM another
+    test module started without them is shut down first (its sessions stopped), then a new one
+    starts. Later modules' ``getOrCreate`` reuse this one.
+    """
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    from lakeinfer.engines import _spark_tables
+    from lakeinfer.engines._spark_session import session
+
+    gateway = SparkContext._gateway
+    if gateway is not None:
+        try:
+            SparkContext._jvm.java.lang.Class.forName("org.apache.iceberg.spark.SparkCatalog")  # type: ignore[union-attr]
+        except Exception:
+            active = SparkSession.getActiveSession()
+            if active is not None:
+                active.stop()
+            gateway.shutdown()
+            proc = getattr(gateway, "proc", None)
+            if proc is not None:
+                proc.stdin.close()
+                proc.wait(timeout=60)
+            SparkContext._gateway = None
+            SparkContext._jvm = None
+    return session("local[2]", {"spark.sql.shuffle.partitions": "4",
+                                **_spark_tables.jars_conf({"iceberg", "delta"})})
+
+
 @pytest.fixture
 def spark():  # type: ignore[no-untyped-def]
-    """A local Spark session shared by the tests that use it (see tests/sparkml_helpers.py)."""
-    from tests.sparkml_helpers import spark_session
-
+    """The tests' local Spark session (see spark_session), for tests that take it as a fixture."""
     return spark_session()

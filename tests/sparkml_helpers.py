@@ -28,9 +28,9 @@ ID = "id"
 def spark_session() -> Any:
     """The local Spark session these tests share (the ``spark`` fixture of tests/conftest.py):
     the running one, or a new one where a test module stopped its own."""
-    from lakeinfer.engines._spark_session import session
+    from tests.conftest import spark_session as shared
 
-    spark = session("local[2]", {"spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false"})
+    spark = shared()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 

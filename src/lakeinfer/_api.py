@@ -65,9 +65,6 @@ def batch(input: str | None = None, output: str | None = None, *, model: str | P
                      "snapshot": pick(snapshot, "snapshot", None), "incremental": pick(incremental, "incremental", None),
                      "full": pick(full, "full", None), "staging": pick(staging, "staging", None)}
     if engine == "spark":
-        used = [k for k, v in table_options.items() if v not in (None, False)]
-        if used:
-            raise ConfigError(f"{', '.join(used)}: table options are for the local engine")
         from .engines.spark import run_spark_batch
 
         return run_spark_batch(  # type: ignore[no-any-return]
@@ -76,7 +73,11 @@ def batch(input: str | None = None, output: str | None = None, *, model: str | P
             batch_size=int(pick(batch_size, "batch_size", DEFAULT_BATCH_SIZE)),
             master=pick(master, "master", None), spark_conf={**b.get("spark_conf", {}), **(spark_conf or {})},
             partition_by=tuple(pick(partition_by, "partition_by", ())),
-            overwrite=bool(pick(overwrite, "overwrite", False)))
+            overwrite=bool(pick(overwrite, "overwrite", False)), catalog=table_options["catalog"],
+            where=table_options["where"],
+            snapshot=None if table_options["snapshot"] is None else str(table_options["snapshot"]),
+            incremental=bool(table_options["incremental"]), full=bool(table_options["full"]),
+            staging=table_options["staging"])
     return run_batch(
         recipe, input_uri, output_uri,
         keep=tuple(pick(keep, "keep", ())),

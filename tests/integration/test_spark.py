@@ -15,17 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lakeinfer.engines._spark_session import session
 from lakeinfer.engines.spark import ScoreStats, score
-from tests.conftest import FEATURES, Trained, read_output, run_cli
+from tests.conftest import FEATURES, Trained, read_output, run_cli, spark_session
 from tests.serving import free_port
 
 
 @pytest.fixture(scope="module")
 def spark():  # type: ignore[no-untyped-def]
-    spark = session("local[2]", {"spark.sql.shuffle.partitions": "4"})
-    yield spark
-    spark.stop()
+    return spark_session()  # shared with the table tests: one JVM with the lake jars
 
 
 def test_spark_cli_equals_local_engine(onnx_model: Trained, datasets: dict[str, Path], tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -31,8 +32,63 @@ def session(master: str | None, conf: dict[str, str]) -> Any:
         builder = builder.master(master)
     for key, value in conf.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    packages = conf.get("spark.jars.packages")
+    from pyspark import SparkContext
+
+    if not packages or SparkContext._gateway is not None:  # no jars to fetch, or the JVM runs already
+        spark = builder.getOrCreate()
+    else:
+        spark = _start_with_packages(builder, packages)
     spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def _start_with_packages(builder: Any, packages: str) -> Any:
+    """Start the JVM (whose launcher fetches ``packages``) with its stderr through a pipe: held
+    back until it has started, then passed on; if it cannot start, the line of Ivy's that names
+    the jar it could not fetch goes into one error line instead of the launcher's stack."""
+    import threading
+
+    read_end, write_end = os.pipe()
+    held: list[bytes] = []
+    lock = threading.Lock()
+    started = threading.Event()
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            for line in iter(pipe.readline, b""):
+                with lock:
+                    if not started.is_set():
+                        held.append(line)
+                        continue
+                sys.stderr.buffer.write(line)
+                sys.stderr.flush()
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(write_end, 2)  # the launcher inherits it
+    os.close(write_end)
+    reader = threading.Thread(target=forward, name="spark-stderr", daemon=True)
+    reader.start()
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:
+        os.dup2(saved, 2)
+        os.close(saved)
+        reader.join(timeout=10)  # the launcher has exited: the pipe ends
+        text = b"".join(held).decode(errors="replace")
+        named = re.search(r"unresolved dependency: [^\]\n]+", text)
+        reason = named.group(0) if named else (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise errors.ConfigError(
+            f"Spark did not start with the jars {packages} (spark.jars.packages fetches them from Maven Central "
+            f"into the Ivy cache on first use: is it reachable, do these versions exist?): {reason}") from None
+    os.dup2(saved, 2)
+    os.close(saved)
+    with lock:  # started: what the launcher said goes where it would have gone, then the rest
+        for line in held:
+            sys.stderr.buffer.write(line)
+        sys.stderr.flush()
+        started.set()
     return spark
 
 

@@ -3,8 +3,6 @@ reading its own units straight from the input and writing its own Parquet parts.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import multiprocessing
 import os
 import queue
@@ -26,15 +24,14 @@ from typing import Any
 import pyarrow as pa
 
 from .. import errors
-from .._version import __version__
-from ..io import table_output, tables
+from ..io import table_job, tables
 from ..io.sinks import OutputFolder
-from ..io.sources import list_input, plan_units, read_schema
+from ..io.sources import read_schema
 from ..models import CONCURRENT_FLAVORS, default_processes, detect_flavor
 from ..runtime import ModelRuntime, PipelineRecipe
 from . import _worker
 
-__all__ = ["BatchSummary", "run_batch"]
+__all__ = ["BatchSummary", "committed_summary", "empty_summary", "run_batch"]
 
 SAMPLE_ROWS = 64
 DEFAULT_BATCH_SIZE = 16384
@@ -102,76 +99,49 @@ def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: 
     if workers is not None and workers < 1:
         raise errors.ConfigError(f"workers must be at least 1, not {workers}")
     catalog = catalog or "default"
-    in_table, out_table = tables.is_table(input_uri), tables.is_table(output_uri)
-    if not in_table:
-        for name, value in (("--where", where), ("--snapshot", snapshot)):
-            if value is not None:
-                raise errors.ConfigError(f"{name} is for table inputs (iceberg:NS.TABLE or delta:PATH)")
-    if (incremental or full) and not (in_table and out_table):
-        raise errors.ConfigError("--incremental and --full need a table input and a table output "
-                                 "(iceberg:NS.TABLE or delta:PATH)")
-    if incremental and snapshot is not None:
-        raise errors.ConfigError("--incremental scores up to the input's current snapshot; leave out --snapshot")
-    if staging is not None and not out_table:
-        raise errors.ConfigError("--staging is for table outputs")
-    out = table_output.open_output(output_uri, catalog)
-    since = None
-    if in_table:
-        if incremental and not full:
-            assert out is not None
-            since = out.last_position(tables.table_input_id(input_uri, catalog) or "")
-        source = tables.plan_table(input_uri, catalog=catalog, input_format=input_format, unit_rows=unit_rows,
-                                   where=where, snapshot=snapshot, since=since)
-    else:
-        fs, files, fmt = list_input(input_uri, input_format)
-        units = plan_units(fs, files, fmt, unit_rows=unit_rows)
-        source = tables.Source(fs, fmt, units, None, {
-            "input": input_uri, "input_format": fmt, "files": [[f.path, f.size, f.mtime_ns] for f in files]})
-    fingerprint = {
-        "lakeinfer": __version__,
-        **source.describe,
-        "units": len(source.units),
-        "keep": list(keep),
-        "pipeline": recipe.describe(),
-    }
+    table_job.check_table_options(input_uri, output_uri, where=where, snapshot=snapshot, incremental=incremental,
+                                  full=full, staging=staging)
+    job = table_job.plan_job(recipe, input_uri, output_uri, keep=keep, catalog=catalog, input_format=input_format,
+                             unit_rows=unit_rows, where=where, snapshot=snapshot, incremental=incremental,
+                             full=full, overwrite=overwrite)
+    source, fingerprint, out = job.source, job.fingerprint, job.out
     if out is None:
         return _score(recipe, source, fingerprint, output_uri, output_uri, keep=keep, workers=workers,
                       batch_size=batch_size, overwrite=overwrite, progress=progress, start=start)
 
     # A table output: the parts are staged under the job's id, then published in one commit.
-    fingerprint.update({"output": tables.input_id(tables.parse_table(output_uri), catalog),  # type: ignore[arg-type]
-                        "since": since, "replace": bool(full or overwrite)})
-    job_id = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    staged = out.staging_uri(job_id, staging)
+    assert job.job_id is not None
+    staged = out.staging_uri(job.job_id, staging)
     if not source.units:
-        note = "nothing new" if incremental else "the input table is empty"
-        return _empty_summary(output_uri, job_id, note, start)
-    committed = out.find_job(job_id)
+        return empty_summary(output_uri, job.job_id, job.empty_note, start)
+    committed = job.committed()
     if committed is not None:
         out.drop_staging(staged)
-        summary = _empty_summary(output_uri, job_id, "already committed", start)
-        summary.rows = int(committed.get(tables.ROWS, 0))
-        summary.rows_skipped = int(committed.get(tables.ROWS_SKIPPED, 0))
-        summary.commit = committed.get("snapshot", committed.get("version"))
-        return summary
+        return committed_summary(output_uri, job.job_id, committed, start)
     summary = _score(recipe, source, fingerprint, staged, output_uri, keep=keep, workers=workers,
                      batch_size=batch_size, overwrite=False, progress=progress, start=start,
                      check_schema=out.check_schema)
-    properties = {tables.JOB_ID: job_id, tables.ROWS: str(summary.rows),
-                  tables.ROWS_SKIPPED: str(summary.rows_skipped), "lakeinfer.version": __version__}
-    if source.input_id is not None and source.position is not None:
-        properties.update({tables.INPUT: source.input_id, tables.POSITION: source.position})
+    properties = job.properties(rows=summary.rows, rows_skipped=summary.rows_skipped)
     assert summary.schema is not None
-    summary.commit = out.commit(staged, summary.schema, properties, replace=bool(full or overwrite))
-    summary.job_id = job_id
+    summary.commit = out.commit(staged, summary.schema, properties, replace=job.replace)
+    summary.job_id = job.job_id
     out.drop_staging(staged)
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _empty_summary(output: str, job_id: str, note: str, start: float) -> BatchSummary:
+def empty_summary(output: str, job_id: str, note: str, start: float) -> BatchSummary:
     return BatchSummary(output=output, rows=0, rows_skipped=0, parts=0, parts_resumed=0, workers=0, threads=0,
                         model_loads=0, seconds=time.perf_counter() - start, job_id=job_id, note=note)
+
+
+def committed_summary(output: str, job_id: str, committed: dict[str, str], start: float) -> BatchSummary:
+    """A job found in the output table's history: its commit's row counts, nothing written."""
+    summary = empty_summary(output, job_id, "already committed", start)
+    summary.rows = int(committed.get(tables.ROWS, 0))
+    summary.rows_skipped = int(committed.get(tables.ROWS_SKIPPED, 0))
+    summary.commit = committed.get("snapshot", committed.get("version"))
+    return summary
 
 
 def _score(recipe: PipelineRecipe, source: tables.Source, fingerprint: dict[str, Any], folder_uri: str,
@@ -193,7 +163,8 @@ def _score(recipe: PipelineRecipe, source: tables.Source, fingerprint: dict[str,
         columns = runtime.read_columns(keep)
         probe = todo[0] if todo else units[0]
         sample = _sample(source, probe, runtime)
-        schema = _output_schema(runtime, sample, keep, probe.path, probe.first_row)
+        # an input table's field ids name its columns, not the output's: the parts carry none
+        schema = _without_field_ids(_output_schema(runtime, sample, keep, probe.path, probe.first_row))
         if check_schema is not None:
             check_schema(schema)
         folder.claim(fingerprint, overwrite=overwrite)
@@ -243,6 +214,14 @@ def _sample(source: tables.Source, unit: Any, runtime: ModelRuntime) -> pa.Recor
             raise errors.SchemaError(f"input file {unit.path}: missing feature column '{missing[0]}' "
                                      f"(the input has: {', '.join(sample.schema.names) or 'no columns'})")
     return sample
+
+
+def _without_field_ids(schema: pa.Schema) -> pa.Schema:
+    fields = []
+    for f in schema:
+        meta = {k: v for k, v in (f.metadata or {}).items() if k != b"PARQUET:field_id"}
+        fields.append(f.with_metadata(meta) if f.metadata else f)
+    return pa.schema(fields, metadata=schema.metadata)
 
 
 def _output_schema(runtime: ModelRuntime, sample: pa.RecordBatch, keep: Sequence[str], path: str,

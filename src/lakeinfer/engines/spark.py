@@ -253,17 +253,37 @@ def lakeinfer_error(exc: BaseException) -> errors.LakeinferError:
 def run_spark_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: Sequence[str] = (),
                     input_format: str | None = None, batch_size: int = 16384, master: str | None = None,
                     spark_conf: dict[str, str] | None = None, partition_by: Sequence[str] = (),
-                    overwrite: bool = False) -> Any:
-    """``lakeinfer batch --engine spark``: read with Spark, score, write Parquet with Spark's commit protocol."""
-    from ..io.sinks import MANIFEST, SUCCESS
-    from ._spark_session import finished, read, session, summary_of
+                    overwrite: bool = False, catalog: str | None = None, where: str | None = None,
+                    snapshot: str | None = None, incremental: bool = False, full: bool = False,
+                    staging: str | None = None) -> Any:
+    """``lakeinfer batch --engine spark``: read with Spark, score, write Parquet with Spark's commit
+    protocol, or a table in one commit (see :mod:`._spark_tables`)."""
+    from ..io import tables
+    from ._spark_session import read, session
 
     start = time.perf_counter()
+    if tables.is_table(input_uri) or tables.is_table(output_uri):
+        return _run_tables(recipe, input_uri, output_uri, keep=keep, input_format=input_format,
+                           batch_size=batch_size, master=master, spark_conf=spark_conf or {},
+                           partition_by=partition_by, overwrite=overwrite, catalog=catalog or "default",
+                           where=where, snapshot=snapshot, incremental=incremental, full=full, staging=staging,
+                           start=start)
     spark = session(master, spark_conf or {})
     df, fmt, files = read(spark, input_uri, input_format)
     # the files, as the local engine has them: an input changed or added since is another job
     fingerprint = {"input": input_uri, "format": fmt, "files": [[f.path, f.size, f.mtime_ns] for f in files],
                    "keep": list(keep), "pipeline": recipe.describe(), "partition_by": list(partition_by)}
+    return _write_folder(spark, df, recipe, output_uri, fingerprint, keep=keep, batch_size=batch_size,
+                         master=master, partition_by=partition_by, overwrite=overwrite, start=start)
+
+
+def _write_folder(spark: Any, df: Any, recipe: PipelineRecipe, output_uri: str, fingerprint: dict[str, Any], *,
+                  keep: Sequence[str], batch_size: int, master: str | None, partition_by: Sequence[str],
+                  overwrite: bool, start: float) -> Any:
+    """Score ``df`` into Parquet under ``output_uri``, unless this very job already completed there."""
+    from ..io.sinks import MANIFEST, SUCCESS
+    from ._spark_session import finished, summary_of
+
     previous = finished(output_uri)
     if previous is not None and not overwrite:
         theirs = previous.get("fingerprint", {})
@@ -294,3 +314,66 @@ def run_spark_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, 
     from ._spark_session import record
 
     return record(spark, output_uri, fingerprint, stats[0] if stats else None, master, time.perf_counter() - start)
+
+
+def _run_tables(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: Sequence[str],
+                input_format: str | None, batch_size: int, master: str | None, spark_conf: dict[str, str],
+                partition_by: Sequence[str], overwrite: bool, catalog: str, where: str | None,
+                snapshot: str | None, incremental: bool, full: bool, staging: str | None, start: float) -> Any:
+    """A table on either side: planned and named as on the local engine, written in one commit."""
+    from ..io import table_job, tables
+    from . import _spark_tables as lake
+    from ._spark_session import read, session
+    from .local import committed_summary, empty_summary
+
+    table_job.check_table_options(input_uri, output_uri, where=where, snapshot=snapshot, incremental=incremental,
+                                  full=full, staging=staging)
+    if staging is not None:
+        raise errors.ConfigError("--staging is for the local engine: on Spark the data files wait in the table's "
+                                 "own location until the one commit publishes them")
+    if partition_by and tables.is_table(output_uri):
+        raise errors.ConfigError("--partition-by is for folder outputs; an output table keeps its own layout")
+    # planned before Spark starts: a bad table or option is one line, without a JVM
+    job = table_job.plan_job(recipe, input_uri, output_uri, keep=keep, catalog=catalog, input_format=input_format,
+                             unit_rows=None, where=where, snapshot=snapshot, incremental=incremental, full=full,
+                             overwrite=overwrite)
+    if job.out is not None:
+        assert job.job_id is not None
+        if tables.is_table(input_uri) and not job.source.units:
+            return empty_summary(output_uri, job.job_id, job.empty_note, start)
+        committed = job.committed()
+        if committed is not None:
+            return committed_summary(output_uri, job.job_id, committed, start)
+    kinds = {ref.kind for ref in map(tables.parse_table, (input_uri, output_uri)) if ref is not None}
+    conf = lake.lake_conf(kinds, catalog, spark_conf)
+    spark = session(master, conf)
+    lake.check_jars(spark, kinds, conf)
+    try:
+        if tables.is_table(input_uri):
+            df = lake.read_table(spark, job, input_uri, catalog=catalog, where=where)
+        else:
+            df = read(spark, input_uri, input_format)[0]
+        if job.out is None:
+            return _write_folder(spark, df, recipe, output_uri, {**job.fingerprint, "partition_by": list(partition_by)},
+                                 keep=keep, batch_size=batch_size, master=master, partition_by=partition_by,
+                                 overwrite=overwrite, start=start)
+        stats: list[ScoreStats] = []
+        scored = score(df, recipe, keep=keep, batch_size=batch_size, stats=stats)
+        schema = lake.output_schema(scored)
+        job.out.check_schema(schema)
+        lake.write_table(scored, job, catalog=catalog, schema=schema)
+    except errors.LakeinferError:
+        raise
+    except Exception as exc:
+        raise lakeinfer_error(exc) from exc
+    assert job.job_id is not None
+    commit = job.committed()
+    if commit is None:  # the write returned without a commit carrying the job id: never report success
+        raise errors.OutputError(f"the Spark job wrote to {output_uri} but no commit carries job {job.job_id}")
+    from .local import BatchSummary
+
+    rows_in, rows_out = stats[0].counts.value if stats else (int(commit.get(tables.ROWS, 0)),) * 2
+    return BatchSummary(output=output_uri, rows=rows_out, rows_skipped=rows_in - rows_out, parts=1,
+                        parts_resumed=0, workers=stats[0].workers if stats else 0, threads=1,
+                        model_loads=stats[0].model_loads if stats else 0, seconds=time.perf_counter() - start,
+                        job_id=job.job_id, commit=commit.get("snapshot", commit.get("version")))

@@ -3,6 +3,7 @@ snapshot, a Delta version) that publishes them with the job's id and the input p
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -16,6 +17,7 @@ from .tables import (
     INPUT,
     JOB_ID,
     POSITION,
+    ROWS,
     STAGING,
     TableRef,
     load_catalog,
@@ -66,11 +68,13 @@ class TableOutput:
         if table is None:
             return []
         if self.ref.kind == "delta":
-            return [{k: str(v) for k, v in h.items()} for h in table.history()]
+            return [_delta_commit(h) for h in table.history()]
         commits = []
         snapshot = table.current_snapshot()
         while snapshot is not None:
             props = dict(snapshot.summary.additional_properties) if snapshot.summary is not None else {}
+            # a Spark commit cannot carry the row counts (they are known after it): Iceberg's own count
+            props.setdefault(ROWS, props.get("added-records", "0"))
             commits.append({**props, "snapshot": str(snapshot.snapshot_id)})
             parent = snapshot.parent_snapshot_id
             snapshot = table.snapshot_by_id(parent) if parent is not None else None
@@ -140,14 +144,53 @@ class TableOutput:
             namespace = self.ref.name.rsplit(".", 1)[0]
             self.catalog.create_namespace_if_not_exists(namespace)
             table = self.catalog.create_table_if_not_exists(self.ref.name, schema=schema)
-        rows = data.to_table().cast(table.schema().as_arrow())
+        linked = self._link_staged(table, data, properties[JOB_ID])
         with table.transaction() as tx:
-            if replace:
-                tx.overwrite(rows, snapshot_properties=properties)
+            if linked is not None:  # the staged files themselves: no decode and re-encode
+                if replace:
+                    from pyiceberg.expressions import AlwaysTrue
+
+                    tx.delete(AlwaysTrue(), snapshot_properties=properties)
+                # the names hold the job id: no other commit references them, no need to scan for it
+                tx.add_files(linked, snapshot_properties=properties, check_duplicate_files=False)
             else:
-                tx.append(rows, snapshot_properties=properties)
+                rows = data.to_table().cast(table.schema().as_arrow())
+                if replace:
+                    tx.overwrite(rows, snapshot_properties=properties)
+                else:
+                    tx.append(rows, snapshot_properties=properties)
         snapshot = self._table().current_snapshot()
         return str(snapshot.snapshot_id) if snapshot is not None else "none"
+
+    def _link_staged(self, table: Any, data: pads.Dataset, job_id: str) -> list[str] | None:
+        """The staged Parquet parts hard-linked into the table's data folder (named by the job id,
+        so a rerun after a crash links them again), when staging and table are on one local disk
+        and the parts hold exactly the table's columns without field ids; else None."""
+        import pyarrow.parquet as pq
+
+        location = table.location()
+        local = isinstance(data.filesystem, pafs.LocalFileSystem) and location.startswith(("file:/", "/"))
+        if not local or not data.files:
+            return None
+        staged = pq.read_schema(data.files[0])
+        if any(b"PARQUET:field_id" in (f.metadata or {}) for f in staged) or any(
+                pa.types.is_timestamp(f.type) for f in staged) or _plain(staged) != _plain(table.schema().as_arrow()):
+            return None
+        folder = os.path.join(location.removeprefix("file://").removeprefix("file:"), "data")
+        linked = []
+        try:
+            os.makedirs(folder, exist_ok=True)
+            for path in sorted(data.files):
+                target = os.path.join(folder, f"{job_id}-{os.path.basename(path)}")
+                if os.path.exists(target):
+                    os.remove(target)
+                os.link(path, target)
+                linked.append(target)
+        except OSError:  # another disk, no hard links: the rows are re-encoded by append instead
+            for target in linked:
+                os.remove(target)
+            return None
+        return [f"file://{t}" for t in linked]
 
     def _commit_delta(self, data: pads.Dataset, schema: pa.Schema, properties: dict[str, str],
                       replace: bool) -> str:
@@ -157,6 +200,21 @@ class TableOutput:
             self.ref.name, data.scanner().to_reader(), mode="overwrite" if replace else "append",
             commit_properties=deltalake.CommitProperties(custom_metadata=properties))
         return str(deltalake.DeltaTable(self.ref.name).version())
+
+
+def _delta_commit(info: dict[str, Any]) -> dict[str, str]:
+    """A Delta commit's properties: delta-rs puts them in commitInfo itself, delta-spark (the Spark
+    engine's writes) in ``userMetadata`` as one JSON object."""
+    props = {k: str(v) for k, v in info.items()}
+    try:
+        extra = json.loads(info.get("userMetadata") or "null")
+    except ValueError:
+        extra = None  # someone else's user metadata
+    if isinstance(extra, dict) and JOB_ID in extra:
+        props.update({k: str(v) for k, v in extra.items()})
+        metrics = info.get("operationMetrics") or {}
+        props.setdefault(ROWS, str(metrics.get("numOutputRows", 0)))
+    return props
 
 
 def open_output(uri: str, catalog: str) -> TableOutput | None:

@@ -67,10 +67,19 @@ def input_id(ref: TableRef, catalog: str) -> str:
 
 # --- Iceberg -------------------------------------------------------------------------------
 
+def catalog_properties(name: str) -> dict[str, Any]:
+    """The pyiceberg configuration of catalog ``name`` (``.pyiceberg.yaml``, ``PYICEBERG_CATALOG__*``),
+    read now: pyiceberg's own copy is read once at import, which a long-lived process outlives."""
+    require("pyiceberg.catalog", "lake", "an Iceberg table")
+    from pyiceberg.utils.config import Config
+
+    return dict(Config().get_catalog_config(name) or {})
+
+
 def load_catalog(name: str) -> Any:
     catalog_module = require("pyiceberg.catalog", "lake", "an Iceberg table")
     try:
-        return catalog_module.load_catalog(name)
+        return catalog_module.load_catalog(name, **catalog_properties(name))
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"cannot load Iceberg catalog '{name}': {first} (configure it in .pyiceberg.yaml or "
@@ -167,7 +176,7 @@ def _appended_iceberg(table: Any, since: str, current: Any, uri: str) -> list[An
 
 
 def _plan_iceberg(ref: TableRef, uri: str, catalog_name: str, where: str | None, snapshot: str | None,
-                  since: str | None) -> Source:
+                  since: str | None, unit_rows: int | None) -> Source:
     catalog = load_catalog(catalog_name)
     table = load_iceberg(catalog, ref.name, catalog_name, "input")
     if snapshot is not None:
@@ -193,13 +202,63 @@ def _plan_iceberg(ref: TableRef, uri: str, catalog_name: str, where: str | None,
         if task.delete_files:
             raise InputError(f"input table {uri}: data file {task.file.file_path} has delete files, which "
                              "lakeinfer does not read yet; compact the table first")
-    units = [Unit(i, t.file.file_path, None, 0, t.file.record_count, task=t) for i, t in enumerate(tasks)]
     files = [[t.file.file_path, t.file.file_size_in_bytes, None] for t in tasks]
     describe = {"input": input_id(ref, catalog_name), "input_format": "iceberg", "snapshot": position,
                 "where": where, "files": files}
+    plain = _plain_parquet(tasks, schema) if where is None else None
+    if plain is not None:  # read as the Parquet files they are: row-group units, no scan layer
+        fs, paths = plain
+        inputs = [InputFile(p, int(t.file.file_size_in_bytes), None) for p, t in zip(paths, tasks, strict=True)]
+        return Source(fs, "parquet", plan_units(fs, inputs, "parquet", unit_rows=unit_rows), None, describe,
+                      input_id(ref, catalog_name), position, empty_schema=schema.as_arrow())
+    units = [Unit(i, t.file.file_path, None, 0, t.file.record_count, task=t) for i, t in enumerate(tasks)]
     reader = IcebergReader(table.metadata, table.io, schema, row_filter)
     return Source(pafs.LocalFileSystem(), "iceberg", units, reader, describe, input_id(ref, catalog_name),
                   position)
+
+
+def _plain_parquet(tasks: list[Any], schema: Any) -> tuple[pafs.FileSystem, list[str]] | None:
+    """The data files' file system and paths when each is a Parquet file holding exactly the
+    table's columns (same names, types and field ids; no delete files), so reading it as a file
+    gives what pyiceberg's scan would; None when any is not (renamed or promoted columns,
+    partition values kept only in the metadata, other formats): those go through the scan."""
+    import pyarrow.parquet as pq
+    from pyiceberg.manifest import FileFormat
+
+    if not tasks or any(t.delete_files or t.file.file_format != FileFormat.PARQUET for t in tasks):
+        return None
+    expected = schema.as_arrow()
+    want = [(f.name, f.type, (f.metadata or {}).get(b"PARQUET:field_id")) for f in expected]
+    found = [filesystem_for(t.file.file_path) for t in tasks]
+    fs = found[0][0]
+    if any(type(f) is not type(fs) for f, _ in found):
+        return None
+    for _, path in found:
+        try:
+            with fs.open_input_file(path) as fh:
+                got = pq.read_schema(fh)
+        except (OSError, pa.ArrowException):
+            return None  # the scan reports it, naming the file
+        have = [(f.name, f.type, (f.metadata or {}).get(b"PARQUET:field_id")) for f in got]
+        if len(have) != len(want) or any(
+                n != m or not _same_type(t, u) or (i is not None and j is not None and i != j)
+                for (n, t, i), (m, u, j) in zip(have, want, strict=True)):
+            return None
+    return fs, [path for _, path in found]
+
+
+def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
+    """Equal, but for the 32/64-bit offsets of strings, binaries and lists (the same values)."""
+    def norm(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_large_string(t):
+            return pa.string()
+        if pa.types.is_large_binary(t):
+            return pa.binary()
+        if pa.types.is_large_list(t) or pa.types.is_list(t):
+            return pa.list_(norm(t.value_type))
+        return t
+
+    return bool(norm(a) == norm(b)) and not pa.types.is_timestamp(a)  # timestamps: units and zones vary
 
 
 # --- Delta ---------------------------------------------------------------------------------
@@ -289,7 +348,7 @@ def plan_table(uri: str, *, catalog: str, input_format: str | None = None, unit_
     if input_format is not None:
         raise ConfigError(f"--input-format is for files; {uri} is a {ref.kind} table")
     if ref.kind == "iceberg":
-        return _plan_iceberg(ref, uri, catalog, where, snapshot, since)
+        return _plan_iceberg(ref, uri, catalog, where, snapshot, since, unit_rows)
     return _plan_delta(ref, input_format, unit_rows, where, snapshot, since)
 
 

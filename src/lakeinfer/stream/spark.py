@@ -19,16 +19,20 @@ from ..engines.spark import score
 from ..errors import ConfigError
 from .kafka import StreamConfig
 
+# The connector of each Spark minor whose dependencies all resolve from Maven Central: its
+# spark-token-provider-kafka-0-10 exists for 4.1.1 but not for 4.1.0, 4.1.2 or 4.1.3. Connectors
+# keep to Spark's public API within a minor, so 4.1.1 serves every 4.1.x.
+KAFKA_CONNECTORS = {"4.0": "4.0.0", "4.1": "4.1.1", "4.2": "4.2.0"}
+
 
 def _connector() -> str:
-    """The Kafka connector of this Spark's minor version (x.y.0: Maven Central has every x.y.0,
-    not every patch release); LAKEINFER_SPARK_KAFKA_VERSION overrides."""
+    """The Kafka connector for this Spark's minor version; LAKEINFER_SPARK_KAFKA_VERSION overrides."""
     import os
 
     import pyspark
 
-    major, minor = pyspark.__version__.split(".")[:2]
-    version = os.environ.get("LAKEINFER_SPARK_KAFKA_VERSION", f"{major}.{minor}.0")
+    minor = ".".join(pyspark.__version__.split(".")[:2])
+    version = os.environ.get("LAKEINFER_SPARK_KAFKA_VERSION") or KAFKA_CONNECTORS.get(minor, f"{minor}.0")
     return f"org.apache.spark:spark-sql-kafka-0-10_2.13:{version}"
 
 
