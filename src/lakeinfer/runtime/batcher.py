@@ -129,13 +129,12 @@ class AdaptiveBatcher:
         batches = [r.batch for r in live]
         if self._call_seconds < INLINE_SECONDS and self._queue.empty():
             # A fast model and nobody waiting: two thread hand-offs would cost more than the call.
-            start = time.perf_counter()
-            results = score_group(self._predict, batches)
+            results, elapsed = _timed(self._predict, batches)
         else:
-            start = time.perf_counter()
             loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self._executor, score_group, self._predict, batches)
-        elapsed = time.perf_counter() - start
+            results, elapsed = await loop.run_in_executor(self._executor, _timed, self._predict, batches)
+        # the call's own time, measured where it ran: with the hand-off counted, a fast model
+        # would look slow after each call on the thread and flip between the two ways
         self._call_seconds = elapsed if self._call_seconds == float("inf") else 0.8 * self._call_seconds + 0.2 * elapsed
         for request, result in zip(live, results, strict=True):
             if request.future.done():
@@ -185,6 +184,13 @@ def score_group(predict: Callable[[pa.RecordBatch], pa.RecordBatch],
         results.append(out.slice(offset, b.num_rows))
         offset += b.num_rows
     return results
+
+
+def _timed(predict: Callable[[pa.RecordBatch], pa.RecordBatch],
+           batches: list[pa.RecordBatch]) -> tuple[list[pa.RecordBatch | BaseException], float]:
+    start = time.perf_counter()
+    results = score_group(predict, batches)
+    return results, time.perf_counter() - start
 
 
 def _call(predict: Callable[[pa.RecordBatch], pa.RecordBatch], batch: pa.RecordBatch) -> pa.RecordBatch | BaseException:
