@@ -10,7 +10,6 @@ Everything else, and a request with a missing or wrong API key (401 comes first)
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from typing import Any
@@ -18,11 +17,9 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .dataplane import DataPlane, ModelPlane
+from .rest_infer import infer_target, keyed
 
 __all__ = ["Shedder"]
-
-# the last path segment: the endpoint's metrics label
-_ENDPOINTS = {"infer": "infer", "predict": "predict"}
 
 
 class Shedder:
@@ -35,30 +32,9 @@ class Shedder:
 
     def _target(self, path: str) -> tuple[ModelPlane, str] | None:
         """The model and endpoint of an infer or predict path, as the app's routes name them."""
-        parts = path.split("/")
-        n = len(parts)
-        if n == 5 and parts[1] in ("v2", "v1") and parts[2] == "models":
-            endpoint = parts[4]
-            if not (endpoint == "infer" and parts[1] == "v2" or endpoint == "predict" and parts[1] == "v1"):
-                return None
-        elif n == 7 and parts[1] == "v2" and parts[2] == "models" and parts[4] == "versions" and parts[6] == "infer":
-            endpoint = "infer"
-        else:
-            return None
-        model = self.plane.models.get(parts[3])
-        return None if model is None else (model, endpoint)
-
-    def _keyed(self, scope: Scope) -> bool:
-        """Whether the request carries the API key (else the app answers 401)."""
-        assert self.api_key is not None
-        given = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization" and value[:7].lower() == b"bearer ":
-                given = value[7:].strip()
-                break
-            if name == b"x-api-key" and not given:
-                given = value
-        return bool(given) and hmac.compare_digest(given, self.api_key)
+        target = infer_target(path)
+        model = self.plane.models.get(target[0]) if target is not None else None
+        return None if model is None or target is None else (model, target[1])
 
     def _answer(self, model: ModelPlane) -> tuple[dict[str, Any], dict[str, Any]]:
         answer = self._answers.get(model.name)
@@ -81,7 +57,7 @@ class Shedder:
                 model, endpoint = target
                 batcher = model.batcher
                 if (batcher is not None and batcher.depth >= batcher.max_queue
-                        and (self.api_key is None or self._keyed(scope))):
+                        and (self.api_key is None or keyed(scope["headers"], self.api_key))):
                     began = time.perf_counter()
                     start, body = self._answer(model)
                     await send(start)
