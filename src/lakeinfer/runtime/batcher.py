@@ -5,6 +5,8 @@ An idle batcher does not wait: a lone request runs at once. Under load, requests
 while the model is busy are merged into the next call, up to ``max_batch_size`` rows; when the
 last call merged several requests, the batcher may wait up to ``max_wait_ms`` for more.
 The queue is bounded: past ``max_queue`` waiting requests, ``submit`` raises :class:`Overloaded`.
+A caller may first wait in line for room in the queue (``room``): the server's HTTP callers do,
+so that callers who retry a refusal at once are not refused again and again at full speed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,11 +61,46 @@ class AdaptiveBatcher:
         self._closing = False
         self._running = 0
         self._call_seconds = float("inf")  # moving average of a model call; unknown until the first
+        self._line: deque[asyncio.Future[None]] = deque()  # callers waiting for room, first come first
+        self._waiting = 0
 
     @property
     def depth(self) -> int:
         """Requests waiting for the model."""
         return self._queue.qsize()
+
+    @property
+    def waiting(self) -> int:
+        """Callers waiting in line for room in the queue."""
+        return self._waiting
+
+    async def room(self, wait: float) -> bool:
+        """Whether there is room in the queue for one more request, waiting in line up to ``wait``
+        seconds for it; callers already in line go first. False: still none (refuse the request)."""
+        if self._queue.qsize() < self.max_queue and not self._waiting:
+            return True
+        if self._closing or wait <= 0:
+            return False
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._line.append(future)
+        self._waiting += 1
+        try:
+            async with asyncio.timeout(wait):
+                await future
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._waiting -= 1  # a caller that gave up stays in the deque, done: _let_in skips it
+
+    def _let_in(self) -> None:
+        """Wake the callers in line that the queue has room for now."""
+        free = self.max_queue - self._queue.qsize()
+        while free > 0 and self._line:
+            future = self._line.popleft()
+            if not future.done():
+                future.set_result(None)
+                free -= 1
 
     def start(self) -> None:
         if self._task is None:
@@ -96,6 +134,8 @@ class AdaptiveBatcher:
                 group.append(nxt)
                 rows += nxt.batch.num_rows
             self._busy_before = len(group) > 1
+            if self._line:
+                self._let_in()
             try:
                 await self._run(group)
             except asyncio.CancelledError:
@@ -149,6 +189,9 @@ class AdaptiveBatcher:
     async def drain(self) -> None:
         """Refuse new requests and finish every one already queued."""
         self._closing = True
+        for future in self._line:  # let them in to be refused by submit, now rather than later
+            if not future.done():
+                future.set_result(None)
         while self._queue.qsize() or self._running:
             await asyncio.sleep(0.01)
         if self._task is not None:
