@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -25,13 +25,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ..runtime import ModelRuntime
 from . import v2
 from .config import ServeConfig
 from .dataplane import DataPlane, ModelPlane
 from .metrics import CONTENT_TYPE
 from .openapi import DOCS_PAGE, openapi_document
 from .rest_infer import KEY_MESSAGE, HTTPFailure, InferFirst, InferRoute, failure
-from .shed import Shedder
+from .shed import RETRY_SECONDS, Shedder
 from .v2 import ProtocolError
 
 log = logging.getLogger("lakeinfer.serve")
@@ -44,8 +45,9 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def create_app(config: ServeConfig) -> Starlette:
-    plane = DataPlane(config)
+def create_app(config: ServeConfig, *, runtimes: Mapping[str, ModelRuntime] | None = None) -> Starlette:
+    """The app of one worker process; ``runtimes``: models already built, by name (else each loads its own)."""
+    plane = DataPlane(config, runtimes=runtimes)
     api_key = config.api_key()
     timeout = config.timeout_ms / 1000.0
     worker = str(os.getpid())
@@ -179,11 +181,12 @@ def create_app(config: ServeConfig) -> Starlette:
         Route("/openapi.json", openapi),
         Route("/docs", docs),
     ]
-    # a full queue's 503 is answered before routing (shed.py); the endpoints' admit() stays for
-    # the requests that pass it as the queue fills
+    # a full queue's line and 503 come before routing (shed.py); the endpoints' admit() stays
+    # for the requests that pass it as the queue fills
     # then infer requests go straight to their route, past Starlette's routing (rest_infer.py)
     app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(Shedder, plane=plane, api_key=api_key, worker=worker),
+                    middleware=[Middleware(Shedder, plane=plane, api_key=api_key, worker=worker,
+                                           retry=min(RETRY_SECONDS, timeout / 2)),
                                 Middleware(InferFirst, route=infer)])
     app.state.plane = plane
     return app
