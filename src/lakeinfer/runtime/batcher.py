@@ -27,7 +27,7 @@ __all__ = ["AdaptiveBatcher", "Overloaded", "score_group"]
 
 log = logging.getLogger("lakeinfer.batcher")
 
-# Model calls shorter than this (on average) may run on the event loop itself when it is idle.
+# Model calls shorter than this (on average) run on the event loop itself.
 INLINE_SECONDS = 0.0005
 
 
@@ -167,8 +167,9 @@ class AdaptiveBatcher:
         if not live:
             return
         batches = [r.batch for r in live]
-        if self._call_seconds < INLINE_SECONDS and self._queue.empty():
-            # A fast model and nobody waiting: two thread hand-offs would cost more than the call.
+        if self._call_seconds < INLINE_SECONDS:
+            # A fast model: two thread hand-offs (and the GIL passed back and forth while the
+            # loop reads more requests) cost more than the call; a slow one would stall the loop.
             results, elapsed = _timed(self._predict, batches)
         else:
             loop = asyncio.get_running_loop()
