@@ -24,6 +24,7 @@ def run(config: ServeConfig) -> None:
     """Serve until SIGTERM or Ctrl-C; requests in flight are finished before exit."""
     uvicorn = require("uvicorn", "serve", "lakeinfer serve")
     require("starlette", "serve", "lakeinfer serve")
+    require("orjson", "serve", "lakeinfer serve")
     if config.grpc_port is not None:
         require("grpc", "serve", "lakeinfer serve --grpc-port")
         require("google.protobuf", "serve", "lakeinfer serve --grpc-port")
