@@ -5,12 +5,12 @@ Retry-After; nothing else: no other 5xx, no reset, no timeout (none is allowed: 
 backlog of 2048 holds the 1,000 connections, and the server's own 30 s timeout would answer 504,
 which fails the test, long before the client's 60 s). The server's memory must come back flat.
 
-Goodput (200s per second) under the storm is measured against the capacity measured with 8
-callers and printed (run with -s), not asserted: these callers retry at once after a 503 (they
-ignore Retry-After), and on a 2-core machine the client itself takes a core, so every 503 the
-server answers is event-loop time taken from the 200s; measured here, goodput was 0.26x-0.39x of
-capacity, varying from run to run with the machine's other load. A bound on it would test the
-machine, not the server.
+Goodput (200s per second) under the storm is measured against the capacity (with 64 callers,
+before and after the storm) and printed (run with -s), not asserted: on a 2-core machine that the
+client shares with the server, and with other work, the figure varies from run to run with the
+machine's other load, and a bound on it would test the machine, not the server. These callers
+retry at once after a 503 (they ignore Retry-After); the server keeps each such connection in
+line for room instead of refusing it again at once (see shed.py).
 """
 
 from __future__ import annotations
@@ -169,8 +169,12 @@ def test_overload_codes_correctness_and_memory(onnx_model: Trained, X) -> None: 
         time.sleep(1.0)  # the connections' buffers are released
         after = _rss(server.proc.pid)
         assert server.proc.poll() is None
+        # the capacity again: the machine's other load drifts, so goodput is set against both
+        again_tally, again_time = asyncio.run(_run(server.port, data, labels, CAPACITY_CALLERS, seconds=5.0))
+        assert set(again_tally.codes) == {200} and not again_tally.failures and not again_tally.wrong
+        capacity = (capacity + again_tally.codes[200] / again_time) / 2
     goodput = storm.codes[200] / storm_time
-    print(f"\noverload: capacity {capacity:.0f} ok/s with {CAPACITY_CALLERS} callers; storm of {CONNECTIONS} connections x "
+    print(f"\noverload: capacity {capacity:.0f} ok/s with {CAPACITY_CALLERS} callers (before and after); storm of {CONNECTIONS} connections x "
           f"{REQUESTS_EACH} requests (max_queue {MAX_QUEUE}): {dict(storm.codes)} in {storm_time:.2f} s, "
           f"goodput {goodput:.0f} ok/s = {goodput / capacity:.2f}x capacity; failures {dict(storm.failures)}; "
           f"server RSS {before / 2**20:.0f} -> {after / 2**20:.0f} MiB")
