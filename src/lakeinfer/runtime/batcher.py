@@ -27,7 +27,7 @@ __all__ = ["AdaptiveBatcher", "Overloaded", "score_group"]
 
 log = logging.getLogger("lakeinfer.batcher")
 
-# Model calls shorter than this (on average) run on the event loop itself.
+# Model calls shorter than this (on average) may run on the event loop itself.
 INLINE_SECONDS = 0.0005
 
 
@@ -46,7 +46,7 @@ class AdaptiveBatcher:
 
     def __init__(self, predict: Callable[[pa.RecordBatch], pa.RecordBatch], *, max_batch_size: int = 256,
                  max_wait_ms: float = 2.0, max_queue: int = 1024, executor: Executor | None = None,
-                 on_batch: Callable[[int, int], None] | None = None) -> None:
+                 on_batch: Callable[[int, int], None] | None = None, holds_gil: bool = False) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, not {max_batch_size}")
         self._predict = predict
@@ -57,6 +57,9 @@ class AdaptiveBatcher:
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._on_batch = on_batch
+        # a model that holds the GIL as it scores gains nothing on a thread even under load: the
+        # event loop waits for the GIL either way, and the hand-offs are extra
+        self._holds_gil = holds_gil
         self._busy_before = False
         self._closing = False
         self._running = 0
@@ -167,9 +170,10 @@ class AdaptiveBatcher:
         if not live:
             return
         batches = [r.batch for r in live]
-        if self._call_seconds < INLINE_SECONDS:
-            # A fast model: two thread hand-offs (and the GIL passed back and forth while the
-            # loop reads more requests) cost more than the call; a slow one would stall the loop.
+        if self._call_seconds < INLINE_SECONDS and (self._holds_gil or self._queue.empty()):
+            # A fast model with nobody waiting, or one that holds the GIL: two thread hand-offs
+            # cost more than the call. One that releases the GIL scores on the thread under load,
+            # while the loop reads the next requests; a slow one would stall the loop.
             results, elapsed = _timed(self._predict, batches)
         else:
             loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from ..errors import LakeinferError
+from ..models import THREADED_FLAVORS
 from ..runtime import ModelRuntime, Scored
 from ..runtime.batcher import AdaptiveBatcher, Overloaded
 from .config import ModelConfig, ServeConfig
@@ -105,9 +106,11 @@ class ModelPlane:
         def on_batch(requests: int, rows: int) -> None:
             self.metrics.batch(requests, rows, self.name)
 
+        assert self.runtime is not None
         self.batcher = AdaptiveBatcher(self._predict, max_batch_size=self.model.max_batch_size,
                                        max_wait_ms=self.model.max_wait_ms, max_queue=self.model.max_queue,
-                                       on_batch=on_batch)
+                                       on_batch=on_batch,
+                                       holds_gil=self.runtime.model.flavor not in THREADED_FLAVORS)
         self.batcher.start()
         self.board.mark(self.index)
 
