@@ -35,3 +35,16 @@ class SlowEcho:
     def predict(self, x: np.ndarray) -> np.ndarray:
         time.sleep(self.delay)
         return np.asarray(x)[:, 0] * 10.0
+
+
+class CountedEcho(SlowEcho):
+    """A SlowEcho that appends a line to ``log`` each time it is loaded (unpickled)."""
+
+    def __init__(self, n_features: int, log: str) -> None:
+        super().__init__(n_features, 0.0)
+        self.log = log
+
+    def __setstate__(self, state: dict) -> None:  # type: ignore[type-arg]
+        super().__setstate__(state)
+        with open(self.log, "a") as out:
+            out.write("loaded\n")

@@ -152,8 +152,10 @@ def _echo(folder: Path, name: str, delay: float, load_delay: float = 0.0) -> Pat
 def test_each_model_is_ready_when_loaded_and_has_its_own_queue(tmp_path: Path) -> None:
     fast, slow = _echo(tmp_path, "fast", 0.0), _echo(tmp_path, "slow", 0.5, load_delay=4.0)
     # both sklearn: --features and --trust-model are unambiguous and apply to both
+    # two workers: a server of one serves the models its start-up check loaded, ready from the
+    # start, while each worker process loads its own after the server is up, one model after another
     args = ["--model", f"fast={fast}", "--model", f"slow={slow}", "--trust-model", "--features", ",".join(FEATURES),
-            "--workers", "1", "--max-queue", "2", "--max-batch-size", "1"]
+            "--workers", "2", "--max-queue", "2", "--max-batch-size", "1"]
     row = {"instances": [{f: 1.0 for f in FEATURES}]}
     with serving(*args, ready=False) as server:
         url = server.url

@@ -5,12 +5,12 @@ Retry-After; nothing else: no other 5xx, no reset, no timeout (none is allowed: 
 backlog of 2048 holds the 1,000 connections, and the server's own 30 s timeout would answer 504,
 which fails the test, long before the client's 60 s). The server's memory must come back flat.
 
-Goodput (200s per second) under the storm is measured against the capacity measured with 8
-callers and printed (run with -s), not asserted: these callers retry at once after a 503 (they
-ignore Retry-After), and on a 2-core machine the client itself takes a core, so every 503 the
-server answers is event-loop time taken from the 200s; measured here, goodput was 0.26x-0.39x of
-capacity, varying from run to run with the machine's other load. A bound on it would test the
-machine, not the server.
+Goodput (200s per second) under the storm is measured against the capacity (with 64 callers,
+before and after the storm) and printed (run with -s), not asserted: on a 2-core machine that the
+client shares with the server, and with other work, the figure varies from run to run with the
+machine's other load, and a bound on it would test the machine, not the server. These callers
+retry at once after a 503 (they ignore Retry-After); the server keeps each such connection in
+line for room instead of refusing it again at once (see shed.py).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ MAX_QUEUE = 100            # CONNECTIONS callers: ten times what the queue holds
 REQUESTS_EACH = 10         # per connection in the storm, one after another: a fixed 10,000 requests
 ROWS = 8                   # rows per request
 TIMEOUT = 60.0             # per request; the server's own timeout (30 s) answers first
+CAPACITY_CALLERS = 64      # fewer than the queue holds
 RSS_BOUND = 100 << 20      # the server's growth after the storm
 
 
@@ -155,9 +156,10 @@ def test_overload_codes_correctness_and_memory(onnx_model: Trained, X) -> None: 
     labels = np.asarray(onnx_model.labels)
     with serving("--model", onnx_model.path, *onnx_model.cli, "--name", "rf", "--workers", "1",
                  "--max-queue", MAX_QUEUE) as server:
-        # warm up, then the capacity: 200s per second with a few callers, which never fill the queue
-        asyncio.run(_run(server.port, data, labels, 8, requests=50))
-        capacity_tally, capacity_time = asyncio.run(_run(server.port, data, labels, 8, seconds=5.0))
+        # warm up, then the capacity: 200s per second with as many callers as fill the model's
+        # batches (a 256-row call is 32 of these requests), and never the queue
+        asyncio.run(_run(server.port, data, labels, CAPACITY_CALLERS, requests=20))
+        capacity_tally, capacity_time = asyncio.run(_run(server.port, data, labels, CAPACITY_CALLERS, seconds=5.0))
         assert set(capacity_tally.codes) == {200} and not capacity_tally.failures and not capacity_tally.wrong
         capacity = capacity_tally.codes[200] / capacity_time
         before = _rss(server.proc.pid)
@@ -167,8 +169,12 @@ def test_overload_codes_correctness_and_memory(onnx_model: Trained, X) -> None: 
         time.sleep(1.0)  # the connections' buffers are released
         after = _rss(server.proc.pid)
         assert server.proc.poll() is None
+        # the capacity again: the machine's other load drifts, so goodput is set against both
+        again_tally, again_time = asyncio.run(_run(server.port, data, labels, CAPACITY_CALLERS, seconds=5.0))
+        assert set(again_tally.codes) == {200} and not again_tally.failures and not again_tally.wrong
+        capacity = (capacity + again_tally.codes[200] / again_time) / 2
     goodput = storm.codes[200] / storm_time
-    print(f"\noverload: capacity {capacity:.0f} ok/s with 8 callers; storm of {CONNECTIONS} connections x "
+    print(f"\noverload: capacity {capacity:.0f} ok/s with {CAPACITY_CALLERS} callers (before and after); storm of {CONNECTIONS} connections x "
           f"{REQUESTS_EACH} requests (max_queue {MAX_QUEUE}): {dict(storm.codes)} in {storm_time:.2f} s, "
           f"goodput {goodput:.0f} ok/s = {goodput / capacity:.2f}x capacity; failures {dict(storm.failures)}; "
           f"server RSS {before / 2**20:.0f} -> {after / 2**20:.0f} MiB")

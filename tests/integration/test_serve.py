@@ -259,6 +259,18 @@ def test_schemathesis_finds_no_server_error(onnx_server, tmp_path: Path) -> None
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 
+def test_one_worker_loads_the_model_once(tmp_path: Path) -> None:
+    from tests.slow_model import CountedEcho
+
+    log = tmp_path / "loads.txt"
+    path = tmp_path / "counted.joblib"
+    joblib.dump(CountedEcho(len(FEATURES), str(log)), path)
+    with serving(*_echo_args(path)) as server:
+        answer = httpx.post(f"{server.url}/v1/models/echo/predict", json={"instances": [{f: 2.0 for f in FEATURES}]})
+        assert answer.json() == {"predictions": [{"prediction": 20.0}]}
+    assert log.read_text().splitlines() == ["loaded"]  # the start-up check's model is the one served
+
+
 def test_serve_from_a_job_spec(onnx_model: Trained, X, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     spec = tmp_path / "job.toml"
     spec.write_text(f'[model]\npath = "{onnx_model.path}"\nfeatures = {FEATURES!r}\n\n'

@@ -52,7 +52,8 @@ FAMILIES = {
     "hist_gradient_boosting": lambda: HistGradientBoostingClassifier(max_iter=20, random_state=0),
     "random_forest": lambda: RandomForestClassifier(n_estimators=2, max_depth=2, random_state=0),
     "extra_trees": lambda: ExtraTreesClassifier(n_estimators=4, max_depth=2, random_state=0),
-    "logistic": lambda: LogisticRegression(),  # no joint rule: predict and predict_proba, as before
+    "logistic": lambda: LogisticRegression(),
+    "logistic_scaled": lambda: make_pipeline(StandardScaler(), LogisticRegression(C=0.5)),
 }
 
 
@@ -64,12 +65,29 @@ def test_one_call_equals_predict_and_predict_proba(family: str, classes: int, na
     estimator = FAMILIES[family]()
     estimator.fit(pd.DataFrame(x, columns=NAMES) if named else x, y)
     model = SklearnModel("m.joblib", estimator, features=NAMES)
-    assert (model._joint is not None) == (family != "logistic")
+    assert model._joint is not None
     assert not model._frame  # positional: the array goes in, no DataFrame
     test, _ = _data(rows=300, classes=classes, seed=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning about feature names reaches the caller
         _check(model, estimator, test)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_logistic_regression_is_one_call(classes: int) -> None:
+    x, y = _data(classes=classes)
+    estimator = LogisticRegression().fit(x, y)
+    model = SklearnModel("m.joblib", estimator, features=NAMES)
+    test, _ = _data(rows=50, classes=classes, seed=3)
+    expected = estimator.predict(test).tolist(), estimator.predict_proba(test)
+    calls: list[str] = []
+    for method in ("predict", "predict_proba", "decision_function"):
+        own = getattr(estimator, method)
+        setattr(estimator, method, lambda x, own=own, method=method: calls.append(method) or own(x))
+    out = model.predict(_batch(test))
+    assert calls == ["decision_function"]
+    assert out.column("prediction").to_pylist() == expected[0]
+    np.testing.assert_allclose(np.array(out.column("probability").to_pylist()), expected[1], rtol=0, atol=1e-9)
 
 
 def test_forest_ties_follow_predict() -> None:

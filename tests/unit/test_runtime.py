@@ -244,6 +244,43 @@ def test_the_batcher_isolates_a_bad_caller() -> None:
     assert good0.column(0).to_pylist() == [0] and good2.column(0).to_pylist() == [2]  # type: ignore[union-attr]
 
 
+def test_callers_wait_in_line_for_room_in_a_full_queue() -> None:
+    started, gate = threading.Semaphore(0), threading.Semaphore(0)
+
+    def predict(batch: pa.RecordBatch) -> pa.RecordBatch:
+        started.release()
+        gate.acquire()  # the model is busy until the test lets one call end
+        return batch
+
+    async def main() -> dict[str, object]:
+        loop = asyncio.get_running_loop()
+        batcher = AdaptiveBatcher(predict, max_batch_size=1, max_wait_ms=0, max_queue=1)
+        batcher.start()
+        row = pa.RecordBatch.from_pydict({"x": [1]})
+        running = asyncio.ensure_future(batcher.submit(row))
+        await loop.run_in_executor(None, started.acquire)  # the first request is in the model
+        queued = asyncio.ensure_future(batcher.submit(row))  # the queue is now full
+        first = asyncio.ensure_future(batcher.room(30))
+        await asyncio.sleep(0)
+        assert batcher.waiting == 1 and not first.done()
+        refused = await batcher.room(0.05)  # behind the first in line, and no room comes in time
+        later = asyncio.ensure_future(batcher.room(30))
+        await asyncio.sleep(0)
+        gate.release()  # the first call ends; the queued request goes in: room for one
+        await running
+        let_in = await first
+        assert not later.done() and batcher.waiting == 1  # the caller behind still waits its turn
+        admitted = asyncio.ensure_future(batcher.submit(row))
+        for _ in range(3):
+            gate.release()
+        await asyncio.gather(queued, admitted)
+        last = await later
+        await batcher.drain()
+        return {"refused": refused, "let_in": let_in, "last": last}
+
+    assert asyncio.run(main()) == {"refused": False, "let_in": True, "last": True}
+
+
 def test_score_with_steps_after_the_model(models: dict[str, tuple[Path, object]]) -> None:
     # a step after the model that drops columns, and an input column named like an internal one
     path, estimator = models["lr"]

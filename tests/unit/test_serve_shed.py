@@ -15,10 +15,13 @@ def _shedder(depth: int, api_key: str | None = None) -> tuple[Shedder, list[str]
     async def app(scope: Any, receive: Any, send: Any) -> None:
         passed.append(scope["path"])
 
-    model = SimpleNamespace(name="rf", batcher=SimpleNamespace(depth=depth, max_queue=2))
+    async def room(wait: float) -> bool:  # a full queue stays full: the line gives no room
+        return depth < 2
+
+    model = SimpleNamespace(name="rf", batcher=SimpleNamespace(depth=depth, max_queue=2, waiting=0, room=room))
     metrics = SimpleNamespace(shed=lambda *args: None)
     plane = SimpleNamespace(models={"rf": model}, metrics=metrics)
-    return Shedder(app, plane, api_key, "7"), passed  # type: ignore[arg-type]
+    return Shedder(app, plane, api_key, "7", retry=0.01), passed  # type: ignore[arg-type]
 
 
 def _call(shedder: Shedder, path: str, headers: list[tuple[bytes, bytes]] | None = None,
@@ -57,3 +60,40 @@ def test_a_request_without_the_key_goes_on_to_the_app_for_its_401() -> None:
     assert _call(shedder, "/v2/models/rf/infer", [(b"x-api-key", b"s3cret")])[0]["status"] == 503
     assert _call(shedder, "/v2/models/rf/infer", [(b"authorization", b"Bearer s3cret")])[0]["status"] == 503
     assert len(passed) == 2
+
+
+def test_a_caller_back_before_its_retry_after_waits_in_line() -> None:
+    waits: list[float] = []
+    room_comes = [True]
+
+    async def room(wait: float) -> bool:
+        waits.append(wait)
+        return room_comes[0]
+
+    passed: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        passed.append(scope["client"][1])
+
+    model = SimpleNamespace(name="rf", batcher=SimpleNamespace(depth=2, max_queue=2, waiting=0, room=room))
+    plane = SimpleNamespace(models={"rf": model}, metrics=SimpleNamespace(shed=lambda *args: None))
+    shedder = Shedder(app, plane, None, "7", retry=30.0)  # type: ignore[arg-type]
+
+    def call(port: int) -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/v2/models/rf/infer", "headers": [],
+                 "client": ("127.0.0.1", port)}
+        asyncio.run(shedder(scope, None, send))  # type: ignore[arg-type]
+        return sent
+
+    assert call(1000)[0]["status"] == 503 and waits == []  # refused at once, a first time
+    assert call(1000) == [] and passed == [1000]  # back at once: waited in line, and room came
+    assert waits[0] == 30.0  # up to the Retry-After
+    assert call(1000) == [] and len(waits) == 2  # and again, while it keeps coming back so soon
+    assert call(2000)[0]["status"] == 503 and len(waits) == 2  # another connection: at once
+    room_comes[0] = False
+    assert call(2000)[0]["status"] == 503 and len(waits) == 3  # back at once, in line, no room came

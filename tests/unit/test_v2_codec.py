@@ -131,3 +131,14 @@ def test_metadata_of_a_model_that_names_no_features() -> None:
     inputs = pa.schema([(f"X[{j}]", pa.float32()) for j in range(5)])
     meta = v2.model_metadata("m", "onnx", inputs, pa.schema([("prediction", pa.int64())]), ("X", 5))
     assert meta["inputs"] == [{"name": "X", "datatype": "FP32", "shape": [-1, 5]}]
+
+
+def test_json_the_fast_parser_refuses_is_read_as_the_standard_library_reads_it() -> None:
+    from lakeinfer.serve.rest_infer import _dumps
+    from lakeinfer.serve.v2 import loads
+
+    # NaN tokens and integers past 64 bits: valid for Python's json, refused by orjson
+    assert loads(b'{"id": 18446744073709551616, "x": [NaN]}')["id"] == 2**64
+    assert json.loads(_dumps({"id": 2**64})) == {"id": 2**64}
+    with pytest.raises(v2.ProtocolError, match="not valid JSON"):
+        loads(b"{nope")

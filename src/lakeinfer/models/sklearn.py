@@ -143,6 +143,7 @@ def _joint(final: Any) -> Callable[[Any], tuple[Any, np.ndarray]] | None:
         HistGradientBoostingClassifier,
         RandomForestClassifier,
     )
+    from sklearn.linear_model import LogisticRegression
 
     kind = type(final)  # exactly these classes: a subclass may predict otherwise
     if getattr(final, "classes_", None) is None:
@@ -150,8 +151,16 @@ def _joint(final: Any) -> Callable[[Any], tuple[Any, np.ndarray]] | None:
     if kind in (GradientBoostingClassifier, HistGradientBoostingClassifier) and not hasattr(final, "_loss"):
         return None  # a scikit-learn whose boosting computes probabilities otherwise
     if kind is GradientBoostingClassifier:
+        width = getattr(final, "n_features_in_", None)
+
         def boosted(x: Any) -> tuple[Any, np.ndarray]:
-            raw = final.decision_function(x)  # what predict and predict_proba each call
+            if isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[1] == width:
+                # decision_function is this array conversion, a check that _raw_predict's own
+                # check of the trees' input repeats, and _raw_predict: the first check skipped
+                raw = final._raw_predict(np.ascontiguousarray(x, dtype=np.float32))
+                raw = raw.ravel() if raw.shape[1] == 1 else raw
+            else:
+                raw = final.decision_function(x)  # what predict and predict_proba each call
             encoded = (raw >= 0).astype(int) if raw.ndim == 1 else np.argmax(raw, axis=1)
             return final.classes_[encoded], final._loss.predict_proba(raw)
         return boosted
@@ -161,12 +170,68 @@ def _joint(final: Any) -> Callable[[Any], tuple[Any, np.ndarray]] | None:
             encoded = (raw.ravel() > 0).astype(int) if raw.shape[1] == 1 else np.argmax(raw, axis=1)
             return final.classes_[encoded], final._loss.predict_proba(raw)
         return hist
+    if kind is LogisticRegression:
+        return _linear(final)
     if kind in (RandomForestClassifier, ExtraTreesClassifier) and getattr(final, "n_outputs_", 0) == 1:
         def forest(x: Any) -> tuple[Any, np.ndarray]:
             proba = final.predict_proba(x)  # predict is the argmax of these
             return final.classes_.take(np.argmax(proba, axis=1), axis=0), proba
         return forest
     return None
+
+
+def _linear(final: Any) -> Callable[[Any], tuple[Any, np.ndarray]] | None:
+    """A LogisticRegression's labels and probabilities from one decision_function call.
+
+    predict is the class of the positive score (binary) or of the largest; predict_proba is the
+    logistic of the score (binary), and for several classes a softmax or, where this scikit-learn
+    version or the solver makes it one-vs-rest, the normalised logistics. Which one is asked of
+    the estimator itself on probe rows: the rule is used only if it gives exactly its own answers.
+    """
+    from scipy.special import expit
+    from sklearn.utils.extmath import softmax
+
+    classes = final.classes_
+    width = getattr(final, "n_features_in_", None)
+    coef = getattr(final, "coef_", None)
+    if width is None or not isinstance(coef, np.ndarray):
+        return None
+
+    def labels(scores: np.ndarray) -> Any:
+        return classes.take((scores > 0).astype(int) if scores.ndim == 1 else np.argmax(scores, axis=1), axis=0)
+
+    def one_vs_rest(scores: np.ndarray) -> np.ndarray:
+        prob = expit(scores)
+        if prob.ndim == 1:
+            return np.stack([1 - prob, prob], axis=1)
+        total = prob.sum(axis=1)
+        zero = total == 0
+        if zero.any():
+            prob[zero, :] = 1
+            total[zero] = prob.shape[1]
+        return np.asarray(prob / total.reshape(-1, 1))
+
+    def multinomial(scores: np.ndarray) -> np.ndarray:
+        return np.asarray(softmax(scores))
+
+    probe = np.random.default_rng(0).normal(scale=3.0, size=(16, width)).astype(coef.dtype)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NO_NAMES, category=UserWarning)
+        try:
+            expected, own_labels = final.predict_proba(probe), final.predict(probe)
+            scores = final.decision_function(probe)
+        except Exception:  # an estimator that cannot take the probe: two calls, as before
+            return None
+    rules = [one_vs_rest] if scores.ndim == 1 else [one_vs_rest, multinomial]
+    fitting = [r for r in rules if np.array_equal(r(np.array(scores)), expected)]
+    if len(fitting) != 1 or not np.array_equal(labels(scores), own_labels):
+        return None
+    rule = fitting[0]
+
+    def linear(x: Any) -> tuple[Any, np.ndarray]:
+        scores = final.decision_function(x)
+        return labels(scores), rule(np.array(scores))
+    return linear
 
 
 def _reads_names(estimator: Any) -> bool:

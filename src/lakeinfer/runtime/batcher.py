@@ -5,6 +5,8 @@ An idle batcher does not wait: a lone request runs at once. Under load, requests
 while the model is busy are merged into the next call, up to ``max_batch_size`` rows; when the
 last call merged several requests, the batcher may wait up to ``max_wait_ms`` for more.
 The queue is bounded: past ``max_queue`` waiting requests, ``submit`` raises :class:`Overloaded`.
+A caller may first wait in line for room in the queue (``room``): the server's HTTP callers do,
+so that callers who retry a refusal at once are not refused again and again at full speed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +27,7 @@ __all__ = ["AdaptiveBatcher", "Overloaded", "score_group"]
 
 log = logging.getLogger("lakeinfer.batcher")
 
-# Model calls shorter than this (on average) may run on the event loop itself when it is idle.
+# Model calls shorter than this (on average) may run on the event loop itself.
 INLINE_SECONDS = 0.0005
 
 
@@ -43,7 +46,7 @@ class AdaptiveBatcher:
 
     def __init__(self, predict: Callable[[pa.RecordBatch], pa.RecordBatch], *, max_batch_size: int = 256,
                  max_wait_ms: float = 2.0, max_queue: int = 1024, executor: Executor | None = None,
-                 on_batch: Callable[[int, int], None] | None = None) -> None:
+                 on_batch: Callable[[int, int], None] | None = None, holds_gil: bool = False) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, not {max_batch_size}")
         self._predict = predict
@@ -54,15 +57,53 @@ class AdaptiveBatcher:
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._on_batch = on_batch
+        # a model that holds the GIL as it scores gains nothing on a thread even under load: the
+        # event loop waits for the GIL either way, and the hand-offs are extra
+        self._holds_gil = holds_gil
         self._busy_before = False
         self._closing = False
         self._running = 0
         self._call_seconds = float("inf")  # moving average of a model call; unknown until the first
+        self._line: deque[asyncio.Future[None]] = deque()  # callers waiting for room, first come first
+        self._waiting = 0
 
     @property
     def depth(self) -> int:
         """Requests waiting for the model."""
         return self._queue.qsize()
+
+    @property
+    def waiting(self) -> int:
+        """Callers waiting in line for room in the queue."""
+        return self._waiting
+
+    async def room(self, wait: float) -> bool:
+        """Whether there is room in the queue for one more request, waiting in line up to ``wait``
+        seconds for it; callers already in line go first. False: still none (refuse the request)."""
+        if self._queue.qsize() < self.max_queue and not self._waiting:
+            return True
+        if self._closing or wait <= 0:
+            return False
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._line.append(future)
+        self._waiting += 1
+        try:
+            async with asyncio.timeout(wait):
+                await future
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._waiting -= 1  # a caller that gave up stays in the deque, done: _let_in skips it
+
+    def _let_in(self) -> None:
+        """Wake the callers in line that the queue has room for now."""
+        free = self.max_queue - self._queue.qsize()
+        while free > 0 and self._line:
+            future = self._line.popleft()
+            if not future.done():
+                future.set_result(None)
+                free -= 1
 
     def start(self) -> None:
         if self._task is None:
@@ -96,6 +137,8 @@ class AdaptiveBatcher:
                 group.append(nxt)
                 rows += nxt.batch.num_rows
             self._busy_before = len(group) > 1
+            if self._line:
+                self._let_in()
             try:
                 await self._run(group)
             except asyncio.CancelledError:
@@ -127,15 +170,16 @@ class AdaptiveBatcher:
         if not live:
             return
         batches = [r.batch for r in live]
-        if self._call_seconds < INLINE_SECONDS and self._queue.empty():
-            # A fast model and nobody waiting: two thread hand-offs would cost more than the call.
-            start = time.perf_counter()
-            results = score_group(self._predict, batches)
+        if self._call_seconds < INLINE_SECONDS and (self._holds_gil or self._queue.empty()):
+            # A fast model with nobody waiting, or one that holds the GIL: two thread hand-offs
+            # cost more than the call. One that releases the GIL scores on the thread under load,
+            # while the loop reads the next requests; a slow one would stall the loop.
+            results, elapsed = _timed(self._predict, batches)
         else:
-            start = time.perf_counter()
             loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self._executor, score_group, self._predict, batches)
-        elapsed = time.perf_counter() - start
+            results, elapsed = await loop.run_in_executor(self._executor, _timed, self._predict, batches)
+        # the call's own time, measured where it ran: with the hand-off counted, a fast model
+        # would look slow after each call on the thread and flip between the two ways
         self._call_seconds = elapsed if self._call_seconds == float("inf") else 0.8 * self._call_seconds + 0.2 * elapsed
         for request, result in zip(live, results, strict=True):
             if request.future.done():
@@ -150,6 +194,9 @@ class AdaptiveBatcher:
     async def drain(self) -> None:
         """Refuse new requests and finish every one already queued."""
         self._closing = True
+        for future in self._line:  # let them in to be refused by submit, now rather than later
+            if not future.done():
+                future.set_result(None)
         while self._queue.qsize() or self._running:
             await asyncio.sleep(0.01)
         if self._task is not None:
@@ -185,6 +232,13 @@ def score_group(predict: Callable[[pa.RecordBatch], pa.RecordBatch],
         results.append(out.slice(offset, b.num_rows))
         offset += b.num_rows
     return results
+
+
+def _timed(predict: Callable[[pa.RecordBatch], pa.RecordBatch],
+           batches: list[pa.RecordBatch]) -> tuple[list[pa.RecordBatch | BaseException], float]:
+    start = time.perf_counter()
+    results = score_group(predict, batches)
+    return results, time.perf_counter() - start
 
 
 def _call(predict: Callable[[pa.RecordBatch], pa.RecordBatch], batch: pa.RecordBatch) -> pa.RecordBatch | BaseException:

@@ -169,6 +169,12 @@ class ModelRuntime:
 
         The reasons are found at the model step and never pass through the steps after it.
         """
+        if self._packed_ok and packed_width(batch) == len(self.input_columns):
+            # the server's one [N, K] tensor to a pipeline that is the model alone: its outputs are
+            # what the general path below selects, without building the batch it selects them from
+            bad = self._step.bad_rows(batch)
+            if bad is None:
+                return Scored(self.model.predict(batch), None)
         before = self._before.transform(self._unpacked(batch))
         bad = self._step.bad_rows(before)
         after = self._after.transform(self._keeping.apply(before, bad))

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -25,14 +25,15 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ..errors import InputError, LakeinferError
+from ..runtime import ModelRuntime
 from . import v2
 from .config import ServeConfig
-from .dataplane import DataPlane, ModelPlane, Overloaded, UnknownModel
+from .dataplane import DataPlane, ModelPlane
 from .metrics import CONTENT_TYPE
 from .openapi import DOCS_PAGE, openapi_document
-from .shed import Shedder
-from .v2 import HEADER_LENGTH, ProtocolError, decode_request, encode_response, requested_outputs
+from .rest_infer import KEY_MESSAGE, HTTPFailure, InferFirst, InferRoute, failure
+from .shed import RETRY_SECONDS, Shedder
+from .v2 import ProtocolError
 
 log = logging.getLogger("lakeinfer.serve")
 WORKER_HEADER = "X-Lakeinfer-Worker"
@@ -40,19 +41,13 @@ NO_FEATURES = "this model names no features: start the server with --features to
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-class HTTPFailure(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.headers = headers or {}
-
-
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def create_app(config: ServeConfig) -> Starlette:
-    plane = DataPlane(config)
+def create_app(config: ServeConfig, *, runtimes: Mapping[str, ModelRuntime] | None = None) -> Starlette:
+    """The app of one worker process; ``runtimes``: models already built, by name (else each loads its own)."""
+    plane = DataPlane(config, runtimes=runtimes)
     api_key = config.api_key()
     timeout = config.timeout_ms / 1000.0
     worker = str(os.getpid())
@@ -61,6 +56,10 @@ def create_app(config: ServeConfig) -> Starlette:
         from .grpc_v2 import GrpcServer
 
         grpc_server = GrpcServer(plane, config, api_key)
+
+    # the infer route, the one every model call takes, is plain ASGI (rest_infer.py)
+    infer = InferRoute(plane=plane, api_key=api_key, worker=worker, timeout_ms=config.timeout_ms,
+                       max_body_bytes=config.max_body_bytes)
 
     def endpoint(label: str, *, public: bool = False) -> Callable[[Handler], Handler]:
         """Auth, error mapping and metrics around a handler."""
@@ -74,21 +73,12 @@ def create_app(config: ServeConfig) -> Starlette:
                     if api_key and not public:
                         _check_key(request, api_key)
                     response = await handler(request)
-                except HTTPFailure as exc:
-                    response = _error(exc.status, str(exc), exc.headers)
-                except UnknownModel as exc:
-                    response = _error(404, str(exc))
-                except Overloaded as exc:
-                    response = _error(503, str(exc), {"Retry-After": "1"})
-                except TimeoutError:
-                    response = _error(504, f"no answer within the {config.timeout_ms:g} ms timeout")
-                except InputError as exc:
-                    response = _error(400, str(exc))
-                except LakeinferError as exc:
-                    response = _error(500, str(exc))
-                except Exception as exc:  # a bug: the reason, logged with its traceback, not sent
-                    log.exception("lakeinfer: unexpected error on %s", request.url.path)
-                    response = _error(500, f"internal error ({type(exc).__name__})")
+                except Exception as exc:
+                    try:
+                        response = _error(*failure(exc, config.timeout_ms))
+                    except Exception:  # a bug: the reason, logged with its traceback, not sent
+                        log.exception("lakeinfer: unexpected error on %s", request.url.path)
+                        response = _error(500, f"internal error ({type(exc).__name__})")
                 if response.status_code >= 400:
                     plane.metrics.error(str(response.status_code), model)
                 plane.metrics.request(label, response.status_code, time.perf_counter() - start, model)
@@ -145,22 +135,6 @@ def create_app(config: ServeConfig) -> Starlette:
         entries = plane.index()
         return JSONResponse([e for e in entries if e["state"] == "READY"] if only_ready else entries)
 
-    @endpoint("infer")
-    async def infer(request: Request) -> Response:
-        model = _model(request)
-        model.admit()
-        body = await _read_body(request, config.max_body_bytes)
-        header_length = _header_length(request, len(body))
-        batch, payload = decode_request(body, header_length, model.features, model.tensor_input)
-        chosen = requested_outputs(payload, model.output_schema.names)
-        out = await model.infer(batch, timeout)
-        response, blobs = encode_response(out, chosen, model_name=model.name, request_id=payload.get("id"))
-        if not blobs:
-            return JSONResponse(response)
-        head = json.dumps(response).encode()
-        return Response(head + b"".join(blobs), media_type="application/octet-stream",
-                        headers={"Inference-Header-Content-Length": str(len(head))})
-
     @endpoint("predict")
     async def predict(request: Request) -> Response:
         model = _model(request)
@@ -207,10 +181,13 @@ def create_app(config: ServeConfig) -> Starlette:
         Route("/openapi.json", openapi),
         Route("/docs", docs),
     ]
-    # a full queue's 503 is answered before routing (shed.py); the endpoints' admit() stays for
-    # the requests that pass it as the queue fills
+    # a full queue's line and 503 come before routing (shed.py); the endpoints' admit() stays
+    # for the requests that pass it as the queue fills
+    # then infer requests go straight to their route, past Starlette's routing (rest_infer.py)
     app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(Shedder, plane=plane, api_key=api_key, worker=worker)])
+                    middleware=[Middleware(Shedder, plane=plane, api_key=api_key, worker=worker,
+                                           retry=min(RETRY_SECONDS, timeout / 2)),
+                                Middleware(InferFirst, route=infer)])
     app.state.plane = plane
     return app
 
@@ -221,8 +198,7 @@ def _check_key(request: Request, key: str) -> None:
     if auth.lower().startswith("bearer "):
         given = auth[7:].strip()
     if not given or not hmac.compare_digest(given.encode(), key.encode()):
-        raise HTTPFailure(401, "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')",
-                          {"WWW-Authenticate": "Bearer"})
+        raise HTTPFailure(401, KEY_MESSAGE, {"WWW-Authenticate": "Bearer"})
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -236,15 +212,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise HTTPFailure(413, f"the request body is over the {limit:,}-byte limit")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _header_length(request: Request, body_size: int) -> int | None:
-    raw = request.headers.get(HEADER_LENGTH)
-    if raw is None:
-        return None
-    if not raw.isdigit() or int(raw) > body_size:
-        raise ProtocolError(f"header Inference-Header-Content-Length: {raw!r} does not fit a {body_size}-byte body")
-    return int(raw)
 
 
 def _records(body: bytes, plane: ModelPlane) -> pa.RecordBatch:

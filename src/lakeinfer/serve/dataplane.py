@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pyarrow as pa
 
 from ..errors import LakeinferError
+from ..models import THREADED_FLAVORS
 from ..runtime import ModelRuntime, Scored
 from ..runtime.batcher import AdaptiveBatcher, Overloaded
 from .config import ModelConfig, ServeConfig
@@ -17,7 +19,7 @@ from .metrics import Metrics
 
 log = logging.getLogger("lakeinfer.serve")
 
-__all__ = ["DataPlane", "ModelPlane", "Overloaded", "ReadyBoard", "UnknownModel"]
+__all__ = ["DataPlane", "ModelPlane", "Overloaded", "ReadyBoard", "UnknownModel", "model_threads"]
 
 
 class UnknownModel(LakeinferError):
@@ -61,6 +63,11 @@ class ReadyBoard:
         return alive >= self.expected
 
 
+def model_threads(workers: int | None) -> int:
+    """The threads a model may use in each of ``workers`` processes: the cores, shared out."""
+    return max(1, (os.cpu_count() or 1) // (workers or 1))
+
+
 # the per-row reasons ride beside a merged batch's outputs to be sliced with them per caller
 ERROR_COLUMN = "__lakeinfer_error"
 
@@ -69,8 +76,9 @@ class ModelPlane:
     """One model behind its own batcher, in Arrow only: it knows no protocol (codecs live in v2.py)."""
 
     def __init__(self, index: int, model: ModelConfig, config: ServeConfig, board: ReadyBoard,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, *, runtime: ModelRuntime | None = None) -> None:
         self.index = index
+        self._loaded = runtime  # built already (a one-worker server's parent checked it so)
         self.model = model
         self.config = config
         self.name = model.name
@@ -98,15 +106,18 @@ class ModelPlane:
         def on_batch(requests: int, rows: int) -> None:
             self.metrics.batch(requests, rows, self.name)
 
+        assert self.runtime is not None
         self.batcher = AdaptiveBatcher(self._predict, max_batch_size=self.model.max_batch_size,
                                        max_wait_ms=self.model.max_wait_ms, max_queue=self.model.max_queue,
-                                       on_batch=on_batch)
+                                       on_batch=on_batch,
+                                       holds_gil=self.runtime.model.flavor not in THREADED_FLAVORS)
         self.batcher.start()
         self.board.mark(self.index)
 
     def _load(self) -> None:
-        threads = max(1, (os.cpu_count() or 1) // (self.config.workers or 1))
-        runtime = ModelRuntime(self.model.recipe, threads=threads, tensor_input=True)
+        runtime = self._loaded or ModelRuntime(self.model.recipe, threads=model_threads(self.config.workers),
+                                               tensor_input=True)
+        self._loaded = None
         self.tensor_input = runtime.tensor_input
         self.input_schema = runtime.input_schema()
         self.output_schema = runtime.describe_outputs()
@@ -182,11 +193,12 @@ class ModelPlane:
 class DataPlane:
     """The server's models, each a :class:`ModelPlane`, looked up by name; one worker's metrics."""
 
-    def __init__(self, config: ServeConfig) -> None:
+    def __init__(self, config: ServeConfig, *, runtimes: Mapping[str, ModelRuntime] | None = None) -> None:
         self.config = config
         self.board = ReadyBoard(config.state_dir, config.workers or 1)
         self.metrics = Metrics(lambda: {m.name: m.depth for m in self.models.values()})
-        self.models = {m.name: ModelPlane(i, m, config, self.board, self.metrics)
+        given = runtimes or {}
+        self.models = {m.name: ModelPlane(i, m, config, self.board, self.metrics, runtime=given.get(m.name))
                        for i, m in enumerate(config.models)}
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -61,35 +62,55 @@ class Metrics:
         self._queue = Gauge("lakeinfer_queue_depth", "Requests waiting for the model.", ["model"],
                             multiprocess_mode="livesum", registry=registry)
         self._queue_depths = queue_depths
+        self._counts: dict[tuple[str, str, str], Any] = {}
+        self._timers: dict[tuple[str, str], Any] = {}
+        self._sizes: dict[str, tuple[Any, Any]] = {}
+        self._depths: dict[str, Any] = {}
 
     @property
     def multiprocess(self) -> bool:
         return self._folder is not None
 
     def request(self, endpoint: str, code: int | str, seconds: float, model: str = "") -> None:
-        self._requests.labels(endpoint=endpoint, code=str(code), model=model).inc()
-        self._latency.labels(endpoint=endpoint, model=model).observe(seconds)
+        key = (endpoint, str(code), model)
+        count = self._counts.get(key)
+        if count is None:  # labels() looked up once per label set: it costs more than the increment
+            count = self._counts[key] = self._requests.labels(endpoint=endpoint, code=key[1], model=model)
+        count.inc()
+        self._timer(endpoint, model).observe(seconds)
         self._sample_depth()
 
     def shed(self, endpoint: str, model: str, seconds: float) -> None:
         """A full queue's 503, answered before routing (see shed.py)."""
         self._requests.labels(endpoint=endpoint, code="503", model=model).inc()
-        self._latency.labels(endpoint=endpoint, model=model).observe(seconds)
+        self._timer(endpoint, model).observe(seconds)
         self._errors.labels(kind="503", model=model).inc()
+
+    def _timer(self, endpoint: str, model: str) -> Any:
+        timer = self._timers.get((endpoint, model))
+        if timer is None:
+            timer = self._timers[(endpoint, model)] = self._latency.labels(endpoint=endpoint, model=model)
+        return timer
 
     def error(self, kind: str, model: str = "") -> None:
         self._errors.labels(kind=kind, model=model).inc()
 
     def batch(self, requests: int, rows: int, model: str = "") -> None:
-        self._batch_requests.labels(model=model).observe(requests)
-        self._batch_rows.labels(model=model).observe(rows)
+        sizes = self._sizes.get(model)
+        if sizes is None:
+            sizes = self._sizes[model] = (self._batch_requests.labels(model=model), self._batch_rows.labels(model=model))
+        sizes[0].observe(requests)
+        sizes[1].observe(rows)
         self._sample_depth()
 
     def _sample_depth(self) -> None:
         # A gauge in files cannot be read by callback from another worker's scrape, so each
         # worker writes its depths as its requests and model calls end, and when it is scraped.
         for model, depth in self._queue_depths().items():
-            self._queue.labels(model=model).set(depth)
+            gauge = self._depths.get(model)
+            if gauge is None:
+                gauge = self._depths[model] = self._queue.labels(model=model)
+            gauge.set(depth)
 
     def render(self) -> bytes:
         self._sample_depth()

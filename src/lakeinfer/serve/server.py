@@ -16,6 +16,7 @@ from ..errors import ConfigError, LakeinferError, require
 from ..models import default_processes, detect_flavor
 from ..runtime import ModelRuntime
 from .config import CONFIG_ENV, ServeConfig
+from .dataplane import model_threads
 from .metrics import MULTIPROC_ENV
 
 
@@ -23,26 +24,32 @@ def run(config: ServeConfig) -> None:
     """Serve until SIGTERM or Ctrl-C; requests in flight are finished before exit."""
     uvicorn = require("uvicorn", "serve", "lakeinfer serve")
     require("starlette", "serve", "lakeinfer serve")
+    require("orjson", "serve", "lakeinfer serve")
     if config.grpc_port is not None:
         require("grpc", "serve", "lakeinfer serve --grpc-port")
         require("google.protobuf", "serve", "lakeinfer serve --grpc-port")
     config.api_key()  # fail now, not in every worker, if the key's variable is unset
     # a model or pipeline that cannot be built is a one-line error here, before any worker starts
     flavors = []
+    loaded: dict[str, ModelRuntime] = {}
     for model in config.models:
         try:
-            runtime = ModelRuntime(model.recipe, tensor_input=True)
+            # with the threads a lone worker gives it: a server of one worker keeps this runtime
+            runtime = ModelRuntime(model.recipe, tensor_input=True, threads=model_threads(1))
             runtime.describe_outputs()
         except LakeinferError as exc:
             if len(config.models) == 1:
                 raise
             raise LakeinferError(f"model '{model.name}': {exc}") from None
         flavors.append(runtime.model.flavor)
+        loaded[model.name] = runtime
         del runtime
     if config.workers is None:  # as the batch engine chooses (see models.default_processes); for
         # several models, the fewest any of them wants: a model that uses every core wants one process
         config.workers = min(default_processes(m.recipe.flavor or detect_flavor(m.recipe.model_path))
                              for m in config.models)
+    if config.workers != 1:
+        loaded.clear()  # each worker process loads its own
     check_port(config.host, config.port)
     if config.grpc_port is not None:
         check_port(config.host, config.grpc_port, "--grpc-port")
@@ -59,10 +66,15 @@ def run(config: ServeConfig) -> None:
     # drained shutdown is a clean exit.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(start_line(config, flavors), file=sys.stderr, flush=True)
+    options = {"host": config.host, "port": config.port,
+               "timeout_graceful_shutdown": max(5, int(config.timeout_ms / 1000) + 5), **_logging(config.access_log)}
     try:
-        uvicorn.run("lakeinfer.serve.app:app_from_env", factory=True, host=config.host, port=config.port,
-                    workers=config.workers, timeout_graceful_shutdown=max(5, int(config.timeout_ms / 1000) + 5),
-                    **_logging(config.access_log))
+        if loaded:  # one worker, in this process: the models checked above are the ones it serves
+            from .app import create_app
+
+            uvicorn.run(create_app(config, runtimes=loaded), **options)
+        else:
+            uvicorn.run("lakeinfer.serve.app:app_from_env", factory=True, workers=config.workers, **options)
     finally:
         shutil.rmtree(state, ignore_errors=True)
 

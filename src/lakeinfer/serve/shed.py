@@ -1,4 +1,4 @@
-"""The 503 of a full queue, answered before Starlette sees the request.
+"""The 503 of a full queue, answered before Starlette sees the request, and Retry-After kept.
 
 Under overload most requests are refused, and every refusal is event-loop time taken from the
 requests that are served. This pure-ASGI middleware, the app's outermost but for Starlette's own
@@ -6,11 +6,18 @@ error guard, refuses an infer or predict request whose model's queue is full wit
 headers encoded once per model: no Request object, no routing, no JSON encoding, and the body is
 never read (uvicorn discards it as it arrives, so a kept-alive connection stays usable).
 Everything else, and a request with a missing or wrong API key (401 comes first), goes on to the app.
+
+A refusal is at once, so a load balancer can try another server, and says Retry-After: 1. A
+caller that sends its next request on the same connection sooner, ignoring that, is not refused
+at once again (a refusal at once, retried at once, is a loop that keeps the server answering
+503s at full speed while the model waits for work): its request waits, body unread, in line for
+room in the queue, up to the Retry-After, and is served if room comes in that time, else
+refused. The connection stays in line so for as long as it keeps coming back sooner than the
+Retry-After; a caller that waits as told is answered at once again.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from typing import Any
@@ -18,16 +25,23 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .dataplane import DataPlane, ModelPlane
+from .rest_infer import infer_target, keyed
 
-__all__ = ["Shedder"]
+__all__ = ["RETRY_SECONDS", "Shedder"]
 
-# the last path segment: the endpoint's metrics label
-_ENDPOINTS = {"infer": "infer", "predict": "predict"}
+# the Retry-After of a refusal: how long a caller that comes back sooner waits in line
+RETRY_SECONDS = 1.0
+# connections remembered with the end of their Retry-After: past this many, the ended are forgotten
+_REMEMBERED = 4096
 
 
 class Shedder:
-    def __init__(self, app: ASGIApp, plane: DataPlane, api_key: str | None, worker: str) -> None:
+    def __init__(self, app: ASGIApp, plane: DataPlane, api_key: str | None, worker: str, *,
+                 retry: float = RETRY_SECONDS) -> None:
         self.app = app
+        self.retry = retry
+        # (client host, port): one connection; the time its Retry-After ends, after a refusal
+        self._refused: dict[Any, float] = {}
         self.plane = plane
         self.api_key = api_key.encode() if api_key else None
         self.worker = worker.encode()
@@ -35,30 +49,9 @@ class Shedder:
 
     def _target(self, path: str) -> tuple[ModelPlane, str] | None:
         """The model and endpoint of an infer or predict path, as the app's routes name them."""
-        parts = path.split("/")
-        n = len(parts)
-        if n == 5 and parts[1] in ("v2", "v1") and parts[2] == "models":
-            endpoint = parts[4]
-            if not (endpoint == "infer" and parts[1] == "v2" or endpoint == "predict" and parts[1] == "v1"):
-                return None
-        elif n == 7 and parts[1] == "v2" and parts[2] == "models" and parts[4] == "versions" and parts[6] == "infer":
-            endpoint = "infer"
-        else:
-            return None
-        model = self.plane.models.get(parts[3])
-        return None if model is None else (model, endpoint)
-
-    def _keyed(self, scope: Scope) -> bool:
-        """Whether the request carries the API key (else the app answers 401)."""
-        assert self.api_key is not None
-        given = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization" and value[:7].lower() == b"bearer ":
-                given = value[7:].strip()
-                break
-            if name == b"x-api-key" and not given:
-                given = value
-        return bool(given) and hmac.compare_digest(given, self.api_key)
+        target = infer_target(path)
+        model = self.plane.models.get(target[0]) if target is not None else None
+        return None if model is None or target is None else (model, target[1])
 
     def _answer(self, model: ModelPlane) -> tuple[dict[str, Any], dict[str, Any]]:
         answer = self._answers.get(model.name)
@@ -80,12 +73,36 @@ class Shedder:
             if target is not None:
                 model, endpoint = target
                 batcher = model.batcher
-                if (batcher is not None and batcher.depth >= batcher.max_queue
-                        and (self.api_key is None or self._keyed(scope))):
+                if (batcher is not None and (batcher.depth >= batcher.max_queue or batcher.waiting)
+                        and (self.api_key is None or keyed(scope["headers"], self.api_key))):
                     began = time.perf_counter()
+                    if await self._let_in(batcher, scope.get("client")):
+                        await self.app(scope, receive, send)
+                        return
                     start, body = self._answer(model)
                     await send(start)
                     await send(body)
                     self.plane.metrics.shed(endpoint, model.name, time.perf_counter() - began)
                     return
         await self.app(scope, receive, send)
+
+    async def _let_in(self, batcher: Any, client: Any) -> bool:
+        """Whether a request to a full queue goes on: only one of a connection that was refused
+        and came back before its Retry-After was over, for which room comes in line in time."""
+        until = self._refused.get(client) if client else None
+        if until is not None and until > time.monotonic():
+            # back too soon: in line, up to the Retry-After, and the connection stays in line
+            # for as long as it keeps coming back sooner than that
+            if await batcher.room(self.retry):
+                self._refused[client] = time.monotonic() + self.retry
+                return True
+        return self._refuse(client)
+
+    def _refuse(self, client: Any) -> bool:
+        """Remember when the refused connection's Retry-After ends; False."""
+        if client:
+            now = time.monotonic()
+            if len(self._refused) >= _REMEMBERED:
+                self._refused = {c: t for c, t in self._refused.items() if t > now}
+            self._refused[client] = now + self.retry
+        return False

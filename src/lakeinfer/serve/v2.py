@@ -11,13 +11,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 
 from .._version import __version__
 from ..errors import InputError
 from ..schema import pack_features, split_matrix
 
-__all__ = ["ProtocolError", "DATATYPES", "bytes_elements", "decode_request", "encode_response", "datatype_of",
+__all__ = ["ProtocolError", "DATATYPES", "bytes_elements", "decode_request", "loads", "encode_response", "datatype_of",
            "model_metadata", "output_tensor", "requested_outputs", "server_metadata", "tensor_bytes", "to_batch"]
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -157,6 +158,20 @@ def _tensor(spec: dict[str, Any], index: int, blobs: list[bytes]) -> tuple[str, 
     return name, values, shape
 
 
+def loads(text: bytes) -> Any:
+    """A request's JSON: orjson's parse (a tenth of the standard library's time for a small
+    tensor), and the standard library's where orjson refuses what JSON-speaking clients send
+    (NaN and Infinity tokens, integers past 64 bits), so both accept the same requests."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"the request body is not valid JSON: {exc}") from None
+
+
 def decode_request(body: bytes, header_length: int | None, features: Sequence[str],
                    tensor: tuple[str, int] | None = None) -> tuple[pa.RecordBatch, dict[str, Any]]:
     """The request's rows as a record batch, and the request JSON (for id and outputs).
@@ -169,10 +184,7 @@ def decode_request(body: bytes, header_length: int | None, features: Sequence[st
     the request holds that one [N, K] input, packed the same way.
     """
     json_part, blob_part = (body[:header_length], body[header_length:]) if header_length is not None else (body, b"")
-    try:
-        request = json.loads(json_part)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"the request body is not valid JSON: {exc}") from None
+    request = loads(json_part)
     if not isinstance(request, dict):
         raise ProtocolError("the request body must be a JSON object")
     inputs = _field(request, "inputs", list, "request")
