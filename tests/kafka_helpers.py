@@ -76,6 +76,26 @@ def consume(bootstrap: str, topic: str, *, expect: int, timeout: float = 60, rea
     return out
 
 
+def wait_for_members(bootstrap: str, group: str, count: int, *, timeout: float = 60) -> None:
+    """Wait until consumer group ``group`` is stable with ``count`` members holding partitions."""
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = admin.describe_consumer_groups([group])[group]
+        try:
+            described = found.result(timeout=10)
+        except Exception:  # the group does not exist yet
+            described = None
+        if (described is not None and described.state == ConsumerGroupState.STABLE
+                and sum(1 for m in described.members if m.assignment.topic_partitions) == count):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"consumer group {group} did not reach {count} members with partitions in {timeout} s")
+
+
 def stream_cli(*args: object, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "lakeinfer", "stream", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,

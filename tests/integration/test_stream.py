@@ -25,6 +25,7 @@ from tests.kafka_helpers import (
     produce,
     records,
     stream_cli,
+    wait_for_members,
 )
 from tests.serving import free_port
 from tests.slow_model import SlowEcho
@@ -130,7 +131,9 @@ def test_sigkill_and_restart(broker: str, tmp_path: Path, exactly_once: bool) ->
     produce(broker, source, records(total))
     args = ["--model", model, "--trust-model", "--features", ",".join(FEATURES), "--bootstrap-servers", broker,
             "--input-topic", source, "--output-topic", sink, "--group-id", f"g-{source}", "--keep", "id",
-            "--max-batch-size", "100", *(["--exactly-once"] if exactly_once else [])]
+            "--max-batch-size", "100", *(["--exactly-once"] if exactly_once else []),
+            # a session of 10 s: the restarted process gets the killed one's partitions without 45 s of waiting
+            "--max-poll-interval-ms", "10000"]
     first = stream_cli(*args)
     deadline = time.monotonic() + 60
     seen = 0
@@ -178,7 +181,7 @@ def test_two_processes_share_the_partitions(broker: str, tmp_path: Path) -> None
             "--input-topic", source, "--output-topic", sink, "--group-id", f"g-{source}", "--keep", "id",
             "--max-batch-size", "50"]
     procs = [stream_cli(*args), stream_cli(*args)]
-    time.sleep(8)  # both join the group before the records arrive
+    wait_for_members(broker, f"g-{source}", 2)  # both joined the group before the records arrive
     produce(broker, source, records(2000))
     got = consume(broker, sink, expect=2000, timeout=90, settle=2)
     results = [_stop(p) for p in procs]
