@@ -128,6 +128,19 @@ async def _run(port: int, data: np.ndarray, labels: np.ndarray, callers: int, *,
     return tally, time.monotonic() - clock.start
 
 
+def _settled_rss(pid: int, timeout: float = 10) -> int:
+    """The process's resident memory once it stops falling (two readings 0.2 s apart agree)."""
+    last = _rss(pid)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = _rss(pid)
+        if now >= last:
+            return now
+        last = now
+    return last
+
+
 def _rss(pid: int) -> int:
     root = psutil.Process(pid)
     total = 0
@@ -166,8 +179,7 @@ def test_overload_codes_correctness_and_memory(onnx_model: Trained, X) -> None: 
 
         storm, storm_time = asyncio.run(_run(server.port, data, labels, CONNECTIONS, requests=REQUESTS_EACH))
 
-        time.sleep(1.0)  # the connections' buffers are released
-        after = _rss(server.proc.pid)
+        after = _settled_rss(server.proc.pid)  # once the connections' buffers are released
         assert server.proc.poll() is None
         # the capacity again: the machine's other load drifts, so goodput is set against both
         again_tally, again_time = asyncio.run(_run(server.port, data, labels, CAPACITY_CALLERS, seconds=5.0))

@@ -113,6 +113,21 @@ def _spark_class() -> list[str]:
     return [os.path.join(home, "bin", "spark-class")]
 
 
+def _wait_for_worker(ui: int, timeout: float = 60) -> None:
+    """Until the master's status page counts a live worker."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{ui}/json/", timeout=2).json().get("aliveworkers", 0) >= 1:
+                return
+        except (httpx.HTTPError, ValueError):  # the master is still starting
+            pass
+        time.sleep(0.2)
+    raise AssertionError("no Spark worker registered with the master")
+
+
 def test_standalone_cluster(onnx_model: Trained, datasets: dict[str, Path], tmp_path: Path) -> None:
     import pyspark
 
@@ -126,7 +141,7 @@ def test_standalone_cluster(onnx_model: Trained, datasets: dict[str, Path], tmp_
                                "--host", "127.0.0.1", "--cores", "2", "--memory", "2g", "--webui-port", str(free_port())],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(3)
+        _wait_for_worker(ui)
         result = run_cli("batch", "--engine", "spark", "--master", f"spark://127.0.0.1:{port}",
                          "--spark-conf", "spark.executor.memory=1g", "--spark-conf", "spark.cores.max=2",
                          "--model", onnx_model.path, *onnx_model.cli, "--input", datasets["parquet"],
