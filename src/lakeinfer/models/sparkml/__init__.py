@@ -22,7 +22,7 @@ from .._frame import STRING as TEXT
 from .._frame import FeatureKinds
 from . import buckets, features, linear, scalers, trees  # noqa: F401  (each registers its stages)
 from ._reader import StageMeta, read_meta, stage_dirs
-from ._stage import NUMBER, STRING, VECTOR, Col, Frame, Stage, column_from_arrow, stage_class
+from ._stage import NUMBER, STRING, VECTOR, Frame, Stage, column_from_arrow, stage_class
 
 __all__ = ["SparkMLModel", "load"]
 
@@ -149,11 +149,7 @@ class SparkMLModel(Model):
             row = min(frame.reasons)
             column, reason = frame.reasons[row]
             raise BadRecordError(f"row {row}: {reason}", column=column, row=row, reason=reason)
-        return {name: _arrow(frame.cols[name]) for name in self._added if name in frame.cols}
-
-
-def _arrow(col: Col) -> pa.Array:
-    return col.to_arrow()
+        return {name: frame.cols[name].to_arrow() for name in self._added if name in frame.cols}
 
 
 def load(path: str, **_: Any) -> SparkMLModel:

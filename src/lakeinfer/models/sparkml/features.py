@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -257,7 +256,3 @@ class VectorAssembler(Stage):
                 frame.flag(invalid, name, reason, drop=self.handle == "skip")
         matrix = np.hstack(parts) if parts else np.zeros((frame.rows, 0))
         frame.cols[self.out] = Col(VECTOR, np.ascontiguousarray(matrix, dtype=np.float64))
-
-
-def describe_labels(stage: Any) -> list[list[str]]:
-    return [ls.to_pylist() for ls in getattr(stage, "labels", [])]
