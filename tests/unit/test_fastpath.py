@@ -252,3 +252,35 @@ def test_onnx_zipmap_gives_the_probabilities_of_the_graph_without_it(tmp_path: A
         outputs[zipmap] = load_model(str(path), features=NAMES).predict(_batch(_data(rows=50, seed=3)[0]))
     assert outputs[True].equals(outputs[False])
     assert outputs[True].column("prediction").to_pylist() == forest.predict(_data(rows=50, seed=3)[0]).tolist()
+
+
+@pytest.mark.parametrize("objective", ["binary:logistic", "multi:softprob", "multi:softmax", "reg:squarederror",
+                                       "binary:logitraw"])
+def test_xgboost_dense_call_gives_inplace_predicts_bits(tmp_path: Any, objective: str) -> None:
+    import xgboost as xgb
+
+    from lakeinfer.models.xgboost import XGBoostModel
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(500, WIDTH)).astype(np.float32)
+    x[::7, 2] = np.nan  # the default branch, as inplace_predict takes it
+    y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 1).astype(int) if objective.startswith("multi") else x[:, 0] > 0
+    params = {"objective": objective, "max_depth": 4, "nthread": 1}
+    if objective.startswith("multi"):
+        params["num_class"] = 3
+    booster = xgb.train(params, xgb.DMatrix(x, y.astype(np.float32)), 20)
+    path = tmp_path / "model.ubj"
+    booster.save_model(path)
+    model = XGBoostModel(str(path), features=NAMES)
+    assert model._dense is not None  # the C call, not inplace_predict, gives what is checked below
+    for rows in (x[:1], x[:2], x):
+        raw = model._dense(np.ascontiguousarray(rows))
+        expected = booster.inplace_predict(rows)
+        assert raw.dtype == expected.dtype and raw.shape == expected.shape
+        np.testing.assert_array_equal(raw, expected)
+    batch = pa.RecordBatch.from_arrays([pa.array(x[:, j]) for j in range(WIDTH)], names=NAMES)
+    out = model.predict(batch)
+    if objective == "multi:softprob":
+        np.testing.assert_array_equal(np.array(out.column("probability").to_pylist()), booster.inplace_predict(x))
+    elif objective == "reg:squarederror":
+        np.testing.assert_array_equal(out.column("prediction").to_numpy(), booster.inplace_predict(x))
