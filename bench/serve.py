@@ -102,13 +102,17 @@ def start(kind: str, name: str, path: Path, work: Path, venv: Path) -> tuple[sub
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}/v2/models/{name}/infer"
     deadline = time.monotonic() + 120
+    answered = 0  # up once 20 requests in a row, each on a new connection, were answered: every worker
     while time.monotonic() < deadline:
         try:
-            if httpx.post(url, content=body(), headers={"Content-Type": "application/json"}, timeout=5).status_code == 200:
-                return proc, url
+            ok = httpx.post(url, content=body(), headers={"Content-Type": "application/json"}, timeout=5).status_code == 200
         except httpx.TransportError:
-            pass
-        time.sleep(0.3)
+            ok = False
+        answered = answered + 1 if ok else 0
+        if answered == 20:
+            return proc, url
+        if not ok:
+            time.sleep(0.3)
     stop(proc)
     raise SystemExit(f"{kind} did not come up")
 
