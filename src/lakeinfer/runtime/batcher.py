@@ -64,7 +64,7 @@ class AdaptiveBatcher:
         self._closing = False
         self._running = 0
         self._call_seconds = float("inf")  # moving average of a model call; unknown until the first
-        self._line: deque[asyncio.Future[None]] = deque()  # callers waiting for room, first come first
+        self._line: deque[asyncio.Future[bool]] = deque()  # callers waiting for room, first come first
         self._waiting = 0
 
     @property
@@ -84,16 +84,16 @@ class AdaptiveBatcher:
             return True
         if self._closing or wait <= 0:
             return False
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
         self._line.append(future)
         self._waiting += 1
+        # one timer handle, not a timeout scope: under overload every request waits here
+        expiry = loop.call_later(wait, _give_up, future)
         try:
-            async with asyncio.timeout(wait):
-                await future
-            return True
-        except TimeoutError:
-            return False
+            return await future
         finally:
+            expiry.cancel()
             self._waiting -= 1  # a caller that gave up stays in the deque, done: _let_in skips it
 
     def _let_in(self) -> None:
@@ -102,7 +102,7 @@ class AdaptiveBatcher:
         while free > 0 and self._line:
             future = self._line.popleft()
             if not future.done():
-                future.set_result(None)
+                future.set_result(True)
                 free -= 1
 
     def start(self) -> None:
@@ -196,7 +196,7 @@ class AdaptiveBatcher:
         self._closing = True
         for future in self._line:  # let them in to be refused by submit, now rather than later
             if not future.done():
-                future.set_result(None)
+                future.set_result(True)
         while self._queue.qsize() or self._running:
             await asyncio.sleep(0.01)
         if self._task is not None:
@@ -206,6 +206,11 @@ class AdaptiveBatcher:
             except asyncio.CancelledError:
                 pass
         self._executor.shutdown(wait=True)
+
+
+def _give_up(future: asyncio.Future[bool]) -> None:
+    if not future.done():
+        future.set_result(False)
 
 
 def score_group(predict: Callable[[pa.RecordBatch], pa.RecordBatch],

@@ -20,10 +20,10 @@ from typing import Any
 
 import pyarrow as pa
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from ..runtime import ModelRuntime
 from . import v2
@@ -45,7 +45,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def create_app(config: ServeConfig, *, runtimes: Mapping[str, ModelRuntime] | None = None) -> Starlette:
+def create_app(config: ServeConfig, *, runtimes: Mapping[str, ModelRuntime] | None = None) -> ASGIApp:
     """The app of one worker process; ``runtimes``: models already built, by name (else each loads its own)."""
     plane = DataPlane(config, runtimes=runtimes)
     api_key = config.api_key()
@@ -181,15 +181,14 @@ def create_app(config: ServeConfig, *, runtimes: Mapping[str, ModelRuntime] | No
         Route("/openapi.json", openapi),
         Route("/docs", docs),
     ]
-    # a full queue's line and 503 come before routing (shed.py); the endpoints' admit() stays
-    # for the requests that pass it as the queue fills
-    # then infer requests go straight to their route, past Starlette's routing (rest_infer.py)
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(Shedder, plane=plane, api_key=api_key, worker=worker,
-                                           retry=min(RETRY_SECONDS, timeout / 2)),
-                                Middleware(InferFirst, route=infer)])
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.plane = plane
-    return app
+    # in front of Starlette, whose error guard, middleware and routing cost more than a one-row
+    # model call: a full queue's line and 503 first (shed.py), then infer requests straight to
+    # their route (rest_infer.py), which answers every error itself; the endpoints' admit()
+    # stays for the requests that pass the line as the queue fills
+    return Shedder(InferFirst(app, infer), plane=plane, api_key=api_key, worker=worker,
+                   retry=min(RETRY_SECONDS, timeout / 2))
 
 
 def _check_key(request: Request, key: str) -> None:
@@ -231,6 +230,6 @@ def _records(body: bytes, plane: ModelPlane) -> pa.RecordBatch:
     return plane.runtime.records(payload["instances"], where="instances")
 
 
-def app_from_env() -> Starlette:
+def app_from_env() -> ASGIApp:
     """The factory each uvicorn worker process calls."""
     return create_app(ServeConfig.from_env())
