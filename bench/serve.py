@@ -16,6 +16,9 @@ For concurrency 1, 16 and 64 it prints req/s, p50 and p99, and the ratios of lak
 others; and the model's own time per one-row call, for the latency lakeinfer adds at concurrency 1.
 hey rounds each time to 0.1 ms, so the p50 at concurrency 1 is also timed per request to the
 microsecond by a plain socket client over one kept-alive connection (its own time included).
+Then, per model, overload: lakeinfer with one worker and a queue of 100 under 1,000 connections
+(hey, each connection sending again as soon as it is answered), its 200s per second against its
+capacity with 64 connections (target: 0.8x or better), and the status codes it answered.
 
     python bench/serve.py                 # 8 s per point
     python bench/serve.py --seconds 3     # a quick look
@@ -76,12 +79,13 @@ def mlserver_bin(venv: Path) -> Path:
     return binary
 
 
-def start(kind: str, name: str, path: Path, work: Path, venv: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start(kind: str, name: str, path: Path, work: Path, venv: Path,
+          options: tuple[str, ...] = ("--workers", WORKERS)) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ}
     if kind == "lakeinfer":
         cmd = [sys.executable, "-m", "lakeinfer", "serve", "--model", str(path), "--name", name, "--trust-model",
-               "--port", str(port), "--workers", WORKERS]
+               "--port", str(port), *options]
     elif kind == "fastapi":
         env["BENCH_MODEL"] = str(path)
         cmd = [sys.executable, "-m", "uvicorn", "_fastapi_app:app", "--port", str(port), "--log-level", "warning",
@@ -141,6 +145,43 @@ def hey(url: str, concurrency: int, seconds: float, body_file: Path) -> tuple[fl
     if any(code != "200" for code, _ in codes):
         print(f"    non-200 answers: {codes}")
     return rps, p50, p99
+
+
+def hey_codes(url: str, concurrency: int, body_file: Path, *, seconds: float | None = None,
+              requests: int | None = None) -> tuple[float, dict[int, int], str]:
+    """hey's total time, answers by status code, and its error lines (resets, timeouts)."""
+    span = ["-z", f"{seconds}s"] if seconds is not None else ["-n", str(requests)]
+    out = subprocess.run(["hey", *span, "-c", str(concurrency), "-t", "60", "-m", "POST", "-T", "application/json",
+                          "-D", str(body_file), url], capture_output=True, text=True, check=True).stdout
+    total = float(re.search(r"Total:\s+([\d.]+) secs", out).group(1))  # type: ignore[union-attr]
+    codes = {int(code): int(n) for code, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
+    errors = out.split("Error distribution:", 1)[1].strip() if "Error distribution:" in out else ""
+    return total, codes, errors
+
+
+def overload(name: str, path: Path, work: Path, body_file: Path, seconds: float) -> None:
+    """lakeinfer (--workers 1 --max-queue 100) under 1,000 connections, ten times the callers its
+    queue holds, each sending again as soon as it is answered (hey does not wait out Retry-After):
+    200s per second against the capacity, 200s per second with 64 connections, before and after."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 4096:  # hey's 1,000 sockets; the server inherits it
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4096 if hard == resource.RLIM_INFINITY else min(4096, hard), hard))
+    proc, url = start("lakeinfer", name, path, work, Path(), ("--workers", "1", "--max-queue", "100"))
+    try:
+        hey_codes(url, 64, body_file, seconds=1)  # warm-up
+        before, ok_before, _ = hey_codes(url, 64, body_file, seconds=seconds)
+        storm, codes, errors = hey_codes(url, 1000, body_file, requests=40_000)
+        after, ok_after, _ = hey_codes(url, 64, body_file, seconds=seconds)
+    finally:
+        stop(proc)
+    capacity = (ok_before.get(200, 0) / before + ok_after.get(200, 0) / after) / 2
+    goodput = codes.get(200, 0) / storm
+    print(f"  overload (lakeinfer --workers 1 --max-queue 100): capacity {capacity:,.0f} ok/s with 64 connections; "
+          f"1,000 connections x 40 requests: answers {dict(sorted(codes.items()))} in {storm:.2f} s, "
+          f"goodput {goodput:,.0f} ok/s = {goodput / capacity:.2f}x capacity"
+          + (f"; errors: {errors}" if errors else ""), flush=True)
 
 
 def round_trip_ms(url: str, requests: int = 3000) -> float:
@@ -204,6 +245,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--servers", default="lakeinfer,mlserver,fastapi")
+    parser.add_argument("--no-overload", action="store_true", help="skip the overload run of lakeinfer")
     parser.add_argument("--mlserver-venv", default=str(HERE.parent / ".bench" / "mlserver-venv"))
     args = parser.parse_args()
     if shutil.which("hey") is None:
@@ -240,6 +282,8 @@ def main() -> None:
                 ours = results[(mine, c)][0]
                 ratios = ", ".join(f"{ours / results[(k, c)][0]:.2f}x {k}" for k in servers if not k.startswith("lakeinfer"))
                 print(f"  concurrency {c}: {mine} req/s = {ratios}")
+            if "lakeinfer" in servers and not args.no_overload:
+                overload(name, path, work, body_file, args.seconds)
             if "lakeinfer" in exact:
                 print(f"  lakeinfer p50 at concurrency 1 over the model's own time: {exact['lakeinfer'] - own:.3f} ms "
                       f"(timed to the microsecond; hey: {results[('lakeinfer', 1)][1] - own:.2f} ms)"
