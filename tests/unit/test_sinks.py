@@ -112,3 +112,37 @@ def test_output_that_is_a_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OutputError) as caught:
         OutputFolder(str(tmp_path / "out")).check(JOB, overwrite=False)
     assert str(caught.value) == f"output {tmp_path}/out is a file; give a folder"
+
+
+def _encodings(path: Path) -> dict[str, set[str]]:
+    meta = pq.ParquetFile(path).metadata
+    group = meta.row_group(0)
+    return {group.column(i).path_in_schema: set(group.column(i).encodings) for i in range(meta.num_columns)}
+
+
+def test_only_columns_whose_values_repeat_get_a_dictionary(tmp_path: Path) -> None:
+    schema = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("city", pa.string()),
+                        ("score", pa.float64()), ("probability", pa.list_(pa.float64()))])
+    rows = 10_000
+    batch = pa.RecordBatch.from_pydict({
+        "id": list(range(rows)), "label": [i % 2 for i in range(rows)], "city": ["Oslo", "Lima"] * (rows // 2),
+        "score": [i / rows for i in range(rows)], "probability": [[i / rows, 1 - i / rows] for i in range(rows)],
+    }, schema=schema)
+    folder = OutputFolder(str(tmp_path))
+    folder.claim(JOB, overwrite=False)
+    writer = folder.open_part(0, schema)
+    writer.write(batch)
+    writer.commit({"rows_out": rows})
+    encodings = _encodings(tmp_path / part_name(0))
+    dictionary = {name for name, found in encodings.items() if "RLE_DICTIONARY" in found}
+    assert dictionary == {"label", "city"}
+    assert pq.read_table(tmp_path / part_name(0)).to_batches()[0].equals(batch)
+
+
+def test_an_empty_part_is_a_parquet_file_with_the_schema(tmp_path: Path) -> None:
+    folder = OutputFolder(str(tmp_path))
+    folder.claim(JOB, overwrite=False)
+    writer = folder.open_part(1, SCHEMA)
+    writer.commit({"rows_out": 0})
+    table = pq.read_table(tmp_path / part_name(1))
+    assert table.num_rows == 0 and table.schema.equals(SCHEMA)

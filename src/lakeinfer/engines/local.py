@@ -3,6 +3,7 @@ reading its own units straight from the input and writing its own Parquet parts.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import queue
@@ -31,21 +32,36 @@ from ..models import CONCURRENT_FLAVORS, default_processes, detect_flavor
 from ..runtime import ModelRuntime, PipelineRecipe
 from . import _worker
 
-__all__ = ["BatchSummary", "committed_summary", "empty_summary", "run_batch"]
+__all__ = ["BatchSummary", "available_cores", "committed_summary", "empty_summary", "run_batch"]
 
 SAMPLE_ROWS = 64
 DEFAULT_BATCH_SIZE = 16384
 
 
+def available_cores() -> int:
+    """The cores this process may run on: its CPU affinity, within its cgroup's CPU quota (a
+    container's limit), where ``os.cpu_count`` counts every core of the machine."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as fh:  # cgroup v2: "<quota> <period>" or "max <period>"
+            quota, period = fh.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
 def plan_workers(recipe: PipelineRecipe, workers: int | None, units: int) -> tuple[int, int]:
     """(worker processes, scoring threads per process) for this model and this many units.
 
-    By default one process per core; for flavors with their own thread pool one process using
-    every core, as several scoring threads over one model where the runtime allows it.
+    By default one process per available core; for flavors with their own thread pool one
+    process using every available core, as several scoring threads over one model where the
+    runtime allows it.
     """
-    cores = os.cpu_count() or 1
+    cores = available_cores()
     flavor = recipe.flavor or detect_flavor(recipe.model_path)
-    processes = max(1, min(workers or default_processes(flavor), units))
+    processes = max(1, min(workers or min(default_processes(flavor), cores), units))
     threads = min(cores, units) if processes == 1 and flavor in CONCURRENT_FLAVORS else 1
     return processes, max(1, threads)
 
@@ -158,7 +174,7 @@ def _score(recipe: PipelineRecipe, source: tables.Source, fingerprint: dict[str,
     pool = _Scorers.processes(recipe, workers - 1, workers) if workers > 1 else None
     try:
         # Check the model, the columns and the output schema on a few rows before writing anything.
-        runtime: ModelRuntime | None = ModelRuntime(recipe, threads=1 if pool or threads > 1 else None)
+        runtime: ModelRuntime | None = ModelRuntime(recipe, threads=1 if pool or threads > 1 else _own_threads())
         assert runtime is not None
         columns = runtime.read_columns(keep)
         probe = todo[0] if todo else units[0]
@@ -196,6 +212,13 @@ def _score(recipe: PipelineRecipe, source: tables.Source, fingerprint: dict[str,
     folder.finish({**summary.to_dict(), "fingerprint": fingerprint})
     summary.schema = schema
     return summary
+
+
+def _own_threads() -> int | None:
+    """Threads for a model scoring alone: None leaves the framework its own default (every core of
+    the machine), unless this process may use fewer cores, where that default would oversubscribe."""
+    cores = available_cores()
+    return cores if cores < (os.cpu_count() or 1) else None
 
 
 def _sample(source: tables.Source, unit: Any, runtime: ModelRuntime) -> pa.RecordBatch:
@@ -266,7 +289,7 @@ class _Scorers:
         ``scorers``: all that will score, the parent included (they share the cores)."""
         context = multiprocessing.get_context("spawn")
         feed = context.Queue()
-        threads = max(1, (os.cpu_count() or 1) // scorers)
+        threads = max(1, available_cores() // scorers)
         executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker.init_worker,
                                        initargs=(recipe, threads, feed))
         for _ in range(workers):

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -27,6 +28,10 @@ SUCCESS = "_SUCCESS"
 _TMP_PREFIX = ".tmp-"
 _STATS_KEY = b"lakeinfer.stats"
 ROW_GROUP_ROWS = 1 << 17
+# A column gets a dictionary where its first rows repeat: at most one distinct value in
+# DICTIONARY_RATIO of DICTIONARY_SAMPLE rows (class labels, categories, a tree's leaf values).
+DICTIONARY_SAMPLE = 1 << 13
+DICTIONARY_RATIO = 8
 
 
 def part_name(index: int) -> str:
@@ -125,7 +130,9 @@ class PartWriter:
     """Streams one unit's batches into a Parquet file that appears under its name only when closed.
 
     Small batches are gathered into row groups of about ``ROW_GROUP_ROWS`` rows, so the batch
-    size suits the model while the file suits its readers.
+    size suits the model while the file suits its readers. The Parquet writer starts with the
+    first row group, whose rows choose the columns worth a dictionary: for distinct values
+    (ids, scores) building one only costs time, as the writer drops it after a megabyte anyway.
     """
 
     def __init__(self, folder: OutputFolder, index: int, schema: pa.Schema) -> None:
@@ -134,7 +141,7 @@ class PartWriter:
         self.tmp = folder._join(f"{_TMP_PREFIX}{os.getpid()}-{part_name(index)}")
         self.schema = schema
         self._stream = folder.fs.open_output_stream(self.tmp)
-        self._writer = pq.ParquetWriter(self._stream, schema, compression="snappy")
+        self._writer: pq.ParquetWriter | None = None
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
 
@@ -144,14 +151,21 @@ class PartWriter:
         if self._pending_rows >= ROW_GROUP_ROWS:
             self._flush()
 
+    def _open(self, first: pa.Table | None) -> pq.ParquetWriter:
+        if self._writer is None:
+            dictionary = True if first is None else _repeating(first)
+            self._writer = pq.ParquetWriter(self._stream, self.schema, compression="snappy", use_dictionary=dictionary)
+        return self._writer
+
     def _flush(self) -> None:
         if self._pending:
             table = pa.Table.from_batches(self._pending, schema=self.schema)
-            self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+            self._open(table).write_table(table, row_group_size=max(1, table.num_rows))
         self._pending, self._pending_rows = [], 0
 
     def commit(self, stats: dict[str, int]) -> None:
         self._flush()
+        self._writer = self._open(None)
         self._writer.add_key_value_metadata({_STATS_KEY: json.dumps(stats).encode()})
         self._writer.close()
         self._stream.close()
@@ -159,8 +173,21 @@ class PartWriter:
 
     def abort(self) -> None:
         try:
-            self._writer.close()
+            if self._writer is not None:
+                self._writer.close()
             self._stream.close()
             self.folder.fs.delete_file(self.tmp)
         except OSError:
             pass
+
+
+def _repeating(table: pa.Table) -> list[str]:
+    """The flat columns of ``table`` whose first rows repeat enough to pay for a dictionary."""
+    sample = table.slice(0, DICTIONARY_SAMPLE)
+    names = []
+    for name, column in zip(table.column_names, sample.columns, strict=True):
+        if pa.types.is_nested(column.type):
+            continue  # vectors (probabilities): numbers that rarely repeat
+        if pc.count_distinct(column, mode="all").as_py() * DICTIONARY_RATIO <= max(1, len(column)):
+            names.append(name)
+    return names

@@ -14,6 +14,7 @@ from ..errors import ModelLoadError, SchemaError
 from ..schema import Signature, TensorSpec, column_or_error
 from ._base import Model, TabularModel
 from ._frame import STRING, FeatureKinds
+from ._run_size import RunSizer
 
 _ORT_DTYPES = {
     "tensor(float)": "float32",
@@ -84,9 +85,14 @@ class _OnnxOutputs:
             self.names = list(self.raw_names)
         self.specs = tuple(TensorSpec(n, _written_dtype(o.type, o.shape), _shape(o.shape))
                            for n, o in zip(self.names, outs, strict=True))
+        self.sizer: RunSizer | None = None  # set where the rows may be scored in several calls
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
-        results = self.session.run(self.raw_names, feeds)
+        if self.sizer is not None and len(feeds) == 1:
+            ((name, x),) = feeds.items()
+            results = self.sizer.run(lambda rows: self.session.run(self.raw_names, {name: rows}), x)
+        else:
+            results = self.session.run(self.raw_names, feeds)
         return {name: _zipmap_to_array(value) for name, value in zip(self.names, results, strict=True)}
 
 
@@ -159,6 +165,10 @@ class OnnxTabularModel(TabularModel):
         (inp,) = session.get_inputs()
         self._input_name = inp.name
         self.input_dtype = np.dtype(_dtype(inp.type))
+        # rows may go in several calls when the graph maps each input row to one row of every output
+        if not isinstance(inp.shape[0], int) and all(not o.shape or not isinstance(o.shape[0], int)
+                                                      for o in session.get_outputs()):
+            self._outputs.sizer = RunSizer()
         width = inp.shape[1] if isinstance(inp.shape[1], int) else None
         meta = session.get_modelmeta().custom_metadata_map
         named = tuple(meta["feature_names"].split(",")) if meta.get("feature_names") else None

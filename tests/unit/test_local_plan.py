@@ -1,0 +1,37 @@
+"""The local engine plans its processes and threads from the cores this process may use."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lakeinfer.engines.local import available_cores, plan_workers
+from lakeinfer.runtime import PipelineRecipe
+
+_PINNED = """
+import os
+from lakeinfer.engines.local import available_cores, plan_workers
+from lakeinfer.runtime import PipelineRecipe
+os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+print(available_cores(), *plan_workers(PipelineRecipe("model.onnx", flavor="onnx"), None, 8),
+      *plan_workers(PipelineRecipe("model.joblib", flavor="sklearn"), None, 8))
+"""
+
+
+def test_every_available_core_scores() -> None:
+    cores = available_cores()
+    assert 1 <= cores <= (os.cpu_count() or 1)
+    assert plan_workers(PipelineRecipe("model.onnx", flavor="onnx"), None, 64) == (1, cores)
+    assert plan_workers(PipelineRecipe("model.joblib", flavor="sklearn"), None, 64) == (cores, 1)
+    assert plan_workers(PipelineRecipe("model.onnx", flavor="onnx"), None, 1) == (1, 1)  # no more scorers than units
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2,
+                    reason="needs CPU affinity and two cores")
+def test_a_process_pinned_to_one_core_plans_for_one_core() -> None:
+    out = subprocess.run([sys.executable, "-c", _PINNED], capture_output=True,
+                         text=True, check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.split() == ["1", "1", "1", "1", "1"]
