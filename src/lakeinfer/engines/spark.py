@@ -259,7 +259,7 @@ def run_spark_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, 
     """``lakeinfer batch --engine spark``: read with Spark, score, write Parquet with Spark's commit
     protocol, or a table in one commit (see :mod:`._spark_tables`)."""
     from ..io import tables
-    from ._spark_session import read, session
+    from ._spark_session import parquet_sample, read, session
 
     start = time.perf_counter()
     if tables.is_table(input_uri) or tables.is_table(output_uri):
@@ -273,13 +273,14 @@ def run_spark_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, 
     # the files, as the local engine has them: an input changed or added since is another job
     fingerprint = {"input": input_uri, "format": fmt, "files": [[f.path, f.size, f.mtime_ns] for f in files],
                    "keep": list(keep), "pipeline": recipe.describe(), "partition_by": list(partition_by)}
+    sample = parquet_sample(df, input_uri, files, SAMPLE_ROWS) if fmt == "parquet" else None
     return _write_folder(spark, df, recipe, output_uri, fingerprint, keep=keep, batch_size=batch_size,
-                         master=master, partition_by=partition_by, overwrite=overwrite, start=start)
+                         master=master, partition_by=partition_by, overwrite=overwrite, start=start, sample=sample)
 
 
 def _write_folder(spark: Any, df: Any, recipe: PipelineRecipe, output_uri: str, fingerprint: dict[str, Any], *,
                   keep: Sequence[str], batch_size: int, master: str | None, partition_by: Sequence[str],
-                  overwrite: bool, start: float) -> Any:
+                  overwrite: bool, start: float, sample: pa.RecordBatch | None = None) -> Any:
     """Score ``df`` into Parquet under ``output_uri``, unless this very job already completed there."""
     from ..io.sinks import MANIFEST, SUCCESS
     from ._spark_session import finished, summary_of
@@ -302,7 +303,7 @@ def _write_folder(spark: Any, df: Any, recipe: PipelineRecipe, output_uri: str, 
                                      f"({foreign[0]}); choose an empty folder or pass --overwrite")
     stats: list[ScoreStats] = []
     try:
-        scored = score(df, recipe, keep=keep, batch_size=batch_size, stats=stats)
+        scored = score(df, recipe, keep=keep, batch_size=batch_size, stats=stats, sample=sample)
         writer = scored.write.mode("overwrite")
         if partition_by:
             writer = writer.partitionBy(*partition_by)
