@@ -118,6 +118,8 @@ def test_parquet_input_runs_one_spark_job(spark, onnx_model: Trained, datasets: 
     summary = run_spark_batch(recipe, str(datasets["parquet"]), str(tmp_path / "out"), keep=["id"])
     assert summary.rows == 900
     assert len(set(tracker.getJobIdsForGroup()) - before) == 1
+    # batches are bounded by rows only: Spark then skips sizing them after every row
+    assert spark.conf.get("spark.sql.execution.arrow.maxBytesPerBatch") == str(2**31 - 1)
     out = read_output(tmp_path / "out")
     np.testing.assert_array_equal(out["prediction"], onnx_model.labels)
     np.testing.assert_allclose(np.stack(out["probability"]), onnx_model.probability, atol=1e-6)

@@ -43,6 +43,18 @@ def session(master: str | None, conf: dict[str, str]) -> Any:
     return spark
 
 
+def batch_defaults(master: str | None) -> dict[str, str]:
+    """Settings of a batch command's own session, before the user's ``--spark-conf``.
+
+    On a local master nobody watches the web UI of a one-off command, and starting it is a
+    share of the start-up; on a cluster (or a master from spark-defaults) it stays, since that
+    is where a long job is followed.
+    """
+    if master is not None and master.startswith("local"):
+        return {"spark.ui.enabled": "false"}
+    return {}
+
+
 def _start_with_packages(builder: Any, packages: str) -> Any:
     """Start the JVM (whose launcher fetches ``packages``) with its stderr through a pipe: held
     back until it has started, then passed on; if it cannot start, the line of Ivy's that names
