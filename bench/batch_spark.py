@@ -1,25 +1,34 @@
-"""The Spark engine against the usual hand-written ways of scoring with a model on Spark.
+"""`lakeinfer batch --engine spark` against the usual hand-written ways of scoring on Spark.
 
 On Spark local[2], with the data and the ONNX models of bench/batch_local.py (2M rows x 20
-float32; a RandomForest of 100 trees, depth 12, and an MLP (256, 256)), in one run, each variant
-computes the label and the class probabilities of every row into a `noop` sink:
+float32 in two Parquet files; a RandomForest of 100 trees, depth 12, and an MLP (256, 256)), each
+variant is one fresh process that starts a SparkSession, reads the Parquet input, computes the
+label and the class probabilities of every row and writes `id, prediction, probability` as
+Parquet. The time is the process's wall time, start-up included, the same way for every variant;
+each variant runs `--repeat` times, the rounds interleaved, and its best round counts:
 
-  lakeinfer       lakeinfer.engines.spark.score (mapInArrow, broadcast model, per-worker cache)
-  (1) series      a Series-to-Series pandas UDF that loads the model for every batch
+  lakeinfer       `python -m lakeinfer batch --engine spark --master local[2]` (the real CLI)
+  (1) series      a Series pandas UDF that loads the model for every batch
   (2) iterator    an Iterator pandas UDF that loads it once per partition
   (3) broadcast   a Series pandas UDF over a broadcast of the model's bytes (a session per batch)
-  (4) pbu         pyspark.ml.functions.predict_batch_udf
+  (4) pbu         pyspark.ml.functions.predict_batch_udf (the model once per Python worker)
   (5) mapInArrow  a hand-written mapInArrow that loads the model once per partition
 
-It prints rows/s, model loads and the ratio of lakeinfer to the best of (1)-(5).
+The hand-written variants are written as a user would write them: onnxruntime with its default
+options, Spark's default Arrow batch size. Every variant gets the same Spark settings (local[2],
+4g driver memory) and the same model file. It prints rows/s and the ratio of lakeinfer to the best
+of (1)-(5) for each model.
 
-    python bench/batch_spark.py [--rows 2000000] [--partitions 16]
+    python bench/batch_spark.py [--rows 2000000] [--repeat 2] [--variants lakeinfer,mapInArrow] [--dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,75 +39,67 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batch_local import FEATURES, make_input, train_models  # noqa: E402
 
-BATCH = 16_384
+MASTER = "local[2]"
+CONF = {"spark.driver.memory": "4g"}
+HAND_WRITTEN = ["series", "iterator", "broadcast", "pbu", "mapInArrow"]
 SCALAR, SCALAR_ITER = 200, 204  # PythonEvalType: pandas UDFs over several columns (varargs need it named)
 
 
-def session_for(model_bytes: bytes):  # type: ignore[no-untyped-def]
+def hand_written(variant: str, model: str, data: str, out: str) -> None:
+    """One hand-written variant, start to finish, in this process."""
     import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-
-
-def run_variant(name: str, spark, df, model: Path):  # type: ignore[no-untyped-def]
     import pandas as pd
+    from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
     from pyspark.sql.types import ArrayType, DoubleType, LongType, StructField, StructType
 
-    context = spark.sparkContext
-    loads = context.accumulator(0)
+    builder = SparkSession.builder.master(MASTER).appName(f"bench-{variant}")
+    for key, value in CONF.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    df = spark.read.parquet(data)
     out_type = StructType([StructField("prediction", LongType()), StructField("probability", ArrayType(DoubleType()))])
-    model_bytes = model.read_bytes()
     features = [F.col(f) for f in FEATURES]
 
-    def predict(session, x: np.ndarray) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    def load(source: str | bytes) -> ort.InferenceSession:
+        return ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+
+    def predict(session: ort.InferenceSession, x: np.ndarray) -> pd.DataFrame:
         labels, proba = session.run(None, {session.get_inputs()[0].name: x})
         return pd.DataFrame({"prediction": labels.astype(np.int64), "probability": list(proba.astype(np.float64))})
 
-    def matrix(columns) -> np.ndarray:  # type: ignore[no-untyped-def]
+    def matrix(columns: tuple[pd.Series, ...]) -> np.ndarray:
         return np.column_stack([c.to_numpy(np.float32) for c in columns])
 
-    if name == "lakeinfer":
-        from lakeinfer.engines.spark import ScoreStats, score
-
-        stats: list[ScoreStats] = []
-        result = score(df, str(model), keep=["id"], batch_size=BATCH, stats=stats)
-        result.write.format("noop").mode("overwrite").save()
-        return stats[0].model_loads
-    if name == "series":
+    if variant == "series":
         @pandas_udf(out_type, SCALAR)  # type: ignore[call-overload]
         def series(*columns):  # type: ignore[no-untyped-def]
-            loads.add(1)
-            return predict(session_for(model_bytes), matrix(columns))
+            return predict(load(model), matrix(columns))
 
-        result = df.select("id", series(*features).alias("out"))
-    elif name == "iterator":
+        result = df.select("id", series(*features).alias("out")).select("id", "out.*")
+    elif variant == "iterator":
         @pandas_udf(out_type, SCALAR_ITER)  # type: ignore[call-overload]
         def iterator(batches):  # type: ignore[no-untyped-def]
-            loads.add(1)
-            session = session_for(model_bytes)
+            session = load(model)
             for columns in batches:
                 yield predict(session, matrix(columns))
 
-        result = df.select("id", iterator(*features).alias("out"))
-    elif name == "broadcast":
-        shipped = context.broadcast(model_bytes)
+        result = df.select("id", iterator(*features).alias("out")).select("id", "out.*")
+    elif variant == "broadcast":
+        shipped = spark.sparkContext.broadcast(Path(model).read_bytes())
 
         @pandas_udf(out_type, SCALAR)  # type: ignore[call-overload]
         def broadcast(*columns):  # type: ignore[no-untyped-def]
-            loads.add(1)
-            return predict(session_for(shipped.value), matrix(columns))
+            return predict(load(shipped.value), matrix(columns))
 
-        result = df.select("id", broadcast(*features).alias("out"))
-    elif name == "pbu":
+        result = df.select("id", broadcast(*features).alias("out")).select("id", "out.*")
+    elif variant == "pbu":
         from pyspark.ml.functions import predict_batch_udf
 
         def make_predict_fn():  # type: ignore[no-untyped-def]
-            loads.add(1)
-            session = session_for(model_bytes)
+            session = load(model)
 
             def fn(x: np.ndarray) -> dict[str, np.ndarray]:
                 labels, proba = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})
@@ -107,18 +108,17 @@ def run_variant(name: str, spark, df, model: Path):  # type: ignore[no-untyped-d
             return fn
 
         # the documented way for a multi-feature model: one array column, a tensor shape per row
-        udf = predict_batch_udf(make_predict_fn, return_type=out_type, batch_size=BATCH,
+        udf = predict_batch_udf(make_predict_fn, return_type=out_type, batch_size=10_000,
                                 input_tensor_shapes=[[len(FEATURES)]])
-        result = df.select("id", udf(F.array(*features)).alias("out"))
-    else:
+        result = df.select("id", udf(F.array(*features)).alias("out")).select("id", "out.*")
+    elif variant == "mapInArrow":
         import pyarrow as pa
         from pyspark.sql.pandas.types import from_arrow_schema
 
         schema = pa.schema([("id", pa.int64()), ("prediction", pa.int64()), ("probability", pa.list_(pa.float64()))])
 
         def by_partition(batches):  # type: ignore[no-untyped-def]
-            loads.add(1)
-            session = session_for(model_bytes)
+            session = load(model)
             for batch in batches:
                 x = np.column_stack([batch.column(f).to_numpy() for f in FEATURES])
                 labels, proba = session.run(None, {session.get_inputs()[0].name: x})
@@ -127,41 +127,76 @@ def run_variant(name: str, spark, df, model: Path):  # type: ignore[no-untyped-d
                      pa.array(list(proba.astype(np.float64)), pa.list_(pa.float64()))], schema=schema)
 
         result = df.mapInArrow(by_partition, from_arrow_schema(schema))
-    result.write.format("noop").mode("overwrite").save()
-    return loads.value
+    else:
+        raise SystemExit(f"unknown variant {variant}")
+    result.write.mode("overwrite").parquet(out)
+    spark.stop()
+
+
+def command(variant: str, model: Path, data: Path, out: Path) -> list[str]:
+    if variant == "lakeinfer":
+        conf = [a for key, value in CONF.items() for a in ("--spark-conf", f"{key}={value}")]
+        return [sys.executable, "-m", "lakeinfer", "batch", "--engine", "spark", "--master", MASTER, *conf,
+                "--model", str(model), "--input", str(data), "--output", str(out), "--keep", "id", "--overwrite",
+                "--quiet"]
+    return [sys.executable, __file__, "--run", variant, str(model), str(data), str(out)]
+
+
+def run(variant: str, model: Path, data: Path, out: Path, rows: int) -> float:
+    """rows/s of one variant: a fresh process, Spark's start-up included."""
+    import pyarrow.parquet as pq
+
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    # every variant's Python workers run this interpreter, where onnxruntime is installed
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    subprocess.run(command(variant, model, data, out), check=True, stderr=subprocess.DEVNULL, env=env)
+    elapsed = time.perf_counter() - start
+    table = pq.read_table(out, columns=["id", "prediction", "probability"])
+    assert table.num_rows == rows, (variant, table.num_rows)
+    return rows / elapsed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2_000_000)
-    parser.add_argument("--partitions", type=int, default=16)
+    parser.add_argument("--variants", default=",".join(["lakeinfer", *HAND_WRITTEN]))
+    parser.add_argument("--models", default="random_forest,mlp")
+    parser.add_argument("--repeat", type=int, default=2, help="rounds; each variant's best round counts")
+    parser.add_argument("--dir", help="work folder, kept between runs (default: a temporary one)")
+    parser.add_argument("--run", nargs=4, metavar=("VARIANT", "MODEL", "INPUT", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from lakeinfer.engines._spark_session import session
-
-    work = Path(tempfile.mkdtemp(prefix="lakeinfer-spark-bench-"))
-    data = make_input(work / "input", args.rows)
-    models = train_models(work)
-    spark = session("local[2]", {"spark.sql.execution.arrow.maxRecordsPerBatch": str(BATCH),
-                                 "spark.driver.memory": "4g"})
-    df = spark.read.parquet(str(data)).repartition(args.partitions).cache()
-    df.count()
-    variants = ["lakeinfer", "series", "iterator", "broadcast", "pbu", "mapInArrow"]
-    print(f"Spark local[2], {args.rows:,} rows in {args.partitions} partitions, Arrow batches of {BATCH:,} rows")
-    warm = df.limit(50_000)
-    for variant in variants:  # start the Python workers and warm every code path once
-        run_variant(variant, spark, warm, models["mlp"])
+    if args.run:
+        hand_written(*args.run)
+        return
+    work = Path(args.dir or tempfile.mkdtemp(prefix="lakeinfer-spark-bench-"))
+    data = work / f"input-{args.rows}"
+    if not data.exists():
+        make_input(data, args.rows)
+    models = {name: work / f"{name}.onnx" for name in args.models.split(",")}
+    if not all(p.exists() for p in models.values()):
+        models = {k: v for k, v in train_models(work).items() if k in models}
+    variants = args.variants.split(",")
+    print(f"Spark {MASTER}, {args.rows:,} rows, Parquet in and out, a fresh process per variant "
+          f"(start-up included); {os.cpu_count()} cores")
+    results: dict[str, dict[str, float]] = {}
     for name, model in models.items():
-        print(f"\n{name}:\n  {'variant':<12}{'rows/s':>12}{'model loads':>13}")
-        rates = {}
+        print(f"\n{name}:\n  {'variant':<12}{'rows/s (best)':>14}  each run")
+        runs: dict[str, list[float]] = {v: [] for v in variants}
+        for _ in range(args.repeat):  # rounds interleave the variants, so a busy spell hits them all
+            for variant in variants:
+                runs[variant].append(run(variant, model, data, work / f"out-{name}-{variant}", args.rows))
+        rates = results[name] = {v: max(r) for v, r in runs.items()}
         for variant in variants:
-            start = time.perf_counter()
-            loads = run_variant(variant, spark, df, model)
-            rates[variant] = args.rows / (time.perf_counter() - start)
-            print(f"  {variant:<12}{rates[variant]:>12,.0f}{loads:>13}", flush=True)
-        best = max((v for v in variants if v != "lakeinfer"), key=rates.__getitem__)
-        print(f"  lakeinfer / best of the others ({best}): {rates['lakeinfer'] / rates[best]:.2f}x")
-    spark.stop()
-    shutil.rmtree(work, ignore_errors=True)
+            each = " ".join(f"{r:,.0f}" for r in runs[variant])
+            print(f"  {variant:<12}{rates[variant]:>14,.0f}  {each}", flush=True)
+        others = [v for v in variants if v != "lakeinfer"]
+        if "lakeinfer" in rates and others:
+            best = max(others, key=rates.__getitem__)
+            print(f"  lakeinfer / best hand-written ({best}): {rates['lakeinfer'] / rates[best]:.2f}x", flush=True)
+    print(json.dumps(results))
+    if not args.dir:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

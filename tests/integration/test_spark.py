@@ -106,6 +106,44 @@ def test_bad_rows_on_spark_give_one_line(onnx_model: Trained, tmp_path: Path) ->
     assert len(lines) == 1 and "feature column 'f2' is null" in lines[0], result.stderr[-2000:]
 
 
+def test_parquet_input_runs_one_spark_job(spark, onnx_model: Trained, datasets: dict[str, Path],  # type: ignore[no-untyped-def]
+                                          tmp_path: Path) -> None:
+    # the output schema comes from rows read on the driver: the write is the command's only job
+    from lakeinfer.engines.spark import run_spark_batch
+    from lakeinfer.runtime import PipelineRecipe
+
+    tracker = spark.sparkContext.statusTracker()
+    before = set(tracker.getJobIdsForGroup())
+    recipe = PipelineRecipe(model_path=str(onnx_model.path), features=tuple(FEATURES))
+    summary = run_spark_batch(recipe, str(datasets["parquet"]), str(tmp_path / "out"), keep=["id"])
+    assert summary.rows == 900
+    assert len(set(tracker.getJobIdsForGroup()) - before) == 1
+    # batches are bounded by rows only: Spark then skips sizing them after every row
+    assert spark.conf.get("spark.sql.execution.arrow.maxBytesPerBatch") == str(2**31 - 1)
+    out = read_output(tmp_path / "out")
+    np.testing.assert_array_equal(out["prediction"], onnx_model.labels)
+    np.testing.assert_allclose(np.stack(out["probability"]), onnx_model.probability, atol=1e-6)
+
+
+def test_driver_schema_and_sample_are_what_spark_reads(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from lakeinfer.engines._spark_session import parquet_sample, read
+
+    plain = pa.table({"id": pa.array([3, 1, 2], pa.int64()), "x": pa.array([0.5, None, 2.0], pa.float32()),
+                      "name": ["a", None, "c"], "small": pa.array([1, 2, 3], pa.int16()),
+                      "flag": [True, False, None], "day": pa.array([1, 2, 3], pa.date32())})
+    # a timestamp is read one of several ways (the writer's flags, Spark's settings): Spark infers it
+    other = plain.append_column("at", pa.array([1, 2, 3], pa.timestamp("ms")))
+    for name, table in (("plain", plain), ("other", other)):
+        path = str(tmp_path / f"{name}.parquet")
+        pq.write_table(table, path)
+        df, _, files = read(spark, path, None)
+        assert df.schema == spark.read.parquet(path).schema, name
+        sample = parquet_sample(df, path, files, 2)
+        expected = df.limit(2).toArrow()
+        assert sample is not None and sample.schema == expected.schema, name
+        assert sample.to_pylist() == expected.to_pylist(), name
+
+
 def _spark_class() -> list[str]:
     import pyspark
 

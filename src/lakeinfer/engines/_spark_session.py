@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import errors
 from ..io.sinks import MANIFEST, SUCCESS
-from ..io.sources import InputFile, list_input
+from ..io.sources import InputFile, filesystem_for, list_input
 from .local import BatchSummary
 
 
@@ -41,6 +41,18 @@ def session(master: str | None, conf: dict[str, str]) -> Any:
         spark = _start_with_packages(builder, packages)
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def batch_defaults(master: str | None) -> dict[str, str]:
+    """Settings of a batch command's own session, before the user's ``--spark-conf``.
+
+    On a local master nobody watches the web UI of a one-off command, and starting it is a
+    share of the start-up; on a cluster (or a master from spark-defaults) it stays, since that
+    is where a long job is followed.
+    """
+    if master is not None and master.startswith("local"):
+        return {"spark.ui.enabled": "false"}
+    return {}
 
 
 def _start_with_packages(builder: Any, packages: str) -> Any:
@@ -118,12 +130,13 @@ _NO_S3A = ("S3AFileSystem", 'scheme "s3a"')
 
 def read(spark: Any, uri: str, input_format: str | None) -> tuple[Any, str, list[InputFile]]:
     """The input as a DataFrame, its format (from the file names unless given) and its files."""
-    _, files, fmt = list_input(uri, input_format)
+    fs, files, fmt = list_input(uri, input_format)
     paths = [spark_path(uri, f.path) for f in files]
     reader = spark.read
     try:
         if fmt == "parquet":
-            return reader.parquet(*paths), fmt, files
+            schema = _parquet_schema(spark, fs, files)
+            return (reader if schema is None else reader.schema(schema)).parquet(*paths), fmt, files
         if fmt == "csv":
             return reader.csv(paths, header=True, inferSchema=True), fmt, files
         return reader.json(paths), fmt, files
@@ -134,6 +147,66 @@ def read(spark: Any, uri: str, input_format: str | None) -> tuple[Any, str, list
                 "installed: pass --spark-conf spark.jars.packages=org.apache.hadoop:hadoop-aws:"
                 "<Spark's Hadoop version>") from exc
         raise
+
+
+def _parquet_schema(spark: Any, fs: Any, files: list[InputFile]) -> Any:
+    """Spark's schema of the Parquet input, from the first file's footer read here, where every
+    column has a plain type that Spark reads one way only; else None (Spark infers it).
+
+    Spark infers a Parquet schema with a job of its own; in a fresh JVM that job costs as much
+    as a second of a short command.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyspark.sql import types as T
+
+    plain = {pa.bool_(): T.BooleanType(), pa.int8(): T.ByteType(), pa.int16(): T.ShortType(),
+             pa.int32(): T.IntegerType(), pa.int64(): T.LongType(), pa.float32(): T.FloatType(),
+             pa.float64(): T.DoubleType(), pa.string(): T.StringType(), pa.large_string(): T.StringType(),
+             pa.date32(): T.DateType()}
+    if not files or str(spark.conf.get("spark.sql.parquet.mergeSchema", "false")).lower() == "true":
+        return None
+    try:
+        with fs.open_input_file(files[0].path) as fh:
+            schema = pq.ParquetFile(fh).schema_arrow
+    except (OSError, pa.ArrowException):
+        return None
+    if len(set(n.lower() for n in schema.names)) != len(schema.names):
+        return None
+    fields = []
+    for field in schema:
+        kind = plain.get(field.type)
+        if kind is None:
+            return None
+        fields.append(T.StructField(field.name, kind, True))
+    return T.StructType(fields)
+
+
+def parquet_sample(df: Any, uri: str, files: list[InputFile], rows: int) -> Any:
+    """Up to ``rows`` rows of ``df`` read on the driver from its first Parquet files, typed as
+    Spark gives them to a Python worker; None where that cannot be done faithfully (columns
+    from the folder names, types Arrow cannot cast), and the caller asks Spark for them.
+
+    A ``limit(n).toArrow()`` job would cost the command a second or two of a short run: the
+    first job of a fresh JVM pays for its class loading and code generation.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    try:
+        schema = to_arrow_schema(df.schema)
+        fs, _ = filesystem_for(uri)
+        for file in files:
+            with fs.open_input_file(file.path) as fh:
+                reader = pq.ParquetFile(fh)
+                if reader.metadata.num_rows == 0:
+                    continue
+                batch = next(reader.iter_batches(batch_size=rows, columns=schema.names))
+            return pa.Table.from_batches([batch]).select(schema.names).cast(schema).combine_chunks().to_batches()[0]
+    except (KeyError, ValueError, TypeError, OSError, pa.ArrowException, StopIteration):
+        return None
+    return None
 
 
 def finished(output: str) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ from ..runtime import ModelRuntime, PipelineRecipe
 __all__ = ["ScoreStats", "score", "run_spark_batch", "lakeinfer_error"]
 
 SAMPLE_ROWS = 64
+NO_BYTE_CAP = 2**31 - 1
 # per Python worker process: the recipe's key (model digest and every option) -> its runtime
 _CACHE: dict[str, ModelRuntime] = {}
 
@@ -166,6 +167,10 @@ def score(df: Any, model: str | PipelineRecipe, *, keep: Sequence[str] = (), fea
     spark = df.sparkSession
     if batch_size:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
+        # Under a byte cap Spark sizes the Arrow batch it is filling after every row, walking all
+        # its vectors: a sixth of the JVM's time in a job over narrow rows. Int.MaxValue is
+        # Spark's own "no cap", which skips that check; the rows bound the batch instead.
+        spark.conf.set("spark.sql.execution.arrow.maxBytesPerBatch", str(NO_BYTE_CAP))
     driver = ModelRuntime(recipe)  # the driver checks the model and derives the output schema
     if sample is None:  # a streaming DataFrame cannot be sampled: its caller passes rows
         table = df.limit(SAMPLE_ROWS).toArrow()
@@ -259,7 +264,7 @@ def run_spark_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, 
     """``lakeinfer batch --engine spark``: read with Spark, score, write Parquet with Spark's commit
     protocol, or a table in one commit (see :mod:`._spark_tables`)."""
     from ..io import tables
-    from ._spark_session import read, session
+    from ._spark_session import batch_defaults, parquet_sample, read, session
 
     start = time.perf_counter()
     if tables.is_table(input_uri) or tables.is_table(output_uri):
@@ -268,18 +273,19 @@ def run_spark_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, 
                            partition_by=partition_by, overwrite=overwrite, catalog=catalog or "default",
                            where=where, snapshot=snapshot, incremental=incremental, full=full, staging=staging,
                            start=start)
-    spark = session(master, spark_conf or {})
+    spark = session(master, {**batch_defaults(master), **(spark_conf or {})})
     df, fmt, files = read(spark, input_uri, input_format)
     # the files, as the local engine has them: an input changed or added since is another job
     fingerprint = {"input": input_uri, "format": fmt, "files": [[f.path, f.size, f.mtime_ns] for f in files],
                    "keep": list(keep), "pipeline": recipe.describe(), "partition_by": list(partition_by)}
+    sample = parquet_sample(df, input_uri, files, SAMPLE_ROWS) if fmt == "parquet" else None
     return _write_folder(spark, df, recipe, output_uri, fingerprint, keep=keep, batch_size=batch_size,
-                         master=master, partition_by=partition_by, overwrite=overwrite, start=start)
+                         master=master, partition_by=partition_by, overwrite=overwrite, start=start, sample=sample)
 
 
 def _write_folder(spark: Any, df: Any, recipe: PipelineRecipe, output_uri: str, fingerprint: dict[str, Any], *,
                   keep: Sequence[str], batch_size: int, master: str | None, partition_by: Sequence[str],
-                  overwrite: bool, start: float) -> Any:
+                  overwrite: bool, start: float, sample: pa.RecordBatch | None = None) -> Any:
     """Score ``df`` into Parquet under ``output_uri``, unless this very job already completed there."""
     from ..io.sinks import MANIFEST, SUCCESS
     from ._spark_session import finished, summary_of
@@ -302,7 +308,7 @@ def _write_folder(spark: Any, df: Any, recipe: PipelineRecipe, output_uri: str, 
                                      f"({foreign[0]}); choose an empty folder or pass --overwrite")
     stats: list[ScoreStats] = []
     try:
-        scored = score(df, recipe, keep=keep, batch_size=batch_size, stats=stats)
+        scored = score(df, recipe, keep=keep, batch_size=batch_size, stats=stats, sample=sample)
         writer = scored.write.mode("overwrite")
         if partition_by:
             writer = writer.partitionBy(*partition_by)
