@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, LakeinferError, require
+from ..models import CONCURRENT_FLAVORS, detect_flavor
 from ..runtime import ModelRuntime, PipelineRecipe
 from . import codec
 from .metrics import StreamMetrics
@@ -48,7 +49,7 @@ class StreamConfig:
     dead_letter_topic: str | None = None
     exactly_once: bool = False
     keep: list[str] = dataclasses.field(default_factory=list)
-    max_batch_size: int = 1000
+    max_batch_size: int = 5000  # a backlog's model calls: per-call costs weigh little past a few thousand
     max_wait_ms: float = 10.0
     metrics_interval_s: float = 10.0
     max_poll_interval_ms: int = 300_000
@@ -95,12 +96,18 @@ class KafkaScorer:
         if not 0 <= config.commit_interval_ms <= 10_000:
             # the broker aborts a transaction left open for transaction.timeout.ms (30 s here)
             raise ConfigError("stream: commit_interval_ms must be from 0 to 10000")
-        self.runtime = ModelRuntime(config.recipe)
+        # as in batch: where the runtime allows it, one single-threaded model call per core in
+        # flight beats one call at a time on the runtime's thread pool (whose hand-offs cost more
+        # CPU than they save when the parse and Kafka threads want the cores too)
+        flavor = config.recipe.flavor or detect_flavor(config.recipe.model_path)
+        scorers = (os.cpu_count() or 1) if flavor in CONCURRENT_FLAVORS else 1
+        self.runtime = ModelRuntime(config.recipe, threads=1 if scorers > 1 else None)
         self._scorer = MessageScorer(self.runtime, config.keep)
         self.stats = StreamStats()
         self._stop = threading.Event()
         self._parser = ThreadPoolExecutor(1, thread_name_prefix="lakeinfer-parse")
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="lakeinfer-model")
+        self._executor = ThreadPoolExecutor(scorers, thread_name_prefix="lakeinfer-model")
+        self._depth = scorers + 1  # micro-batches in hand while a backlog is caught up: parsed or scored
         self._consumer: Any = None
         self._producer: Any = None
         self._delivery_errors: list[str] = []
@@ -162,9 +169,9 @@ class KafkaScorer:
                     self._in_flight.append(_InFlight(messages, self._executor.submit(self._scorer.score, parsed),
                                                      time.perf_counter()))
                     last_message = now
-                # in a backlog, micro-batch i is produced while i+1 is scored and i+2 parsed; at its
-                # end there is nothing to overlap with, so what is in hand goes out at once
-                while len(self._in_flight) > (2 if full else 0):
+                # in a backlog, micro-batch i is produced while the next ones are scored and parsed;
+                # at its end there is nothing to overlap with, so what is in hand goes out at once
+                while len(self._in_flight) > (self._depth if full else 0):
                     self._deliver_next()
                 if self._uncommitted and (not full or now - self._first_uncommitted >= c.commit_interval_ms / 1000):
                     self._commit()

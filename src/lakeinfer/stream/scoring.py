@@ -60,10 +60,6 @@ class MessageScorer:
         done = self._columns(parsed.values, parsed.columns) if parsed.columns is not None else None
         return done if done is not None else self._records(parsed.values)
 
-    def __call__(self, messages: Sequence[Any]) -> Outcome:
-        """``parse`` and ``score`` on the calling thread."""
-        return self.score(self.parse(messages))
-
     def _columns(self, values: list[Any], parsed: tuple[pa.Table, dict[int, str]]) -> Outcome | None:
         """The fast path: Arrow parsed the whole batch, one model call, Arrow writes the outputs."""
         assert self.features is not None
