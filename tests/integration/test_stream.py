@@ -195,7 +195,7 @@ def test_exactly_once_when_a_second_process_joins_in_a_backlog(broker: str, tmp_
     # one transaction covers many micro-batches while a backlog is caught up: when the second
     # process joins, the first must produce and commit all it read before giving partitions away
     model = tmp_path / "echo.joblib"
-    joblib.dump(SlowEcho(len(FEATURES), delay=0.1), model)
+    joblib.dump(SlowEcho(len(FEATURES), delay=0.25), model)  # 30 s for one process: time for a second to start
     source, sink, _ = _topics(broker)
     total = 6000
     produce(broker, source, records(total))

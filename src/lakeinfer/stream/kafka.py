@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, LakeinferError, require
-from ..models import CONCURRENT_FLAVORS, detect_flavor
 from ..runtime import ModelRuntime, PipelineRecipe
 from . import codec
 from .metrics import StreamMetrics
@@ -96,18 +95,15 @@ class KafkaScorer:
         if not 0 <= config.commit_interval_ms <= 10_000:
             # the broker aborts a transaction left open for transaction.timeout.ms (30 s here)
             raise ConfigError("stream: commit_interval_ms must be from 0 to 10000")
-        # as in batch: where the runtime allows it, one single-threaded model call per core in
-        # flight beats one call at a time on the runtime's thread pool (whose hand-offs cost more
-        # CPU than they save when the parse and Kafka threads want the cores too)
-        flavor = config.recipe.flavor or detect_flavor(config.recipe.model_path)
-        scorers = (os.cpu_count() or 1) if flavor in CONCURRENT_FLAVORS else 1
-        self.runtime = ModelRuntime(config.recipe, threads=1 if scorers > 1 else None)
+        # the runtime's own thread count, as batch picks it for one call: single-threaded sessions
+        # would take less CPU, but a tree ensemble sums in another order there, and every mode
+        # must give the same outputs to the last bit
+        self.runtime = ModelRuntime(config.recipe)
         self._scorer = MessageScorer(self.runtime, config.keep)
         self.stats = StreamStats()
         self._stop = threading.Event()
         self._parser = ThreadPoolExecutor(1, thread_name_prefix="lakeinfer-parse")
-        self._executor = ThreadPoolExecutor(scorers, thread_name_prefix="lakeinfer-model")
-        self._depth = scorers + 1  # micro-batches in hand while a backlog is caught up: parsed or scored
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="lakeinfer-model")
         self._consumer: Any = None
         self._producer: Any = None
         self._delivery_errors: list[str] = []
@@ -171,7 +167,7 @@ class KafkaScorer:
                     last_message = now
                 # in a backlog, micro-batch i is produced while the next ones are scored and parsed;
                 # at its end there is nothing to overlap with, so what is in hand goes out at once
-                while len(self._in_flight) > (self._depth if full else 0):
+                while len(self._in_flight) > (2 if full else 0):
                     self._deliver_next()
                 if self._uncommitted and (not full or now - self._first_uncommitted >= c.commit_interval_ms / 1000):
                     self._commit()
