@@ -161,7 +161,9 @@ class KafkaScorer:
                 now = time.monotonic()
                 if messages:
                     self._taken += len(messages)
-                    parsed = self._parser.submit(self._scorer.parse, messages)
+                    # a backlog's batches are parsed on a thread of their own, to overlap with scoring;
+                    # a lone batch is parsed by the model's thread, one thread hand-off fewer to wait for
+                    parsed = self._parser.submit(self._scorer.parse, messages) if full else messages
                     self._in_flight.append(_InFlight(messages, self._executor.submit(self._scorer.score, parsed),
                                                      time.perf_counter()))
                     last_message = now

@@ -46,7 +46,9 @@ class MessageScorer:
         self.features = list(runtime.input_columns) if runtime.model_only else None
         self._schema = runtime.input_schema()
         self._text = frozenset(f.name for f in self._schema if pa.types.is_string(f.type))
-        self._keep_types: dict[str, pa.DataType] = {}  # the parse thread's alone
+        # parse runs on one thread at a time: the loop hands a lone batch to the model's thread
+        # only when nothing else is in hand
+        self._keep_types: dict[str, pa.DataType] = {}
 
     def parse(self, messages: Sequence[Any]) -> Parsed:
         values = [m.value() for m in messages]
@@ -54,9 +56,12 @@ class MessageScorer:
             return Parsed(values, None)
         return Parsed(values, codec.decode_columns(values, self._schema, keep=self.keep, keep_types=self._keep_types))
 
-    def score(self, parsed: Parsed | Future[Parsed]) -> Outcome:
+    def score(self, parsed: Parsed | Future[Parsed] | Sequence[Any]) -> Outcome:
+        """The outcome of messages parsed (or being parsed on another thread), or of raw messages."""
         if isinstance(parsed, Future):
             parsed = parsed.result()
+        elif not isinstance(parsed, Parsed):
+            parsed = self.parse(parsed)
         done = self._columns(parsed.values, parsed.columns) if parsed.columns is not None else None
         return done if done is not None else self._records(parsed.values)
 
