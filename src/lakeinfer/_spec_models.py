@@ -243,6 +243,7 @@ class StreamSection(_Strict):
     keep: list[StrictStr] | None = None
     max_batch_size: Count | None = None
     max_wait_ms: Millis | None = None
+    commit_interval_ms: Millis | None = None
     metrics_interval_s: Positive | None = None
     metrics_port: Port | None = None
     max_poll_interval_ms: Count | None = None

@@ -127,8 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--transactional-id", help="--exactly-once: the producer's id (distinct per process of a group)")
     stream.add_argument("--keep", action="extend", type=_columns,
                         help="input fields copied into each prediction (comma list, repeatable)")
-    stream.add_argument("--max-batch-size", type=_positive, help="messages per model call (default 1000)")
+    stream.add_argument("--max-batch-size", type=_positive, help="messages per model call (default 5000)")
     stream.add_argument("--max-wait-ms", type=float, help="longest wait for a batch to fill (default 10)")
+    stream.add_argument("--commit-interval-ms", type=float,
+                        help="while catching up a backlog, one commit per this many ms (default 100); "
+                             "at its end, one per batch")
     stream.add_argument("--metrics-interval", type=float, help="seconds between metrics log lines (default 10)")
     stream.add_argument("--metrics-port", type=int,
                         help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (default: none)")
@@ -314,7 +317,7 @@ def _stream(args: argparse.Namespace) -> int:
            "output_topic": args.output_topic, "group_id": args.group_id, "dead_letter_topic": args.dead_letter_topic,
            "exactly_once": args.exactly_once, "transactional_id": args.transactional_id, "keep": args.keep,
            "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
-           "metrics_interval_s": args.metrics_interval, "max_poll_interval_ms": args.max_poll_interval_ms,
+           "commit_interval_ms": args.commit_interval_ms, "metrics_interval_s": args.metrics_interval, "max_poll_interval_ms": args.max_poll_interval_ms,
            "metrics_port": args.metrics_port, "engine": args.engine, "master": args.master,
            "checkpoint": args.checkpoint, "trigger": args.trigger}
     options.update({k: v for k, v in cli.items() if v is not None})

@@ -191,6 +191,31 @@ def test_two_processes_share_the_partitions(broker: str, tmp_path: Path) -> None
     assert sum(consumed) == 2000 and all(c > 0 for c in consumed), consumed
 
 
+def test_exactly_once_when_a_second_process_joins_in_a_backlog(broker: str, tmp_path: Path) -> None:
+    # one transaction covers many micro-batches while a backlog is caught up: when the second
+    # process joins, the first must produce and commit all it read before giving partitions away
+    model = tmp_path / "echo.joblib"
+    joblib.dump(SlowEcho(len(FEATURES), delay=0.25), model)  # 30 s for one process: time for a second to start
+    source, sink, _ = _topics(broker)
+    total = 6000
+    produce(broker, source, records(total))
+    args = ["--model", model, "--trust-model", "--features", ",".join(FEATURES), "--bootstrap-servers", broker,
+            "--input-topic", source, "--output-topic", sink, "--group-id", f"g-{source}", "--keep", "id",
+            "--max-batch-size", "50", "--exactly-once", "--commit-interval-ms", "10000"]
+    first = stream_cli(*args, "--transactional-id", f"first-{source}")
+    deadline = time.monotonic() + 60
+    while len(consume(broker, sink, expect=200, timeout=2, read_committed=False, settle=0)) < 200:
+        assert time.monotonic() < deadline and first.poll() is None, "the stream produced nothing"
+    second = stream_cli(*args, "--transactional-id", f"second-{source}")
+    got = consume(broker, sink, expect=total, timeout=120, settle=3)
+    results = [_stop(p) for p in (first, second)]
+    assert all(code == 0 for code, _ in results), results
+    consumed = [int(err.split("stopped: consumed=")[1].split()[0]) for _, err in results]
+    assert consumed[1] > 0, "the second process joined after the backlog was done"
+    ids = [json.loads(m.value())["id"] for m in got]
+    assert sorted(ids) == list(range(total))  # each input exactly once, none lost
+
+
 def test_spark_structured_streaming(broker: str, onnx_model: Trained, tmp_path: Path) -> None:
     source, sink, _ = _topics(broker)
     sent = records(300)

@@ -1,12 +1,17 @@
 """KafkaScorer: Kafka in, predictions out, at-least-once by default and exactly-once on request.
 
-One loop: consume up to ``max_batch_size`` messages (or what came within ``max_wait_ms``), set the
-bad ones aside for the dead-letter topic, score the rest in one model call on a worker thread
-while the consumer is paused but keeps polling (so a slow model never overruns
-``max.poll.interval.ms``), produce, then commit: after the outputs are acknowledged
-(at-least-once), or with the outputs in one transaction (exactly-once).
-"""
+One loop: consume up to ``max_batch_size`` messages (or what came within ``max_wait_ms``) and hand
+them to two worker threads, one parsing them, the other scoring the good ones in one model call
+and writing the outputs (``scoring.MessageScorer``); meanwhile the loop consumes the next
+micro-batch and produces the outputs of the one before, with the bad messages' dead letters. A model call that runs long is waited for
+with the consumer paused but polling (so a slow model never overruns ``max.poll.interval.ms``).
 
+Commits: after the outputs are acknowledged (at-least-once), or with the outputs in one
+transaction (exactly-once). At the end of the backlog every micro-batch is committed at once;
+while a backlog is caught up, one commit covers the micro-batches of ``commit_interval_ms``
+(a commit is a few broker round trips, dearer than producing a thousand messages). Before a
+rebalance takes partitions away, everything read from them is produced and committed.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -15,18 +20,18 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
-from ..errors import ConfigError, InputError, LakeinferError, require
-from ..runtime import ModelRuntime, PipelineRecipe, Scored
-from ..runtime.batcher import score_group
+from ..errors import ConfigError, LakeinferError, require
+from ..runtime import ModelRuntime, PipelineRecipe
 from . import codec
 from .metrics import StreamMetrics
+from .scoring import MessageScorer, Outcome
 
 log = logging.getLogger("lakeinfer.stream")
 
@@ -43,7 +48,7 @@ class StreamConfig:
     dead_letter_topic: str | None = None
     exactly_once: bool = False
     keep: list[str] = dataclasses.field(default_factory=list)
-    max_batch_size: int = 1000
+    max_batch_size: int = 5000  # a backlog's model calls: per-call costs weigh little past a few thousand
     max_wait_ms: float = 10.0
     metrics_interval_s: float = 10.0
     max_poll_interval_ms: int = 300_000
@@ -51,6 +56,7 @@ class StreamConfig:
     max_messages: int | None = None  # stop after this many (benchmarks); None: until SIGTERM
     idle_exit_s: float | None = None  # stop after this long without messages (benchmarks, tests)
     metrics_port: int | None = None  # serve Prometheus metrics on 127.0.0.1:PORT
+    commit_interval_ms: float = 100.0  # while catching up a backlog: at most this long between commits
 
 
 @dataclasses.dataclass
@@ -70,23 +76,46 @@ class StreamStats:
                 f"batch_ms_p50={p50:.1f} batch_ms_p99={p99:.1f}")
 
 
+@dataclasses.dataclass(eq=False)
+class _InFlight:
+    """A consumed micro-batch: on the worker thread until its outcome is produced."""
+
+    messages: list[Any]
+    outcome: Future[Outcome]
+    arrived: float
+    delivered: bool = False
+
+
 class KafkaScorer:
     def __init__(self, config: StreamConfig) -> None:
         self.config = config
         self.kafka = require("confluent_kafka", "kafka", "lakeinfer stream")
         if config.max_batch_size < 1 or config.max_wait_ms < 0:
             raise ConfigError("stream: max_batch_size must be at least 1 and max_wait_ms not negative")
+        if not 0 <= config.commit_interval_ms <= 10_000:
+            # the broker aborts a transaction left open for transaction.timeout.ms (30 s here)
+            raise ConfigError("stream: commit_interval_ms must be from 0 to 10000")
+        # the runtime's own thread count, as batch picks it for one call: single-threaded sessions
+        # would take less CPU, but a tree ensemble sums in another order there, and every mode
+        # must give the same outputs to the last bit
         self.runtime = ModelRuntime(config.recipe)
-        # a pipeline that is the model alone reads only its feature columns: checked per message
-        self.features = list(self.runtime.input_columns) if self.runtime.model_only else None
-        self._schema = self.runtime.input_schema()
-        self._text = frozenset(f.name for f in self._schema if pa.types.is_string(f.type))
+        self._scorer = MessageScorer(self.runtime, config.keep)
         self.stats = StreamStats()
         self._stop = threading.Event()
+        self._parser = ThreadPoolExecutor(1, thread_name_prefix="lakeinfer-parse")
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="lakeinfer-model")
         self._consumer: Any = None
         self._producer: Any = None
         self._delivery_errors: list[str] = []
+        self._in_flight: deque[_InFlight] = deque()
+        self._taken = 0  # messages consumed, scored or not
+        # delivered, not yet committed: the next offset per partition, the batches' sizes and arrivals
+        self._offsets: dict[tuple[str, int], int] = {}
+        self._uncommitted: list[tuple[float, int, int, int]] = []
+        self._first_uncommitted = 0.0
+        self._in_transaction = False
+        self._revoking = False
+        self._failed = False
         # last: a port that is taken fails here, before anything else was started
         self.metrics = StreamMetrics(config.metrics_port) if config.metrics_port is not None else None
 
@@ -101,7 +130,9 @@ class KafkaScorer:
             "fetch.wait.max.ms": 10,  # an idle partition answers fast when a record arrives
         })
         producer = {"bootstrap.servers": c.bootstrap_servers, "enable.idempotence": True, "acks": "all",
-                    "linger.ms": 1, "compression.type": "lz4"}
+                    "linger.ms": 1, "compression.type": "lz4",
+                    # a Python call per delivered message costs as much as producing it: failures only
+                    "delivery.report.only.error": True, "on_delivery": self._delivered}
         if c.exactly_once:
             # stable across restarts, so a restarted process fences its killed predecessor and aborts
             # its open transaction at once; two exactly-once processes of one group need distinct ids
@@ -110,32 +141,49 @@ class KafkaScorer:
         self._producer = self.kafka.Producer(producer)
         if c.exactly_once:
             self._producer.init_transactions(30)
-        self._consumer.subscribe([c.input_topic])
+        self._consumer.subscribe([c.input_topic], on_revoke=self._on_revoke, on_lost=self._on_lost)
 
     def stop(self, *_: Any) -> None:
-        """Finish the batch in hand, commit it and leave the group (SIGTERM, SIGINT)."""
+        """Finish the batches in hand, commit them and leave the group (SIGTERM, SIGINT)."""
         self._stop.set()
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> StreamStats:
         self._connect()
+        c = self.config
         last_report = last_message = time.monotonic()
         try:
             while not self._stop.is_set():
-                messages = self._consumer.consume(num_messages=self.config.max_batch_size,
-                                                  timeout=max(self.config.max_wait_ms, 1) / 1000)
-                messages = [m for m in messages if not self._broker_error(m)]
+                messages = self._consumer.consume(num_messages=c.max_batch_size, timeout=max(c.max_wait_ms, 1) / 1000)
+                full = len(messages) >= c.max_batch_size  # a backlog: more is waiting
+                if any(m.error() is not None for m in messages):
+                    messages = [m for m in messages if not self._broker_error(m)]
                 now = time.monotonic()
                 if messages:
-                    self._process(messages)
+                    self._taken += len(messages)
+                    # a backlog's batches are parsed on a thread of their own, to overlap with scoring;
+                    # a lone batch is parsed by the model's thread, one thread hand-off fewer to wait for
+                    parsed = self._parser.submit(self._scorer.parse, messages) if full else messages
+                    self._in_flight.append(_InFlight(messages, self._executor.submit(self._scorer.score, parsed),
+                                                     time.perf_counter()))
                     last_message = now
-                elif self.config.idle_exit_s is not None and now - last_message > self.config.idle_exit_s:
+                # in a backlog, micro-batch i is produced while the next ones are scored and parsed;
+                # at its end there is nothing to overlap with, so what is in hand goes out at once
+                while len(self._in_flight) > (2 if full else 0):
+                    self._deliver_next()
+                if self._uncommitted and (not full or now - self._first_uncommitted >= c.commit_interval_ms / 1000):
+                    self._commit()
+                if not messages and c.idle_exit_s is not None and now - last_message > c.idle_exit_s:
                     break
-                if self.config.max_messages is not None and self.stats.consumed >= self.config.max_messages:
+                if c.max_messages is not None and self._taken >= c.max_messages:
                     break
-                if now - last_report >= self.config.metrics_interval_s:
+                if now - last_report >= c.metrics_interval_s:
                     log.warning("lakeinfer stream: %s", self.stats.line(self._lag()))
                     last_report = now
+            self._drain()
+        except BaseException:
+            self._abandon()
+            raise
         finally:
             self._close()
         return self.stats
@@ -149,111 +197,48 @@ class KafkaScorer:
         log.warning("lakeinfer stream: Kafka: %s", error.str())
         return True
 
-    def _process(self, messages: Sequence[Any]) -> None:
-        start = time.perf_counter()
-        values = [m.value() for m in messages]
-        done = self._process_columns(messages, values) if self.features is not None else None
-        if done is None:
-            done = self._process_records(messages, values)
-        good, encoded, bad = done
-        self._deliver(messages, good, encoded, bad)
-        self.stats.consumed += len(messages)
-        self.stats.produced += len(encoded)
-        self.stats.dead_lettered += len(bad)
-        self.stats.batches += 1
-        self.stats.latencies.append(time.perf_counter() - start)
-        del self.stats.latencies[:-10_000]
-        if self.metrics is not None:
-            self.metrics.lag(self._lag())  # first: a scrape that sees this batch counted sees its lag
-            self.metrics.batch(consumed=len(messages), produced=len(encoded), dead_lettered=len(bad),
-                               seconds=self.stats.latencies[-1])
+    def _drain(self) -> None:
+        """Produce and commit every batch in hand."""
+        while self._in_flight:
+            self._deliver_next()
+        if self._uncommitted:
+            self._commit()
 
-    def _process_columns(self, messages: Sequence[Any], values: list[Any]
-                         ) -> tuple[list[int], list[bytes], dict[int, str]] | None:
-        """The fast path: Arrow parses the whole batch, one model call, rows encoded from columns."""
-        assert self.features is not None
-        parsed = codec.decode_columns(values, self._schema, keep=self.config.keep)
-        if parsed is None:
-            return None
-        table, bad = parsed
-        good = [i for i in range(len(values)) if i not in bad]
-        if bad:
-            table = table.take(pa.array(good, pa.int64()))
-        if not good:
-            return [], [], bad
-        features = table.select(self.features).combine_chunks().to_batches()[0]
-        (result,) = self._wait(self._executor.submit(score_group, self.runtime.score, [features]))
-        if isinstance(result, BaseException):
-            return None  # a record the model refuses as a whole: the record path finds which
-        encoded = codec.encode_table(table, result.outputs, self.config.keep)
-        if result.errors is not None:  # bad values (the missing-value rule): dead letters
-            for i, reason in enumerate(result.errors):
-                if reason is not None:
-                    bad[good[i]] = reason
-            encoded = [e for e, reason in zip(encoded, result.errors, strict=True) if reason is None]
-            good = [g for g, reason in zip(good, result.errors, strict=True) if reason is None]
-        return good, encoded, bad
-
-    def _process_records(self, messages: Sequence[Any], values: list[Any]
-                         ) -> tuple[list[int], list[bytes], dict[int, str]]:
-        """Message by message: exact reasons for every bad one."""
-        records, good, bad = codec.decode(values, self.features, self._text)
-        outputs: list[dict[str, Any]] = []
-        if records:
-            outputs, failed = self._score(records)
-            for position, reason in failed.items():
-                bad[good[position]] = reason
-            keep = [i for i in range(len(records)) if i not in failed]
-            records, good = [records[i] for i in keep], [good[i] for i in keep]
-        return good, codec.encode(records, outputs, self.config.keep), bad
-
-    def _score(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int, str]]:
-        """Outputs of the good records (in order) and {position: reason} of records the model refused."""
-        try:
-            batch = self.runtime.records(records, keep=self.config.keep)
-        except InputError:  # records whose fields do not line up: one by one, each with its reason
-            return self._score_each(records)
-        (result,) = self._wait(self._executor.submit(score_group, self.runtime.score, [batch]))
-        if isinstance(result, BaseException):
-            return self._score_each(records)  # one record failed the merged call: find which
-        return self._split(result)
-
-    def _score_each(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int, str]]:
-        outputs: list[dict[str, Any]] = []
-        failed: dict[int, str] = {}
-        batches: list[pa.RecordBatch | None] = []
-        for i, record in enumerate(records):
+    def _abandon(self) -> None:
+        """After a failure: nothing more is committed; an open transaction is aborted."""
+        self._failed = True
+        self._in_flight.clear()
+        self._offsets.clear()
+        self._uncommitted.clear()
+        if self._in_transaction:
+            self._in_transaction = False
             try:
-                batches.append(self.runtime.records([record], keep=self.config.keep))
-            except InputError as exc:
-                failed[i] = str(exc)
-                batches.append(None)
-        todo = [b for b in batches if b is not None]
-        results = iter(self._wait(self._executor.submit(score_group, self.runtime.score, todo)) if todo else [])
-        for i, batch in enumerate(batches):
-            if batch is None:
-                continue
-            result = next(results)
-            if isinstance(result, BaseException):
-                # a record no rule foresaw goes to the dead letters with its reason; the stream goes on
-                failed[i] = str(result) if isinstance(result, LakeinferError) else (
-                    f"internal error: {type(result).__name__}: {result}")
-            elif result.errors is not None:
-                failed[i] = str(result.errors[0])
-            else:
-                outputs.extend(result.outputs.to_pylist())
-        return outputs, failed
+                self._producer.abort_transaction(30)
+            except Exception as exc:  # the failure being raised matters more; a restart fences it anyway
+                log.warning("lakeinfer stream: could not abort the open transaction: %s", exc)
 
-    @staticmethod
-    def _split(result: Scored) -> tuple[list[dict[str, Any]], dict[int, str]]:
-        rows = result.outputs.to_pylist()
-        if result.errors is None:
-            return rows, {}
-        failed = {i: str(e) for i, e in enumerate(result.errors) if e is not None}
-        return [r for r, e in zip(rows, result.errors, strict=True) if e is None], failed
+    # -- rebalances ---------------------------------------------------------------------------
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        # a commit may cover several micro-batches: what was read from these partitions is produced
+        # and committed before another member starts from their committed offsets
+        if self._failed:
+            return
+        self._revoking = True
+        try:
+            self._drain()
+        finally:
+            self._revoking = False
 
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        # another member may own them already: what is in hand is dropped, uncommitted (an open
+        # transaction aborted), and read again from the committed offsets by whoever owns them
+        log.warning("lakeinfer stream: partitions lost: %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+        self._abandon()
+        self._failed = False
+
+    # -- a micro-batch's outputs --------------------------------------------------------------
     def _wait(self, future: Future[Any]) -> Any:
-        """The model's result; a long call keeps the group membership alive: pause, poll, resume.
+        """The worker's result; a long call keeps the group membership alive: pause, poll, resume.
 
         Pausing drops the consumer's prefetched messages, so it is done only for calls that take
         a good share of ``max.poll.interval.ms``, never for the usual quick batch.
@@ -262,7 +247,8 @@ class KafkaScorer:
         try:
             return future.result(timeout=grace)
         except TimeoutError:
-            pass
+            if self._revoking:  # inside a rebalance callback: no polling from there
+                return future.result()
         assignment = self._consumer.assignment()
         self._consumer.pause(assignment)
         try:
@@ -273,13 +259,24 @@ class KafkaScorer:
         finally:
             self._consumer.resume(assignment)
 
-    def _deliver(self, messages: Sequence[Any], good: list[int], encoded: list[bytes], bad: dict[int, str]) -> None:
-        c = self.config
-        if c.exactly_once:
-            self._producer.begin_transaction()
-        for position, value in zip(good, encoded, strict=True):
-            self._produce(c.output_topic, messages[position].key(), value)
-        for position, reason in sorted(bad.items()):
+    def _deliver_next(self) -> None:
+        batch = self._in_flight[0]
+        outcome: Outcome = self._wait(batch.outcome)
+        if batch.delivered or not self._in_flight or self._in_flight[0] is not batch:
+            return  # a rebalance during the wait delivered it (or dropped it)
+        batch.delivered = True
+        self._in_flight.popleft()
+        c, messages, producer = self.config, batch.messages, self._producer
+        if c.exactly_once and not self._in_transaction:
+            producer.begin_transaction()
+            self._in_transaction = True
+        topic = c.output_topic
+        for position, value in zip(outcome.good, outcome.encoded, strict=True):
+            try:
+                producer.produce(topic, value, messages[position].key())
+            except BufferError:
+                self._produce(topic, messages[position].key(), value)
+        for position, reason in sorted(outcome.bad.items()):
             m = messages[position]
             if c.dead_letter_topic is None:
                 log.warning("lakeinfer stream: skipping %s[%d]@%d: %s (no --dead-letter-topic)",
@@ -288,10 +285,42 @@ class KafkaScorer:
             self._produce(c.dead_letter_topic, m.key(), codec.dead_letter(m.value(), reason, m.topic(),
                                                                           m.partition(), m.offset()),
                           headers=[("lakeinfer.error", reason.encode())])
-        offsets = self._next_offsets(messages)
+        self._next_offsets(messages)
+        if not self._uncommitted:
+            self._first_uncommitted = time.monotonic()
+        self._uncommitted.append((batch.arrived, len(messages), len(outcome.good), len(outcome.bad)))
+
+    def _produce(self, topic: str, key: Any, value: bytes, headers: Any = None) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=headers)
+                return
+            except BufferError:  # the producer's queue is full: let it drain
+                self._producer.poll(0.1)
+
+    def _delivered(self, error: Any, message: Any) -> None:
+        if error is not None:
+            self._delivery_errors.append(f"{message.topic()}: {error.str() if hasattr(error, 'str') else error}")
+
+    def _next_offsets(self, messages: Sequence[Any]) -> None:
+        # a partition's messages come in order: its last one is its newest
+        seen: set[tuple[str, int]] = set()
+        for m in reversed(messages):
+            key = (m.topic(), m.partition())
+            if key not in seen:
+                seen.add(key)
+                self._offsets[key] = m.offset() + 1
+
+    def _commit(self) -> None:
+        c = self.config
+        offsets = [self.kafka.TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
         if c.exactly_once:
+            if not self._in_transaction:
+                self._producer.begin_transaction()
+                self._in_transaction = True
             self._producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
             self._producer.commit_transaction(60)
+            self._in_transaction = False
         else:
             remaining = self._producer.flush(60)
             if remaining:
@@ -303,25 +332,21 @@ class KafkaScorer:
                 raise LakeinferError(f"Kafka refused {count} outputs ({first}); offsets not committed, "
                                      "so the batch is consumed again on restart")
             self._consumer.commit(offsets=offsets, asynchronous=False)
-
-    def _produce(self, topic: str, key: Any, value: bytes, headers: Any = None) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._delivered)
-                return
-            except BufferError:  # the producer's queue is full: let it drain
-                self._producer.poll(0.1)
-
-    def _delivered(self, error: Any, message: Any) -> None:
-        if error is not None:
-            self._delivery_errors.append(f"{message.topic()}: {error.str() if hasattr(error, 'str') else error}")
-
-    def _next_offsets(self, messages: Sequence[Any]) -> list[Any]:
-        latest: dict[tuple[str, int], int] = {}
-        for m in messages:
-            key = (m.topic(), m.partition())
-            latest[key] = max(latest.get(key, -1), m.offset())
-        return [self.kafka.TopicPartition(t, p, o + 1) for (t, p), o in latest.items()]
+        self._offsets.clear()
+        done = time.perf_counter()
+        if self.metrics is not None:
+            self.metrics.lag(self._lag())  # first: a scrape that sees this batch counted sees its lag
+        for arrived, consumed, produced, dead_lettered in self._uncommitted:
+            self.stats.consumed += consumed
+            self.stats.produced += produced
+            self.stats.dead_lettered += dead_lettered
+            self.stats.batches += 1
+            self.stats.latencies.append(done - arrived)
+            if self.metrics is not None:
+                self.metrics.batch(consumed=consumed, produced=produced, dead_lettered=dead_lettered,
+                                   seconds=done - arrived)
+        del self.stats.latencies[:-10_000]
+        self._uncommitted.clear()
 
     def _lag(self) -> int | None:
         try:
@@ -340,7 +365,8 @@ class KafkaScorer:
                 self._producer.flush(30)
         finally:
             if self._consumer is not None:
-                self._consumer.close()  # commits nothing more; leaves the group at once
+                self._consumer.close()  # leaves the group at once; everything in hand was committed
+            self._parser.shutdown(wait=True)
             self._executor.shutdown(wait=True)
             if self.metrics is not None:
                 self.metrics.close()
