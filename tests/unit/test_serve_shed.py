@@ -97,3 +97,14 @@ def test_a_caller_back_before_its_retry_after_waits_in_line() -> None:
     assert call(2000)[0]["status"] == 503 and len(waits) == 2  # another connection: at once
     room_comes[0] = False
     assert call(2000)[0]["status"] == 503 and len(waits) == 3  # back at once, in line, no room came
+
+
+def test_model_threads_leave_a_core_to_each_workers_event_loop() -> None:
+    import os
+
+    from lakeinfer.serve.dataplane import model_threads
+
+    cores = os.cpu_count() or 1
+    assert model_threads(1) == max(1, cores - 1)
+    assert model_threads(cores) == 1
+    assert model_threads(None) == model_threads(1)

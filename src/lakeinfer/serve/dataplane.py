@@ -64,8 +64,10 @@ class ReadyBoard:
 
 
 def model_threads(workers: int | None) -> int:
-    """The threads a model may use in each of ``workers`` processes: the cores, shared out."""
-    return max(1, (os.cpu_count() or 1) // (workers or 1))
+    """The threads a model may use in each of ``workers`` processes: the cores shared out, less
+    one for the worker's event loop (HTTP, decoding, encoding), which competes with the model's
+    threads for the cores under load; small batches do not gain from more threads. At least one."""
+    return max(1, (os.cpu_count() or 1) // (workers or 1) - 1)
 
 
 # the per-row reasons ride beside a merged batch's outputs to be sliced with them per caller
