@@ -317,7 +317,8 @@ def _stream(args: argparse.Namespace) -> int:
            "output_topic": args.output_topic, "group_id": args.group_id, "dead_letter_topic": args.dead_letter_topic,
            "exactly_once": args.exactly_once, "transactional_id": args.transactional_id, "keep": args.keep,
            "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
-           "commit_interval_ms": args.commit_interval_ms, "metrics_interval_s": args.metrics_interval, "max_poll_interval_ms": args.max_poll_interval_ms,
+           "commit_interval_ms": args.commit_interval_ms, "metrics_interval_s": args.metrics_interval,
+           "max_poll_interval_ms": args.max_poll_interval_ms,
            "metrics_port": args.metrics_port, "engine": args.engine, "master": args.master,
            "checkpoint": args.checkpoint, "trigger": args.trigger}
     options.update({k: v for k, v in cli.items() if v is not None})

@@ -8,12 +8,14 @@ import sys
 
 import pytest
 
-from lakeinfer.engines.local import available_cores, plan_workers
+from lakeinfer.engines.local import plan_workers
+from lakeinfer.models import available_cores
 from lakeinfer.runtime import PipelineRecipe
 
 _PINNED = """
 import os
-from lakeinfer.engines.local import available_cores, plan_workers
+from lakeinfer.engines.local import plan_workers
+from lakeinfer.models import available_cores
 from lakeinfer.runtime import PipelineRecipe
 os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 print(available_cores(), *plan_workers(PipelineRecipe("model.onnx", flavor="onnx"), None, 8),

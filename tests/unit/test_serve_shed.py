@@ -100,11 +100,10 @@ def test_a_caller_back_before_its_retry_after_waits_in_line() -> None:
 
 
 def test_model_threads_leave_a_core_to_each_workers_event_loop() -> None:
-    import os
-
+    from lakeinfer.models import available_cores
     from lakeinfer.serve.dataplane import model_threads
 
-    cores = os.cpu_count() or 1
+    cores = available_cores()
     assert model_threads(1) == max(1, cores - 1)
     assert model_threads(cores) == 1
     assert model_threads(None) == model_threads(1)

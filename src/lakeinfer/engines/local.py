@@ -3,7 +3,6 @@ reading its own units straight from the input and writing its own Parquet parts.
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import os
 import queue
@@ -28,28 +27,14 @@ from .. import errors
 from ..io import table_job, tables
 from ..io.sinks import OutputFolder
 from ..io.sources import read_schema
-from ..models import CONCURRENT_FLAVORS, default_processes, detect_flavor
+from ..models import CONCURRENT_FLAVORS, available_cores, default_processes, detect_flavor
 from ..runtime import ModelRuntime, PipelineRecipe
 from . import _worker
 
-__all__ = ["BatchSummary", "available_cores", "committed_summary", "empty_summary", "run_batch"]
+__all__ = ["BatchSummary", "committed_summary", "empty_summary", "run_batch"]
 
 SAMPLE_ROWS = 64
 DEFAULT_BATCH_SIZE = 16384
-
-
-def available_cores() -> int:
-    """The cores this process may run on: its CPU affinity, within its cgroup's CPU quota (a
-    container's limit), where ``os.cpu_count`` counts every core of the machine."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as fh:  # cgroup v2: "<quota> <period>" or "max <period>"
-            quota, period = fh.read().split()[:2]
-        if quota != "max":
-            cores = min(cores, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):
-        pass
-    return max(1, cores)
 
 
 def plan_workers(recipe: PipelineRecipe, workers: int | None, units: int) -> tuple[int, int]:
@@ -61,7 +46,7 @@ def plan_workers(recipe: PipelineRecipe, workers: int | None, units: int) -> tup
     """
     cores = available_cores()
     flavor = recipe.flavor or detect_flavor(recipe.model_path)
-    processes = max(1, min(workers or min(default_processes(flavor), cores), units))
+    processes = max(1, min(workers or default_processes(flavor), units))
     threads = min(cores, units) if processes == 1 and flavor in CONCURRENT_FLAVORS else 1
     return processes, max(1, threads)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 import os
 import zipfile
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from typing import Any
 from ..errors import ConfigError, ModelLoadError
 from ._base import Model, TabularModel
 
-__all__ = ["CONCURRENT_FLAVORS", "FLAVORS", "THREADED_FLAVORS", "Model", "TabularModel", "default_processes",
+__all__ = ["CONCURRENT_FLAVORS", "FLAVORS", "THREADED_FLAVORS", "Model", "TabularModel", "available_cores", "default_processes",
            "detect_flavor", "load_model", "model_digest"]
 
 # flavor -> (module, loader keyword arguments); read-only so no caller can grow it by accident.
@@ -38,10 +39,24 @@ THREADED_FLAVORS = frozenset({"onnx", "xgboost", "lightgbm", "torchscript", "tor
 CONCURRENT_FLAVORS = frozenset({"onnx"})
 
 
+def available_cores() -> int:
+    """The cores this process may run on: its CPU affinity, within its cgroup's CPU quota (a
+    container's limit), where ``os.cpu_count`` counts every core of the machine."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as fh:  # cgroup v2: "<quota> <period>" or "max <period>"
+            quota, period = fh.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
 def default_processes(flavor: str) -> int:
     """Worker processes for a flavor unless told otherwise (batch and serve): one using every core
-    for THREADED_FLAVORS, else one per core (the GIL-bound flavors: sklearn, skops, mlflow)."""
-    return 1 if flavor in THREADED_FLAVORS else os.cpu_count() or 1
+    for THREADED_FLAVORS, else one per available core (the GIL-bound flavors: sklearn, skops, mlflow)."""
+    return 1 if flavor in THREADED_FLAVORS else available_cores()
 
 _BY_SUFFIX = {
     ".onnx": "onnx",

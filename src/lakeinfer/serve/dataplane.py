@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from ..errors import LakeinferError
-from ..models import THREADED_FLAVORS
+from ..models import THREADED_FLAVORS, available_cores
 from ..runtime import ModelRuntime, Scored
 from ..runtime.batcher import AdaptiveBatcher, Overloaded
 from .config import ModelConfig, ServeConfig
@@ -67,7 +67,7 @@ def model_threads(workers: int | None) -> int:
     """The threads a model may use in each of ``workers`` processes: the cores shared out, less
     one for the worker's event loop (HTTP, decoding, encoding), which competes with the model's
     threads for the cores under load; small batches do not gain from more threads. At least one."""
-    return max(1, (os.cpu_count() or 1) // (workers or 1) - 1)
+    return max(1, available_cores() // (workers or 1) - 1)
 
 
 # the per-row reasons ride beside a merged batch's outputs to be sliced with them per caller
