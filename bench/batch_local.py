@@ -8,8 +8,13 @@ generated Parquet input of N rows x 20 float32 features, it measures rows/s of:
   (b) lakeinfer `lakeinfer batch` Parquet -> Parquet, the real CLI, start-up included
   (c) pandas   a plain script: read everything with pandas, predict with onnxruntime, write
 
-and prints the ratios b/a and b/c; then, on a 5x larger input, (b) again for each model, its ratio
-to (a) and its peak RSS (all processes): start-up weighs less there.
+  (d) I/O     `lakeinfer batch` as in (b) with a model that does no work (the same input and
+               output columns): the core-seconds of reading, checking and writing, start-up included
+
+and prints the ratios b/a and b/c, and b/bound, where bound = rows / (rows/a + cpu(d)/cores) is the
+rate (b) would reach if the model ran at the ceiling and every other core-second of the job were
+hidden behind it; then, on a 5x larger input, (b) again for each model, its ratios to (a) and to
+the bound, and its peak RSS (all processes): start-up weighs less there.
 
     python bench/batch_local.py            # 2M rows, RSS check on 10M rows
     python bench/batch_local.py --rows 200000 --rss-rows 1000000   # a quick look
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -72,6 +78,34 @@ def train_models(folder: Path) -> dict[str, Path]:
     return paths
 
 
+def io_model(folder: Path) -> Path:
+    """An ONNX model with the inputs and outputs of the two above that does no work: the label and
+    probabilities of the first two features, as ArgMax and Softmax."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["X", "start", "end", "axis"], ["pair"]),
+         helper.make_node("Softmax", ["pair"], ["probabilities"], axis=1),
+         helper.make_node("ArgMax", ["pair"], ["label"], axis=1, keepdims=0)],
+        "io_only",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", len(FEATURES)])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(np.array([v], np.int64), name) for name, v in (("start", 0), ("end", 2), ("axis", 1))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "feature_names", ",".join(FEATURES)
+    path = folder / "io_only.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def bound(rows: int, ceiling_rate: float, io_cpu: float) -> float:
+    return rows / (rows / ceiling_rate + io_cpu / CORES)
+
+
 def ceiling(model: Path, data: Path) -> float:
     """onnxruntime alone on a pre-assembled array, every core, the best layout and batch size.
 
@@ -112,11 +146,13 @@ def ceiling(model: Path, data: Path) -> float:
     return best[0]
 
 
-def lakeinfer_cli(model: Path, data: Path, out: Path, rows: int) -> tuple[float, int]:
-    """rows/s of the real CLI (process start-up included) and the peak RSS of its process tree."""
+def lakeinfer_cli(model: Path, data: Path, out: Path, rows: int) -> tuple[float, int, float]:
+    """rows/s of the real CLI (process start-up included), the peak RSS of its process tree and the
+    core-seconds (user and system) of that tree."""
     import psutil
 
     shutil.rmtree(out, ignore_errors=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "lakeinfer", "batch", "--model", str(model), "--input", str(data),
                              "--output", str(out), "--keep", "id", "--json"], stdout=subprocess.PIPE)
@@ -130,13 +166,15 @@ def lakeinfer_cli(model: Path, data: Path, out: Path, rows: int) -> tuple[float,
             pass
         time.sleep(0.05)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     if proc.returncode != 0:
         raise SystemExit(f"lakeinfer batch failed with exit code {proc.returncode}")
     summary = json.loads(proc.stdout.read())  # type: ignore[union-attr]
     print(f"  lakeinfer on {Path(model).stem}: {summary['workers']} process x {summary['threads']} threads, "
           f"{summary['parts']} parts; job time {summary['seconds']:.2f}s of {elapsed:.2f}s wall", flush=True)
     assert pq.ParquetDataset(out).read(columns=["id"]).num_rows == rows
-    return rows / elapsed, peak
+    return rows / elapsed, peak, cpu
 
 
 def pandas_script(model: Path, data: Path, out: Path) -> float:
@@ -163,18 +201,28 @@ def main() -> None:
     print(f"machine: {CORES} cores; input {args.rows:,} rows x {len(FEATURES)} float32; work folder {work}", flush=True)
     data = make_input(work / "input", args.rows)
     models = train_models(work)
-    print(f"{'model':<14}{'(a) ceiling':>14}{'(b) lakeinfer':>15}{'(c) pandas':>13}{'b/a':>7}{'b/c':>7}   rows/s")
+    idle = io_model(work)
+    _, _, io_cpu = lakeinfer_cli(idle, data, work / "out-io", args.rows)
+    print(f"(d) I/O alone: {io_cpu:.2f} core-seconds for {args.rows:,} rows")
+    print(f"{'model':<14}{'(a) ceiling':>14}{'(b) lakeinfer':>15}{'(c) pandas':>13}{'bound':>12}"
+          f"{'b/a':>7}{'b/c':>7}{'b/bound':>9}   rows/s")
     ceilings = {}
     for name, model in models.items():
         a = ceilings[name] = ceiling(model, data)
-        b, _ = lakeinfer_cli(model, data, work / f"out-{name}", args.rows)
+        b, _, _ = lakeinfer_cli(model, data, work / f"out-{name}", args.rows)
         c = pandas_script(model, data, work / f"pandas-{name}.parquet")
-        print(f"{name:<14}{a:>14,.0f}{b:>15,.0f}{c:>13,.0f}{b / a:>7.2f}{b / c:>7.2f}", flush=True)
+        most = bound(args.rows, a, io_cpu)
+        print(f"{name:<14}{a:>14,.0f}{b:>15,.0f}{c:>13,.0f}{most:>12,.0f}{b / a:>7.2f}{b / c:>7.2f}{b / most:>9.2f}",
+              flush=True)
     if args.rss_rows:
         big = make_input(work / "input-big", args.rss_rows, seed=1)
+        _, _, io_cpu = lakeinfer_cli(idle, big, work / "out-big", args.rss_rows)
+        print(f"(d) I/O alone: {io_cpu:.2f} core-seconds for {args.rss_rows:,} rows")
         for name, model in models.items():
-            rate, peak = lakeinfer_cli(model, big, work / "out-big", args.rss_rows)
-            print(f"{name} on {args.rss_rows:,} rows: {rate:,.0f} rows/s, {rate / ceilings[name]:.2f} of (a); "
+            rate, peak, _ = lakeinfer_cli(model, big, work / "out-big", args.rss_rows)
+            most = bound(args.rss_rows, ceilings[name], io_cpu)
+            print(f"{name} on {args.rss_rows:,} rows: {rate:,.0f} rows/s, {rate / ceilings[name]:.2f} of (a), "
+                  f"{rate / most:.2f} of its bound {most:,.0f}; "
                   f"peak RSS of lakeinfer batch (all processes) {peak / 2**20:,.0f} MiB", flush=True)
     if not args.dir:
         shutil.rmtree(work, ignore_errors=True)
