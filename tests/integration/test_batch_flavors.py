@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lakeinfer.cli import main
-from tests.conftest import FLAVOR_FIXTURES, Trained, read_output
+from tests.conftest import FLAVOR_FIXTURES, Trained, read_output, run_cli
 
 
 def _check(out: Path, trained: Trained) -> None:
@@ -50,6 +51,24 @@ def test_worker_processes_give_the_same_answers(flavor: str, request: pytest.Fix
                  "--keep", "id", "--workers", "2", "--json", *trained.cli])
     assert code == 0, capsys.readouterr().err
     _check(out, trained)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_command_ends_with_its_summary_and_every_part_written(workers: str, onnx_model: Trained,
+                                                                   datasets: dict[str, Path], tmp_path: Path) -> None:
+    # the command skips the interpreter's teardown after a batch job: what it printed to a pipe
+    # and what it wrote must be whole all the same
+    out = tmp_path / "out"
+    result = run_cli("batch", "--model", onnx_model.path, "--input", datasets["parquet"], "--output", out,
+                     "--keep", "id", "--workers", workers, "--json", *onnx_model.cli)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["rows"], summary["workers"]) == (900, int(workers))
+    assert (out / "_SUCCESS").exists()
+    _check(out, onnx_model)
+    failed = run_cli("batch", "--model", onnx_model.path, "--input", tmp_path / "absent", "--output", tmp_path / "o2",
+                     *onnx_model.cli)
+    assert failed.returncode == 1 and failed.stderr.startswith("lakeinfer: error: ")
 
 
 def test_inspect_prints_the_signature(xgboost_model: Trained, capsys: pytest.CaptureFixture[str]) -> None:
