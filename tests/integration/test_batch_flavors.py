@@ -71,6 +71,24 @@ def test_the_command_ends_with_its_summary_and_every_part_written(workers: str, 
     assert failed.returncode == 1 and failed.stderr.startswith("lakeinfer: error: ")
 
 
+@pytest.mark.parametrize("overlap", [True, False])
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_reading_ahead_and_in_line_write_the_same_parts(overlap: bool, workers: str, onnx_model: Trained,
+                                                        datasets: dict[str, Path], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from lakeinfer.engines import local
+
+    chosen: list[bool] = []
+    monkeypatch.setattr(local, "overlap_io", lambda *_: chosen.append(overlap) or overlap)
+    out = tmp_path / "out"
+    code = main(["batch", "--model", str(onnx_model.path), "--input", str(datasets["parquet"]), "--output", str(out),
+                 "--keep", "id", "--workers", workers, "--batch-size", "100", *onnx_model.cli])
+    assert code == 0, capsys.readouterr().err
+    assert chosen == [overlap]
+    _check(out, onnx_model)
+
+
 def test_inspect_prints_the_signature(xgboost_model: Trained, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", "--model", str(xgboost_model.path)]) == 0
     text = capsys.readouterr().out

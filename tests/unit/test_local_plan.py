@@ -6,15 +6,20 @@ import os
 import subprocess
 import sys
 
+import pyarrow.fs as pafs
 import pytest
 
-from lakeinfer.engines.local import plan_workers
+from lakeinfer.engines.local import overlap_io, plan_workers
+from lakeinfer.io.tables import Source
 from lakeinfer.models import available_cores
 from lakeinfer.runtime import PipelineRecipe
 
 _PINNED = """
 import os
-from lakeinfer.engines.local import plan_workers
+import pyarrow.fs as pafs
+
+from lakeinfer.engines.local import overlap_io, plan_workers
+from lakeinfer.io.tables import Source
 from lakeinfer.models import available_cores
 from lakeinfer.runtime import PipelineRecipe
 os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
@@ -37,3 +42,15 @@ def test_a_process_pinned_to_one_core_plans_for_one_core() -> None:
     out = subprocess.run([sys.executable, "-c", _PINNED], capture_output=True,
                          text=True, check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert out.stdout.split() == ["1", "1", "1", "1", "1"]
+
+
+def test_reading_ahead_only_where_a_core_or_the_network_would_wait() -> None:
+    cores = available_cores()
+    here = pafs.LocalFileSystem()
+    files = Source(here, "parquet", [], None, {})
+    assert not overlap_io(cores, files, here)  # a scorer on every core, local files: in line
+    assert overlap_io(cores - 1, files, here) == (cores > 1)
+    remote = pafs.S3FileSystem(anonymous=True, region="us-east-1")  # nothing is sent until a file is opened
+    assert overlap_io(cores, Source(remote, "parquet", [], None, {}), here)
+    assert overlap_io(cores, files, remote)
+    assert overlap_io(cores, Source(here, "parquet", [], object(), {}), here)  # a table's own reader

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from .. import errors
-from ..io.overlap import WriteBehind, prefetch
+from ..io.overlap import WriteBehind, WriteInline, prefetch
 from ..io.sinks import OutputFolder
 from ..io.sources import Unit, read_unit
 from ..runtime import ModelRuntime, PipelineRecipe
@@ -29,6 +29,7 @@ class UnitJob:
     output_uri: str
     schema: pa.Schema
     reader: Any = None  # reads a table's units (an Iceberg scan); None: units are files
+    overlap: bool = True  # read ahead and write behind on threads of their own (else in line)
 
     def read(self, unit: Unit, *, batch_size: int, columns: Any = None) -> Any:
         return read_any(self.fs, self.input_format, self.reader, unit, batch_size=batch_size, columns=columns)
@@ -76,11 +77,11 @@ class UnitScorer:
             raise errors.from_wire(self.load_error or {"class": "ModelLoadError", "message": "the model did not load"})
         folder = OutputFolder(job.output_uri)
         writer = folder.open_part(unit.index, job.schema)
-        behind = WriteBehind(writer.write)
+        behind = WriteBehind(writer.write) if job.overlap else WriteInline(writer.write)
         rows_in = rows_out = 0
         try:
             batches = job.read(unit, batch_size=job.batch_size, columns=job.columns)
-            for batch in prefetch(batches):
+            for batch in prefetch(batches) if job.overlap else batches:
                 try:
                     scored = runtime.transform(batch)
                 except errors.BadRecordError as exc:

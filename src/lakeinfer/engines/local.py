@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from .. import errors
 from ..io import table_job, tables
@@ -169,7 +170,9 @@ def _score(recipe: PipelineRecipe, source: tables.Source, fingerprint: dict[str,
         if check_schema is not None:
             check_schema(schema)
         folder.claim(fingerprint, overwrite=overwrite)
-        job = _worker.UnitJob(fs, fmt, batch_size, columns, folder_uri, schema, source.reader)
+        scorers = workers if workers > 1 else threads
+        job = _worker.UnitJob(fs, fmt, batch_size, columns, folder_uri, schema, source.reader,
+                              overlap=overlap_io(scorers, source, folder.fs))
         total_rows = sum(u.num_rows or 0 for u in todo) if fmt == "parquet" else None
         with _Bar(total_rows, progress and bool(todo)) as bar:
             if pool is None:
@@ -197,6 +200,19 @@ def _score(recipe: PipelineRecipe, source: tables.Source, fingerprint: dict[str,
     folder.finish({**summary.to_dict(), "fingerprint": fingerprint})
     summary.schema = schema
     return summary
+
+
+def overlap_io(scorers: int, source: tables.Source, output_fs: pafs.FileSystem) -> bool:
+    """Whether each scorer reads ahead and writes behind on threads of its own.
+
+    That pays where a core or a scorer would otherwise wait: fewer scorers than cores, or data
+    behind a network (object stores, a table's own reader). Where every core has a scorer over
+    local files, reading and writing in line keeps the cores as busy with a third of the threads,
+    and a batch is still in its core's cache when the model takes it (the bench's MLP on 10M rows:
+    5.75 s -> 5.39 s).
+    """
+    local = source.reader is None and all(isinstance(fs, pafs.LocalFileSystem) for fs in (source.fs, output_fs))
+    return scorers < available_cores() or not local
 
 
 def _own_threads() -> int | None:

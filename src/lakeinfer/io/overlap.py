@@ -1,7 +1,8 @@
 """Overlap I/O with the model: read ahead and write behind on threads.
 
 Arrow's readers, writers and the model runtimes release the GIL, so while the model scores one
-batch the next one is decoded and the previous one compressed, on otherwise idle cycles.
+batch the next one is decoded and the previous one compressed, on otherwise idle cycles. Where
+there are none (a scorer on every core), :class:`WriteInline` and reading in line take their place.
 """
 
 from __future__ import annotations
@@ -89,3 +90,16 @@ class WriteBehind:
         self._thread.join()
         if self._error is not None:
             raise self._error
+
+
+class WriteInline:
+    """:class:`WriteBehind`'s interface, writing on the caller's thread."""
+
+    def __init__(self, write: Callable[[Any], None]) -> None:
+        self._write = write
+
+    def put(self, item: Any) -> None:
+        self._write(item)
+
+    def close(self) -> None:
+        pass
