@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import ConfigError, LakeinferError, require
 from ..runtime import ModelRuntime, PipelineRecipe
 from . import codec
+from .heap import frozen_heap
 from .metrics import StreamMetrics
 from .scoring import MessageScorer, Outcome
 
@@ -150,6 +151,10 @@ class KafkaScorer:
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> StreamStats:
         self._connect()
+        with frozen_heap():  # the model and the clients, out of every full collection's walk
+            return self._run()
+
+    def _run(self) -> StreamStats:
         c = self.config
         last_report = last_message = time.monotonic()
         try:
