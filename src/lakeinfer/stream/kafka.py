@@ -129,6 +129,10 @@ class KafkaScorer:
             "enable.partition.eof": False, "max.poll.interval.ms": c.max_poll_interval_ms,
             "session.timeout.ms": min(45_000, c.max_poll_interval_ms),
             "fetch.wait.max.ms": 10,  # an idle partition answers fast when a record arrives
+            # librdkafka stops fetching a partition whose queue is full (queued.min.messages, 100k)
+            # for this long: its default (1 s) lets a stream that scores 100k messages a second
+            # empty the queue and wait, a third of a backlog's time with a model that does no work
+            "fetch.queue.backoff.ms": 100,
         })
         producer = {"bootstrap.servers": c.bootstrap_servers, "enable.idempotence": True, "acks": "all",
                     "linger.ms": 1, "compression.type": "lz4",
