@@ -8,8 +8,14 @@ With the RandomForest of bench/batch_local.py (ONNX, 20 float32 features):
   latency    end-to-end latency p50/p99 at a fixed 1,000 msg/s, both modes (producer send ->
              prediction readable by a read_committed consumer)
   spark      `lakeinfer stream --engine spark` (Structured Streaming) on the same broker: msgs/s
+  no work    eos again with a model that does no work (bench/batch_local.py's), and the whole
+             machine's busy core-seconds meanwhile: what the broker, the clients, the JSON and
+             the loop cost without the model
 
-and the ratios eos/batch (target >= 0.5) and the p99 at 1,000 msg/s (target <= 50 ms).
+and the ratios eos/batch (target >= 0.5) and the p99 at 1,000 msg/s (target <= 50 ms), and the
+bound: the rate eos would reach if the forest ran at onnxruntime's in-memory ceiling on these
+records (bench/batch_local.py's (a)) and everything else were hidden behind it,
+records / (records / ceiling + busy core-seconds without the model / cores).
 
     python bench/stream.py [--records 1000000] [--latency-seconds 20] [--no-spark]
 """
@@ -34,7 +40,7 @@ import pyarrow.parquet as pq
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from batch_local import FEATURES, train_models  # noqa: E402
+from batch_local import CORES, FEATURES, ceiling, io_model, train_models  # noqa: E402
 from tests.kafka_helpers import create_topics, start_broker, stop_broker  # noqa: E402
 from tests.serving import free_port  # noqa: E402
 
@@ -137,6 +143,20 @@ def latency(bootstrap: str, model: Path, exactly_once: bool, seconds: float, rat
     return float(np.percentile(warm, 50)), float(np.percentile(warm, 99))
 
 
+def bound_line(bootstrap: str, source: str, n: int, work: Path, model: Path, batch: float) -> None:
+    import psutil
+
+    before = psutil.cpu_times()
+    idle = stream_throughput(bootstrap, io_model(work), source, n, exactly_once=True)
+    after = psutil.cpu_times()
+    busy = sum(after) - sum(before) - (after.idle - before.idle) - (after.iowait - before.iowait)
+    forest = ceiling(model, work / "records.parquet")
+    most = n / (n / forest + busy / CORES)
+    print(f"  exactly-once, model doing no work {idle:>8,.0f} msgs/s, {busy:.2f} busy core-seconds (whole machine)\n"
+          f"  the forest alone (in-memory ceiling) {forest:>7,.0f} rows/s\n"
+          f"  bound for exactly-once          {most:>10,.0f} msgs/s  ({most / batch:.2f}x batch)", flush=True)
+
+
 def spark_throughput(bootstrap: str, model: Path, source: str, n: int, work: Path) -> float:
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -193,6 +213,7 @@ def main() -> None:
         print(f"  stream at-least-once            {alo:>10,.0f} msgs/s  ({alo / batch:.2f}x batch)", flush=True)
         eos = stream_throughput(bootstrap, model, source, args.records, exactly_once=True)
         print(f"  stream exactly-once             {eos:>10,.0f} msgs/s  ({eos / batch:.2f}x batch)", flush=True)
+        bound_line(bootstrap, source, args.records, work, model, batch)
         for mode, flag in (("at-least-once", False), ("exactly-once", True)):
             p50, p99 = latency(bootstrap, model, flag, args.latency_seconds)
             print(f"  latency at 1,000 msg/s, {mode:<14} p50 {p50:6.1f} ms  p99 {p99:6.1f} ms", flush=True)
