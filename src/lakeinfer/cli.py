@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -181,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(summary.to_dict()))
     elif not args.quiet:
         print(summary.line())
-    _FINISHED.append(args.command)
+    FINISHED.append(args.command)
     return 0
 
 
@@ -393,25 +392,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-# the commands that ran to their end in this process, for entry()
-_FINISHED: list[str] = []
-
-
-def entry() -> None:
-    """The ``lakeinfer`` command: :func:`main`, then the exit.
-
-    After a batch job without Spark, whose parts are closed, its table committed and its worker
-    processes joined, the process ends without the interpreter's teardown: freeing the model and
-    every module object by object took a tenth of a second, a tenth of a short job.
-    """
-    code = main()
-    if "batch" in _FINISHED and "pyspark" not in sys.modules:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
-
-
-if __name__ == "__main__":
-    entry()
+# the commands that ran to their end in this process, for the command's exit (lakeinfer.__main__)
+FINISHED: list[str] = []
