@@ -17,8 +17,11 @@ def entry() -> None:
     code = main()
     if "batch" in FINISHED and "pyspark" not in sys.modules:
         logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BrokenPipeError:  # whoever read the output went away (`| head`): it was not delivered
+            code = 1
         os._exit(code)
     sys.exit(code)
 
