@@ -180,7 +180,6 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(summary.to_dict()))
     elif not args.quiet:
         print(summary.line())
-    FINISHED.append(args.command)
     return 0
 
 
@@ -390,7 +389,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lakeinfer: internal error: {type(exc).__name__}: {exc} (LAKEINFER_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         return 1
-
-
-# the commands that ran to their end in this process, for the command's exit (lakeinfer.__main__)
-FINISHED: list[str] = []

@@ -96,9 +96,9 @@ class KafkaScorer:
         if not 0 <= config.commit_interval_ms <= 10_000:
             # the broker aborts a transaction left open for transaction.timeout.ms (30 s here)
             raise ConfigError("stream: commit_interval_ms must be from 0 to 10000")
-        # the runtime's own thread count, as batch picks it for one call: single-threaded sessions
-        # would take less CPU, but a tree ensemble sums in another order there, and every mode
-        # must give the same outputs to the last bit
+        # the runtime's own thread count, as batch picks it for a job of one unit: single-threaded
+        # sessions (batch's choice for many units) take less CPU, but an ONNX tree ensemble sums in
+        # another order there, its probabilities differing in the last float32 bits
         self.runtime = ModelRuntime(config.recipe)
         self._scorer = MessageScorer(self.runtime, config.keep)
         self.stats = StreamStats()
