@@ -31,9 +31,13 @@ print(available_cores(), *plan_workers(PipelineRecipe("model.onnx", flavor="onnx
 def test_every_available_core_scores() -> None:
     cores = available_cores()
     assert 1 <= cores <= (os.cpu_count() or 1)
-    assert plan_workers(PipelineRecipe("model.onnx", flavor="onnx"), None, 64) == (1, cores)
-    assert plan_workers(PipelineRecipe("model.joblib", flavor="sklearn"), None, 64) == (cores, 1)
-    assert plan_workers(PipelineRecipe("model.onnx", flavor="onnx"), None, 1) == (1, 1)  # no more scorers than units
+    onnx = PipelineRecipe("model.onnx", flavor="onnx")
+    assert plan_workers(onnx, None, 64) == (1, cores, 1)
+    assert plan_workers(PipelineRecipe("model.joblib", flavor="sklearn"), None, 64) == (cores, 1, 1)
+    # fewer units than cores: a unit's batches are scored side by side, single-threaded calls
+    assert plan_workers(onnx, None, 1) == (1, 1, cores)
+    assert plan_workers(onnx, None, 2) == (1, min(cores, 2), max(1, cores // min(cores, 2)))
+    assert plan_workers(onnx, 2, 8) == (2, 1, 1)  # processes asked for: each one call at a time
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2,
@@ -41,7 +45,7 @@ def test_every_available_core_scores() -> None:
 def test_a_process_pinned_to_one_core_plans_for_one_core() -> None:
     out = subprocess.run([sys.executable, "-c", _PINNED], capture_output=True,
                          text=True, check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    assert out.stdout.split() == ["1", "1", "1", "1", "1"]
+    assert out.stdout.split() == ["1"] * 7
 
 
 def test_reading_ahead_only_where_a_core_or_the_network_would_wait() -> None:

@@ -16,7 +16,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
 from lakeinfer import errors
-from lakeinfer.io.overlap import WriteBehind, prefetch
+from lakeinfer.io.overlap import WriteBehind, ordered_map, prefetch
 from lakeinfer.runtime import ModelRuntime, PipelineRecipe
 from lakeinfer.runtime.batcher import AdaptiveBatcher
 from lakeinfer.schema import invalid_rows
@@ -178,6 +178,29 @@ def test_prefetch_hands_the_producers_error_to_the_consumer() -> None:
         for item in prefetch(items()):
             got.append(item)
     assert got == [1]
+
+
+def test_ordered_map_runs_side_by_side_and_yields_in_order() -> None:
+    second_done = threading.Event()  # the first call waits for the second: both run at once
+    started: list[int] = []
+
+    def slow_first(item: int) -> int:
+        started.append(item)
+        if item == 0:
+            assert second_done.wait(10), "the second call did not run beside the first"
+        if item == 1:
+            second_done.set()  # finishes before item 0: its turn still comes after it
+        if item == 5:
+            raise errors.BadRecordError("bad", column="a", row=3)
+        return item * 10
+
+    got = []
+    with pytest.raises(errors.BadRecordError):
+        for value in ordered_map(slow_first, iter(range(100)), 2):
+            got.append(value)
+    assert got == [0, 10, 20, 30, 40]  # each in its turn, up to the failing item
+    assert max(started) <= 7  # a bounded look-ahead: nothing is started far past the failure
+    assert threading.active_count() < 10
 
 
 def test_write_behind_reports_the_first_write_error() -> None:

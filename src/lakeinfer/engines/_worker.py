@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Generator, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +14,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from .. import errors
-from ..io.overlap import WriteBehind, WriteInline, prefetch
+from ..io.overlap import WriteBehind, WriteInline, ordered_map, prefetch
 from ..io.sinks import OutputFolder
 from ..io.sources import Unit, read_unit
 from ..runtime import ModelRuntime, PipelineRecipe
@@ -30,6 +32,7 @@ class UnitJob:
     schema: pa.Schema
     reader: Any = None  # reads a table's units (an Iceberg scan); None: units are files
     overlap: bool = True  # read ahead and write behind on threads of their own (else in line)
+    spread: int = 1  # a unit's batches scored this many at a time (single-threaded calls side by side)
 
     def read(self, unit: Unit, *, batch_size: int, columns: Any = None) -> Any:
         return read_any(self.fs, self.input_format, self.reader, unit, batch_size=batch_size, columns=columns)
@@ -81,21 +84,18 @@ class UnitScorer:
         rows_in = rows_out = 0
         try:
             batches = job.read(unit, batch_size=job.batch_size, columns=job.columns)
-            for batch in prefetch(batches) if job.overlap else batches:
-                try:
-                    scored = runtime.transform(batch)
-                except errors.BadRecordError as exc:
-                    raise bad_record(exc, unit.path, unit.first_row + rows_in) from exc
-                try:
-                    out = scored.select(job.schema.names).cast(job.schema)
-                except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                    raise errors.SchemaError(f"input file {unit.path}: output does not match the job's schema "
-                                             f"{job.schema}: {exc}") from exc
-                behind.put(out)
-                rows_in += batch.num_rows
-                rows_out += out.num_rows
-                if self.progress is not None:
-                    self.progress.put(batch.num_rows)
+            with closing(_scored(runtime, prefetch(batches) if job.overlap else batches, job.spread, unit)) as scored:
+                for batch, out in scored:
+                    try:
+                        out = out.select(job.schema.names).cast(job.schema)
+                    except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                        raise errors.SchemaError(f"input file {unit.path}: output does not match the job's schema "
+                                                 f"{job.schema}: {exc}") from exc
+                    behind.put(out)
+                    rows_in += batch.num_rows
+                    rows_out += out.num_rows
+                    if self.progress is not None:
+                        self.progress.put(batch.num_rows)
             behind.close()
             stats = {"rows_in": rows_in, "rows_out": rows_out, "rows_skipped": rows_in - rows_out}
             writer.commit(stats)
@@ -107,6 +107,31 @@ class UnitScorer:
             writer.abort()
             raise
         return {"index": unit.index, **stats, "pid": os.getpid(), "loads": self.loads}
+
+
+def _scored(runtime: ModelRuntime, batches: Iterator[pa.RecordBatch], spread: int, unit: Unit
+            ) -> Generator[tuple[pa.RecordBatch, pa.RecordBatch], None, None]:
+    """Each batch with its outputs, in order, ``spread`` model calls at a time; a bad record is
+    named by its file and row."""
+    def transform(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+        return batch, runtime.transform(batch)
+
+    results = ordered_map(transform, batches, spread) if spread > 1 else map(transform, batches)
+    row = unit.first_row
+    try:
+        while True:
+            try:
+                done = next(results, None)
+            except errors.BadRecordError as exc:  # every batch before it was yielded, in order
+                raise bad_record(exc, unit.path, row) from exc
+            if done is None:
+                return
+            yield done
+            row += done[0].num_rows
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # ordered_map's threads stop now, not when it is collected
 
 
 # A worker process serves one job for its whole life, so its scorer may live in the process.

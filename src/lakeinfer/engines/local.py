@@ -38,18 +38,24 @@ SAMPLE_ROWS = 64
 DEFAULT_BATCH_SIZE = 16384
 
 
-def plan_workers(recipe: PipelineRecipe, workers: int | None, units: int) -> tuple[int, int]:
-    """(worker processes, scoring threads per process) for this model and this many units.
+def plan_workers(recipe: PipelineRecipe, workers: int | None, units: int) -> tuple[int, int, int]:
+    """(worker processes, scoring threads per process, threads per unit) for this model and this
+    many units.
 
     By default one process per available core; for flavors with their own thread pool one
-    process using every available core, as several scoring threads over one model where the
-    runtime allows it.
+    process using every available core. Where the runtime takes concurrent calls (ONNX), the
+    cores are shared out as single-threaded calls side by side, one unit per scoring thread and,
+    with fewer units than cores, several batches of a unit at once: one call per core costs less
+    than one call over every core, and every job's answers are bit for bit the same however its
+    rows are split (a tree ensemble's multi-threaded sums differ in the last bits).
     """
     cores = available_cores()
     flavor = recipe.flavor or detect_flavor(recipe.model_path)
     processes = max(1, min(workers or default_processes(flavor), units))
-    threads = min(cores, units) if processes == 1 and flavor in CONCURRENT_FLAVORS else 1
-    return processes, max(1, threads)
+    if processes > 1 or flavor not in CONCURRENT_FLAVORS:
+        return processes, 1, 1
+    threads = max(1, min(cores, units))
+    return 1, threads, max(1, cores // threads)
 
 
 @dataclass
@@ -154,13 +160,13 @@ def _score(recipe: PipelineRecipe, source: tables.Source, fingerprint: dict[str,
     folder = OutputFolder(folder_uri)
     done = folder.check(fingerprint, overwrite=overwrite)
     todo = [u for u in units if u.index not in done]
-    workers, threads = plan_workers(recipe, workers, len(todo))
+    workers, threads, spread = plan_workers(recipe, workers, len(todo))
     # Worker processes start now, so their model loads overlap the checks below. The parent loads
     # the model anyway (for the checks) and scores too: one process fewer to start.
     pool = _Scorers.processes(recipe, workers - 1, workers) if workers > 1 else None
     try:
         # Check the model, the columns and the output schema on a few rows before writing anything.
-        runtime: ModelRuntime | None = ModelRuntime(recipe, threads=1 if pool or threads > 1 else _own_threads())
+        runtime: ModelRuntime | None = ModelRuntime(recipe, threads=1 if pool or threads * spread > 1 else _own_threads())
         assert runtime is not None
         columns = runtime.read_columns(keep)
         probe = todo[0] if todo else units[0]
@@ -170,9 +176,9 @@ def _score(recipe: PipelineRecipe, source: tables.Source, fingerprint: dict[str,
         if check_schema is not None:
             check_schema(schema)
         folder.claim(fingerprint, overwrite=overwrite)
-        scorers = workers if workers > 1 else threads
+        scorers = workers if workers > 1 else threads * spread
         job = _worker.UnitJob(fs, fmt, batch_size, columns, folder_uri, schema, source.reader,
-                              overlap=overlap_io(scorers, source, folder.fs))
+                              overlap=overlap_io(scorers, source, folder.fs), spread=spread)
         total_rows = sum(u.num_rows or 0 for u in todo) if fmt == "parquet" else None
         with _Bar(total_rows, progress and bool(todo)) as bar:
             if pool is None:
@@ -193,7 +199,7 @@ def _score(recipe: PipelineRecipe, source: tables.Source, fingerprint: dict[str,
         parts=len(units),
         parts_resumed=len(done),
         workers=workers if todo else 0,
-        threads=threads if todo else 0,
+        threads=threads * spread if todo else 0,
         model_loads=_model_loads(results),
         seconds=time.perf_counter() - start,
     )

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 _END = object()
 
 
@@ -57,6 +60,25 @@ def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
     finally:
         stop.set()
         thread.join()
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], width: int) -> Iterator[R]:
+    """``fn`` of each item, ``width`` calls at a time on threads of their own, yielded in the
+    items' order (the next item is read while they run); an error re-raises at its item's turn,
+    and nothing after it is started."""
+    pool = ThreadPoolExecutor(width, thread_name_prefix="lakeinfer-score")
+    running: deque[Future[R]] = deque()
+    try:
+        for item in items:
+            running.append(pool.submit(fn, item))
+            if len(running) > width:
+                yield running.popleft().result()
+        while running:
+            yield running.popleft().result()
+    finally:
+        for future in running:
+            future.cancel()
+        pool.shutdown(wait=True)
 
 
 class WriteBehind:

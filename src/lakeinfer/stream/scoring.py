@@ -46,7 +46,7 @@ class MessageScorer:
         self.features = list(runtime.input_columns) if runtime.model_only else None
         self._schema = runtime.input_schema()
         self._text = frozenset(f.name for f in self._schema if pa.types.is_string(f.type))
-        # parse runs on one thread at a time: the loop hands a lone batch to the model's thread
+        # parse runs on one thread at a time: the loop hands a lone batch to a model thread
         # only when nothing else is in hand
         self._keep_types: dict[str, pa.DataType] = {}
 
