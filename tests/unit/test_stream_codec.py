@@ -89,3 +89,62 @@ def test_remembered_id_types_never_change_what_is_read() -> None:
     assert "id" not in absent.column_names
     nulls, _ = codec.decode_columns([b'{"id": null, "a": 1, "b": 2}'], F, keep=["id"], keep_types=types)  # type: ignore[misc]
     assert nulls.column("id").to_pylist() == [None]
+
+
+def _bits(table: pa.Table) -> list[list[object]]:
+    """Every value, a double as its bits (so -0.0 and 0.0 differ)."""
+    import numpy as np
+
+    return [np.asarray(c.to_numpy(zero_copy_only=False)).view(np.int64).tolist() if pa.types.is_floating(c.type)
+            else c.to_pylist() for c in table.columns]
+
+
+def test_exact_messages_read_by_polars_as_arrow_reads_them() -> None:
+    import numpy as np
+    import pyarrow.json as pjson
+
+    rng = np.random.default_rng(7)
+    numbers = np.concatenate([rng.normal(size=300), rng.normal(size=300) * 1e300, rng.normal(size=300) * 1e-305,
+                              rng.uniform(-1, 1, size=300)])
+    forms = [repr, lambda v: f"{v:.17g}", lambda v: f"{v:.5f}" if abs(v) < 1e6 else f"{v:.3e}",
+             lambda v: f"{v:.25E}", lambda v: str(int(v * 1e6)) if abs(v) < 1e12 else repr(v), lambda v: f"{v:.0e}"]
+    texts = [form(float(v)) for v in numbers for form in forms]
+    texts += ["-0.0", "0", "-0e0", "1E5", "9007199254740993", "123456789012345678901", "-1e-400", "4.9e-324"]
+    values = [f'{{"id": {i}, "a": {t}, "b": {texts[-i - 1]}, "s": "caf\\u00e9 \\"q\\""}}'.encode()
+              for i, t in enumerate(texts)]
+    schema = pa.schema([("a", pa.float64()), ("b", pa.float64()), ("id", pa.int64()), ("s", pa.string())])
+    data = b"\n".join(values)
+    fast = codec._read_exact(data, schema, len(values))
+    assert fast is not None  # every message holds exactly these fields: polars reads them
+    arrow = pjson.read_json(pa.BufferReader(data), parse_options=pjson.ParseOptions(explicit_schema=schema))
+    assert fast.schema == arrow.schema
+    assert _bits(fast) == _bits(arrow)
+    assert fast.column("a").to_pylist() == [float(t) for t in texts]
+
+
+def test_what_polars_would_read_otherwise_is_left_to_arrow() -> None:
+    schema = pa.schema([("a", pa.float64()), ("b", pa.float64())])
+
+    def exact(*values: bytes) -> pa.Table | None:
+        return codec._read_exact(b"\n".join(values), schema, len(values))
+
+    ok = b'{"a": 1, "b": 2}'
+    assert exact(ok, ok) is not None
+    assert exact(ok, b'{"a": 1, "a": 5, "b": 2}') is None  # a key twice: polars keeps the first, Arrow refuses
+    assert exact(ok, b'{"a": 1, "a": 5}') is None  # ... even where the count of keys adds up
+    assert exact(ok, b'{"a": 1, "b": 2, "c": 3}') is None  # a field outside the schema
+    assert exact(ok, b'{"a": 1, "b": -0}') is None  # an integer -0: Arrow reads -0.0, polars 0.0
+    assert exact(ok, b'{"a": 1, "b": null}') is None
+    assert exact(ok, b'{"a": true, "b": 2}') is None
+    assert exact(ok, b'{"a": "1", "b": 2}') is None
+    assert exact(ok, b'{"a": 1, "b": 2}{"a": 1, "b": 2}') is None
+    assert exact(ok, b"") is None
+    assert exact(ok, b'{"a": 1' + b"0" * 400 + b', "b": 2}') is None  # polars refuses an integer this long
+    text = pa.schema([("a", pa.float64()), ("s", pa.string())])
+    assert codec._read_exact(b'{"a": 1, "s": "x:y"}', text, 1) is None  # a colon inside a string
+    # and through the stream's parse: what Arrow makes of each, as before
+    types = {"id": pa.int64()}
+    table, _ = codec.decode_columns([b'{"id": 1, "a": 1, "b": 2, "c": 3}', b'{"id": 2, "a": -0, "b": 1}'], F,
+                                    keep=["id"], keep_types=types)  # type: ignore[misc]
+    assert _bits(table.select(["a"])) == _bits(pa.table({"a": [1.0, -0.0]}))
+    assert codec.decode_columns([b'{"id": 1, "a": 1, "a": 5, "b": 2}'], F, keep=["id"], keep_types=types) is None

@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -83,12 +84,12 @@ def decode_columns(values: Sequence[bytes | None], features: Sequence[str] | pa.
     kept = [k for k in dict.fromkeys(keep) if k not in schema.names]
     table = None
     if keep_types is not None and all(k in keep_types for k in kept):
-        table = _read_json(data, pa.schema([*schema, *((k, keep_types[k]) for k in kept)]), "ignore")
+        table = _read_json(data, pa.schema([*schema, *((k, keep_types[k]) for k in kept)]), "ignore", len(values))
         # a kept field absent from every message is no column at all: only inferring tells
         if table is not None and any(table.column(k).null_count == table.num_rows for k in kept):
             table = None
     if table is None:
-        table = _read_json(data, schema, "infer")
+        table = _read_json(data, schema, "infer", len(values))
         if table is None:
             return None
         if keep_types is not None:
@@ -107,13 +108,52 @@ def decode_columns(values: Sequence[bytes | None], features: Sequence[str] | pa.
     return table, {}
 
 
-def _read_json(data: bytes, schema: pa.Schema, unexpected: str) -> pa.Table | None:
+def _read_json(data: bytes, schema: pa.Schema, unexpected: str, rows: int) -> pa.Table | None:
+    if unexpected == "ignore":
+        table = _read_exact(data, schema, rows)
+        if table is not None:
+            return table
     options = pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior=unexpected)
     try:
         return pjson.read_json(pa.BufferReader(data), parse_options=options,
                                read_options=pjson.ReadOptions(use_threads=False, block_size=len(data) + 1))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
+
+
+_POLARS_TYPES = {pa.float64(): "Float64", pa.int64(): "Int64", pa.string(): "String"}
+_COLON, _MINUS, _ZERO = ord(":"), ord("-"), ord("0")
+_NUMBER_GOES_ON = np.frombuffer(b"0123456789.eE", np.uint8)
+
+
+def _read_exact(data: bytes, schema: pa.Schema, rows: int) -> pa.Table | None:
+    """Messages that hold exactly the fields of ``schema``, read by polars (twice as fast as Arrow
+    on numbers, the same values), or None where polars could read them otherwise than Arrow.
+
+    A key given twice: Arrow rejects the batch (each message is then judged on its own), polars
+    would keep the first value. So polars reads only batches whose colons (one per key, more
+    inside strings) number exactly the fields times the messages, with every field found (not
+    null) in every message: then no message has a key twice, nor one outside ``schema``. And a
+    JSON integer -0: Arrow reads -0.0, polars 0.0, so a batch with one is left to Arrow.
+    """
+    if not all(field.type in _POLARS_TYPES for field in schema):
+        return None
+    text = np.frombuffer(data, np.uint8)
+    if np.count_nonzero(text == _COLON) != rows * len(schema):
+        return None
+    minus_zero = np.flatnonzero((text[:-2] == _MINUS) & (text[1:-1] == _ZERO))
+    if not np.isin(text[minus_zero + 2], _NUMBER_GOES_ON).all():
+        return None
+    import polars as pl
+
+    try:
+        frame = pl.read_ndjson(data, schema={f.name: getattr(pl, _POLARS_TYPES[f.type]) for f in schema})
+    except Exception:  # polars refuses what Arrow refuses (bad JSON, a string for a number) and says so its own way
+        return None
+    if frame.height != rows or any(frame.null_count().row(0)):
+        return None
+    table: pa.Table = frame.to_arrow().cast(schema)
+    return table
 
 
 def _is_number(kind: pa.DataType) -> bool:

@@ -93,6 +93,7 @@ class KafkaScorer:
     def __init__(self, config: StreamConfig) -> None:
         self.config = config
         self.kafka = require("confluent_kafka", "kafka", "lakeinfer stream")
+        require("polars", "kafka", "lakeinfer stream")  # reads the messages (codec): missing, it fails here
         if config.max_batch_size < 1 or config.max_wait_ms < 0:
             raise ConfigError("stream: max_batch_size must be at least 1 and max_wait_ms not negative")
         if not 0 <= config.commit_interval_ms <= 10_000:
