@@ -1,4 +1,5 @@
-"""The stream's frozen heap: what lives on entry is out of the collector's walks until exit."""
+"""The stream's heap: what lives on entry is out of the collector's walks until exit, the young
+collected less often."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import weakref
 
 import pytest
 
-from lakeinfer.stream.heap import frozen_heap
+from lakeinfer.stream.heap import YOUNG, frozen_heap
 
 
 class _Node:
@@ -22,8 +23,11 @@ def _tracked(obj: object) -> bool:
 
 def test_objects_alive_on_entry_are_frozen_until_exit() -> None:
     assert gc.get_freeze_count() == 0
+    threshold = gc.get_threshold()
+    assert threshold[0] < YOUNG
     before = _Node()
     with frozen_heap():
+        assert gc.get_threshold() == (YOUNG, *threshold[1:])  # the young collected less often
         assert gc.get_freeze_count() > 0
         assert not _tracked(before)
         made = _Node()
@@ -33,6 +37,7 @@ def test_objects_alive_on_entry_are_frozen_until_exit() -> None:
         gc.collect()
         assert gone() is None
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == threshold
     assert _tracked(before)
 
 
@@ -41,6 +46,7 @@ def test_an_exception_unfreezes_too() -> None:
         assert gc.get_freeze_count() > 0
         raise RuntimeError("the stream failed")
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold()[0] < YOUNG
 
 
 def test_a_freeze_made_before_stays() -> None:
