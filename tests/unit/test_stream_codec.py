@@ -71,6 +71,15 @@ def test_json_rows_writes_what_orjson_writes() -> None:
     # a float32 output reads back as the double Python sees, a whole float stays a float
     assert orjson.loads(json_rows([pa.array([0.9, 2.0], pa.float32())], ["p"])[0].as_py()) == {"p": 0.8999999761581421}
     assert json_rows([pa.array([2.0])], ["p"])[0].as_py() == b'{"p":2.0}'
+    # numbers of every size, whole and not: each reads back as the same double, a float
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    numbers = (10.0 ** rng.uniform(-8, 20, 20_000) * rng.choice([-1, 1], 20_000)).tolist()
+    numbers += [float(int(v)) for v in numbers[:5_000]] + [0.0, -0.0, 2.0**53, 1e15, 1e16, 5e-324, float(2**63)]
+    read = [orjson.loads(t)["p"] for t in json_rows([pa.array(numbers)], ["p"]).to_pylist()]
+    assert all(type(r) is float for r in read)
+    assert np.array_equal(np.array(read).view(np.int64), np.array(numbers).view(np.int64))
 
 
 def test_remembered_id_types_never_change_what_is_read() -> None:
