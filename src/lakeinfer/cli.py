@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--transactional-id", help="--exactly-once: the producer's id (distinct per process of a group)")
     stream.add_argument("--keep", action="extend", type=_columns,
                         help="input fields copied into each prediction (comma list, repeatable)")
-    stream.add_argument("--max-batch-size", type=_positive, help="messages per model call (default 5000)")
+    stream.add_argument("--max-batch-size", type=_positive, help="messages per model call (default 10000)")
     stream.add_argument("--max-wait-ms", type=float, help="longest wait for a batch to fill (default 10)")
     stream.add_argument("--commit-interval-ms", type=float,
                         help="while catching up a backlog, one commit per this many ms (default 100); "

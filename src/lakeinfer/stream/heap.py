@@ -7,7 +7,7 @@ walking them finds nothing; frozen (``gc.freeze``), they are skipped. Measured o
 JSON records with a RandomForest: 0.33 s of collections per 500,000 messages became 0.14 s.
 
 And the youngest generation is collected every ``YOUNG`` new objects instead of every 700: the
-messages of a micro-batch (5,000) live until it is produced, so at 700 each was walked several
+messages of a micro-batch (thousands) live until it is produced, so at 700 each was walked several
 times on its way to the old generation, the GIL held all the while. Reference counting frees them
 as before; only cycles wait longer. Measured: a tenth of the core time of a stream whose model
 does no work, 4% more messages a second with the forest.
