@@ -36,7 +36,9 @@ def test_every_available_core_scores() -> None:
     assert plan_workers(PipelineRecipe("model.joblib", flavor="sklearn"), None, 64) == (cores, 1, 1)
     # fewer units than cores: a unit's batches are scored side by side, single-threaded calls
     assert plan_workers(onnx, None, 1) == (1, 1, cores)
-    assert plan_workers(onnx, None, 2) == (1, min(cores, 2), max(1, cores // min(cores, 2)))
+    for units in range(1, 2 * cores + 1):  # never more calls at once than cores, never fewer than units
+        processes, threads, spread = plan_workers(onnx, None, units)
+        assert processes == 1 and threads == min(cores, units) and min(cores, units) <= threads * spread <= cores
     assert plan_workers(onnx, 2, 8) == (2, 1, 1)  # processes asked for: each one call at a time
 
 

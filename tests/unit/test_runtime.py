@@ -390,3 +390,56 @@ def test_tensor_input_of_xgboost_and_lightgbm_without_feature_names(tmp_path: Pa
         assert runtime.tensor_input == ("X", 4), name
         batch = pa.RecordBatch.from_arrays([pa.array(x[:20, j]) for j in range(4)], names=list(runtime.input_columns))
         assert runtime.score(batch).outputs.column("prediction").to_pylist() == y[:20].tolist(), name
+
+
+def test_a_row_scored_alone_scores_as_among_others(tmp_path: Path) -> None:
+    # onnxruntime's one-row product sums in another order than its many-row one (on 99 of these
+    # 256 rows a linear model's probabilities differ in the last bits): a lone row goes in twice
+    import onnxruntime as ort
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 20)).astype(np.float32)
+    path = tmp_path / "lr.onnx"
+    onx = to_onnx(LogisticRegression().fit(x, x[:, 0] > 0), x[:1], options={"zipmap": False})
+    path.write_bytes(onx.SerializeToString())
+    names = [f"f{i}" for i in range(20)]
+    runtime = ModelRuntime(PipelineRecipe(str(path), features=tuple(names)), threads=1)
+    batch = pa.RecordBatch.from_arrays([pa.array(x[:, i]) for i in range(20)], names=names)
+    together = np.stack(runtime.score(batch).outputs.column("probability").to_numpy(zero_copy_only=False))
+    alone = np.concatenate([np.stack(runtime.score(batch.slice(i, 1)).outputs.column("probability")
+                                     .to_numpy(zero_copy_only=False)) for i in range(256)])
+    np.testing.assert_array_equal(alone, together)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # the reason, still there
+    name = session.get_inputs()[0].name
+    raw_alone = np.concatenate([session.run(None, {name: x[i:i + 1]})[1] for i in range(256)])
+    assert (raw_alone != session.run(None, {name: x})[1]).any()
+
+
+def test_scoring_closes_its_input_when_a_row_is_bad() -> None:
+    from lakeinfer.engines._worker import _scored
+    from lakeinfer.io.sources import Unit
+
+    closed = threading.Event()
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        try:
+            for i in range(10):
+                yield pa.record_batch({"a": [float(i)]})
+        finally:
+            closed.set()
+
+    class Runtime:
+        def transform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+            if batch.column(0)[0].as_py() == 3.0:
+                raise errors.BadRecordError("bad", column="a", row=0)
+            return batch
+
+    for spread in (1, 2):
+        closed.clear()
+        unit = Unit(index=0, path="in.parquet", row_groups=None, first_row=100, num_rows=10)
+        with pytest.raises(errors.BadRecordError, match="in.parquet, row 103") as raised:
+            list(_scored(Runtime(), batches(), spread, unit))  # type: ignore[arg-type]
+        assert closed.is_set()  # while the error (and its traceback) is still held
+        assert raised.value.row == 103

@@ -129,9 +129,10 @@ def _scored(runtime: ModelRuntime, batches: Iterator[pa.RecordBatch], spread: in
             yield done
             row += done[0].num_rows
     finally:
-        close = getattr(results, "close", None)
-        if close is not None:
-            close()  # ordered_map's threads stop now, not when it is collected
+        for done_with in (results, batches):  # ordered_map's and read-ahead's threads stop now,
+            close = getattr(done_with, "close", None)  # not when an error's traceback lets go
+            if close is not None:
+                close()
 
 
 # A worker process serves one job for its whole life, so its scorer may live in the process.

@@ -4,7 +4,6 @@ reading its own units straight from the input and writing its own Parquet parts.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import queue
 import sys
 import time
@@ -28,7 +27,13 @@ from .. import errors
 from ..io import table_job, tables
 from ..io.sinks import OutputFolder
 from ..io.sources import read_schema
-from ..models import CONCURRENT_FLAVORS, available_cores, default_processes, detect_flavor
+from ..models import (
+    CONCURRENT_FLAVORS,
+    available_cores,
+    default_processes,
+    detect_flavor,
+    own_threads,
+)
 from ..runtime import ModelRuntime, PipelineRecipe
 from . import _worker
 
@@ -166,7 +171,7 @@ def _score(recipe: PipelineRecipe, source: tables.Source, fingerprint: dict[str,
     pool = _Scorers.processes(recipe, workers - 1, workers) if workers > 1 else None
     try:
         # Check the model, the columns and the output schema on a few rows before writing anything.
-        runtime: ModelRuntime | None = ModelRuntime(recipe, threads=1 if pool or threads * spread > 1 else _own_threads())
+        runtime: ModelRuntime | None = ModelRuntime(recipe, threads=1 if pool or threads * spread > 1 else own_threads())
         assert runtime is not None
         columns = runtime.read_columns(keep)
         probe = todo[0] if todo else units[0]
@@ -219,13 +224,6 @@ def overlap_io(scorers: int, source: tables.Source, output_fs: pafs.FileSystem) 
     """
     local = source.reader is None and all(isinstance(fs, pafs.LocalFileSystem) for fs in (source.fs, output_fs))
     return scorers < available_cores() or not local
-
-
-def _own_threads() -> int | None:
-    """Threads for a model scoring alone: None leaves the framework its own default (every core of
-    the machine), unless this process may use fewer cores, where that default would oversubscribe."""
-    cores = available_cores()
-    return cores if cores < (os.cpu_count() or 1) else None
 
 
 def _sample(source: tables.Source, unit: Any, runtime: ModelRuntime) -> pa.RecordBatch:

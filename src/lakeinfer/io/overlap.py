@@ -65,7 +65,7 @@ def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], width: int) -> Iterator[R]:
     """``fn`` of each item, ``width`` calls at a time on threads of their own, yielded in the
     items' order (the next item is read while they run); an error re-raises at its item's turn,
-    and nothing after it is started."""
+    once the calls already started have ended, and no item after those is read."""
     pool = ThreadPoolExecutor(width, thread_name_prefix="lakeinfer-score")
     running: deque[Future[R]] = deque()
     try:

@@ -15,7 +15,7 @@ from ..errors import ConfigError, ModelLoadError
 from ._base import Model, TabularModel
 
 __all__ = ["CONCURRENT_FLAVORS", "FLAVORS", "THREADED_FLAVORS", "Model", "TabularModel", "available_cores", "default_processes",
-           "detect_flavor", "load_model", "model_digest"]
+           "detect_flavor", "load_model", "model_digest", "own_threads"]
 
 # flavor -> (module, loader keyword arguments); read-only so no caller can grow it by accident.
 FLAVORS: MappingProxyType[str, tuple[str, dict[str, Any]]] = MappingProxyType({
@@ -51,6 +51,13 @@ def available_cores() -> int:
     except (OSError, ValueError):
         pass
     return max(1, cores)
+
+
+def own_threads() -> int | None:
+    """Threads for a model scoring alone: None leaves the framework its own default (every core of
+    the machine), unless this process may use fewer cores, where that default would oversubscribe."""
+    cores = available_cores()
+    return cores if cores < (os.cpu_count() or 1) else None
 
 
 def default_processes(flavor: str) -> int:

@@ -90,10 +90,20 @@ class _OnnxOutputs:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
         if self.sizer is not None and len(feeds) == 1:
             ((name, x),) = feeds.items()
-            results = self.sizer.run(lambda rows: self.session.run(self.raw_names, {name: rows}), x)
+            results = self.sizer.run(lambda rows: self._rows(name, rows), x)
         else:
             results = self.session.run(self.raw_names, feeds)
         return {name: _zipmap_to_array(value) for name, value in zip(self.names, results, strict=True)}
+
+    def _rows(self, name: str, rows: np.ndarray) -> list[Any]:
+        """A row-wise graph's outputs for ``rows``. A lone row goes in twice: onnxruntime multiplies
+        one row by a matrix-vector product, which sums in another order than its many-row product
+        (a linear model's probabilities differed in the last float32 bits), so a row's answer would
+        depend on the rows it came with (the last row of a file, a lone message in a stream)."""
+        if len(rows) != 1:
+            return list(self.session.run(self.raw_names, {name: rows}))
+        results = self.session.run(self.raw_names, {name: np.concatenate([rows, rows])})
+        return [value[:1] for value in results]
 
 
 def _zipmap_to_array(value: Any) -> Any:

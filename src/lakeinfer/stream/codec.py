@@ -63,10 +63,10 @@ def _check(record: dict[str, Any], features: Sequence[str], text: frozenset[str]
 def decode_columns(values: Sequence[bytes | None], features: Sequence[str] | pa.Schema,
                    keep: Sequence[str] = (), keep_types: dict[str, pa.DataType] | None = None
                    ) -> tuple[pa.Table, dict[int, str]] | None:
-    """All messages parsed at once by Arrow's JSON reader: (the table, {position: reason} of bad
-    rows). None when the fast path does not apply (a message that is not one line of JSON, or a
-    value of the wrong type): the caller decodes one by one. A missing or null feature is null
-    here, for the runtime's missing-value rule.
+    """All messages parsed at once (polars or Arrow's JSON reader): (the table, {position: reason}
+    of bad rows). None when the fast path does not apply (a message that is not one line starting a
+    JSON object, or a value of the wrong type): the caller decodes one by one. A missing or null
+    feature is null here, for the runtime's missing-value rule.
 
     The table holds the features and the ``keep`` fields found. ``keep_types`` (what earlier
     batches found, filled in here) lets the reader skip every other field instead of inferring
@@ -76,7 +76,7 @@ def decode_columns(values: Sequence[bytes | None], features: Sequence[str] | pa.
         data = b"\n".join(values)  # type: ignore[arg-type]
     except TypeError:  # a message without a value
         return None
-    if not values or data.count(b"\n") != len(values) - 1:  # a message over several lines
+    if not values or not _one_object_a_line(data, len(values)):
         return None
     schema = features if isinstance(features, pa.Schema) else pa.schema([(f, pa.float64()) for f in features])
     # numbers as float64 whatever the model's own width: the runtime casts them once
@@ -108,6 +108,20 @@ def decode_columns(values: Sequence[bytes | None], features: Sequence[str] | pa.
     return table, {}
 
 
+_COLON, _MINUS, _ZERO, _NEWLINE, _BRACE = ord(":"), ord("-"), ord("0"), ord("\n"), ord("{")
+
+
+def _one_object_a_line(data: bytes, messages: int) -> bool:
+    """Whether each message is one line that starts an object. Arrow's reader takes a line with two
+    objects for two rows, and an empty line for none: a message of two objects beside an empty
+    message would give the empty one the second object's outputs."""
+    text = np.frombuffer(data, np.uint8)
+    starts = np.flatnonzero(text == _NEWLINE) + 1  # the messages after the first
+    if len(starts) != messages - 1 or not len(text) or text[0] != _BRACE:
+        return False
+    return bool(len(starts) == 0 or (starts[-1] < len(text) and (text[starts] == _BRACE).all()))
+
+
 def _read_json(data: bytes, schema: pa.Schema, unexpected: str, rows: int) -> pa.Table | None:
     if unexpected == "ignore":
         table = _read_exact(data, schema, rows)
@@ -121,14 +135,14 @@ def _read_json(data: bytes, schema: pa.Schema, unexpected: str, rows: int) -> pa
         return None
 
 
-_POLARS_TYPES = {pa.float64(): "Float64", pa.int64(): "Int64", pa.string(): "String"}
-_COLON, _MINUS, _ZERO = ord(":"), ord("-"), ord("0")
+# numbers only: polars reads any JSON value into a string field (5 as "5"), where Arrow refuses it
+_POLARS_TYPES = {pa.float64(): "Float64", pa.int64(): "Int64"}
 _NUMBER_GOES_ON = np.frombuffer(b"0123456789.eE", np.uint8)
 
 
 def _read_exact(data: bytes, schema: pa.Schema, rows: int) -> pa.Table | None:
-    """Messages that hold exactly the fields of ``schema``, read by polars (twice as fast as Arrow
-    on numbers, the same values), or None where polars could read them otherwise than Arrow.
+    """Messages that hold exactly the fields of ``schema``, all numbers, read by polars (twice as
+    fast as Arrow, the same values), or None where polars could read them otherwise than Arrow.
 
     A key given twice: Arrow rejects the batch (each message is then judged on its own), polars
     would keep the first value. So polars reads only batches whose colons (one per key, more

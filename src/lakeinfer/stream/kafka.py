@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, LakeinferError, require
-from ..models import CONCURRENT_FLAVORS, available_cores, detect_flavor
+from ..models import CONCURRENT_FLAVORS, available_cores, detect_flavor, own_threads
 from ..runtime import ModelRuntime, PipelineRecipe
 from . import codec
 from .heap import frozen_heap
@@ -37,6 +37,7 @@ from .metrics import StreamMetrics
 from .scoring import MessageScorer, Outcome
 
 log = logging.getLogger("lakeinfer.stream")
+MODEL_THREADS = 8
 
 
 @dataclasses.dataclass
@@ -102,9 +103,10 @@ class KafkaScorer:
         # as batch shares out the cores: a runtime that takes concurrent calls (ONNX) runs
         # single-threaded, one micro-batch per core (a third less CPU per message than one call over
         # every core, and batch's answers bit for bit); any other uses its own threads, one call at a time
-        flavor = config.recipe.flavor or detect_flavor(config.recipe.model_path)
-        self._model_threads = available_cores() if flavor in CONCURRENT_FLAVORS else 1
-        self.runtime = ModelRuntime(config.recipe, threads=1 if self._model_threads > 1 else None)
+        # (at most MODEL_THREADS: each holds a micro-batch consumed and not yet committed)
+        concurrent = (config.recipe.flavor or detect_flavor(config.recipe.model_path)) in CONCURRENT_FLAVORS
+        self._model_threads = min(available_cores(), MODEL_THREADS) if concurrent else 1
+        self.runtime = ModelRuntime(config.recipe, threads=1 if concurrent else own_threads())
         self._scorer = MessageScorer(self.runtime, config.keep)
         self.stats = StreamStats()
         self._stop = threading.Event()

@@ -46,8 +46,8 @@ class MessageScorer:
         self.features = list(runtime.input_columns) if runtime.model_only else None
         self._schema = runtime.input_schema()
         self._text = frozenset(f.name for f in self._schema if pa.types.is_string(f.type))
-        # parse runs on one thread at a time: the loop hands a lone batch to a model thread
-        # only when nothing else is in hand
+        # parse may run on two threads at once (a lone batch on a model thread while the parse
+        # thread finishes the backlog's last one): the types only gain entries, the same from either
         self._keep_types: dict[str, pa.DataType] = {}
 
     def parse(self, messages: Sequence[Any]) -> Parsed:
