@@ -1,11 +1,10 @@
 """KafkaScorer: Kafka in, predictions out, at-least-once by default and exactly-once on request.
 
 One loop: consume up to ``max_batch_size`` messages (or what came within ``max_wait_ms``) and hand
-them to worker threads: one parses them, the model's (one per core where it takes concurrent calls)
-score the good ones, one call per micro-batch, and write the outputs (``scoring.MessageScorer``);
-meanwhile the loop consumes the next micro-batches and produces the outputs of the one before, with
-the bad messages' dead letters. A model call that runs long is waited for with the consumer paused
-but polling (so a slow model never overruns ``max.poll.interval.ms``).
+them to worker threads: one parses, the model's (one per core where it takes concurrent calls) score
+the good ones in one call and write the outputs (``scoring.MessageScorer``); meanwhile the loop
+consumes the next micro-batches and produces the outputs of the one before, with the dead letters.
+A long model call runs with the consumer paused but polling: it never overruns max.poll.interval.ms.
 
 Commits: after the outputs are acknowledged (at-least-once), or with the outputs in one
 transaction (exactly-once). At the end of the backlog every micro-batch is committed at once;
@@ -37,7 +36,7 @@ from .metrics import StreamMetrics
 from .scoring import MessageScorer, Outcome
 
 log = logging.getLogger("lakeinfer.stream")
-MODEL_THREADS = 8
+MODEL_THREADS = 8  # at most: each holds a micro-batch consumed and not yet committed
 
 
 @dataclasses.dataclass
@@ -100,10 +99,9 @@ class KafkaScorer:
         if not 0 <= config.commit_interval_ms <= 10_000:
             # the broker aborts a transaction left open for transaction.timeout.ms (30 s here)
             raise ConfigError("stream: commit_interval_ms must be from 0 to 10000")
-        # as batch shares out the cores: a runtime that takes concurrent calls (ONNX) runs
-        # single-threaded, one micro-batch per core (a third less CPU per message than one call over
-        # every core, and batch's answers bit for bit); any other uses its own threads, one call at a time
-        # (at most MODEL_THREADS: each holds a micro-batch consumed and not yet committed)
+        # as batch shares out the cores: a runtime that takes concurrent calls (ONNX) runs single-threaded,
+        # one micro-batch per core (less CPU than one call over every core, and batch's answers bit for
+        # bit); any other runs on its own threads, one call at a time
         concurrent = (config.recipe.flavor or detect_flavor(config.recipe.model_path)) in CONCURRENT_FLAVORS
         self._model_threads = min(available_cores(), MODEL_THREADS) if concurrent else 1
         self.runtime = ModelRuntime(config.recipe, threads=1 if concurrent else own_threads())
