@@ -3,9 +3,11 @@ PipelineModels run natively, and a real standalone cluster on 127.0.0.1."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lakeinfer.engines.spark import ScoreStats, score
+from lakeinfer.models import model_digest
 from tests.conftest import FEATURES, Trained, read_output, run_cli, spark_session
 from tests.serving import free_port
 
@@ -51,6 +54,12 @@ def test_model_loads_once_per_python_worker(spark, xgboost_model: Trained, frame
     assert df.rdd.getNumPartitions() == 50
     assert 1 <= stats[0].model_loads <= stats[0].workers <= 2, (stats[0].model_loads, stats[0].workers)
     np.testing.assert_array_equal(result["prediction"], xgboost_model.labels)
+    # every worker process used one copy of the model on this machine, and nothing else was left there
+    root = Path(tempfile.gettempdir()) / f"lakeinfer-models-{os.getuid()}"
+    digest = model_digest(xgboost_model.path)
+    assert [p.name for p in root.iterdir() if p.name.startswith(digest)] == [
+        f"{digest}-{hashlib.sha256(Path(xgboost_model.path).name.encode()).hexdigest()[:8]}"]
+    assert not [p for p in root.iterdir() if p.name.startswith(".") or ".stale-" in p.name]
 
 
 def test_pipeline_model_runs_natively(spark, frame: pd.DataFrame, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -1,21 +1,18 @@
 """The Spark engine: the pipeline over a DataFrame through ``mapInArrow``, the iterator pattern.
 
-The model's bytes are broadcast once; each Python worker writes them to a local file and builds
-the pipeline once, keeping it in a process cache keyed by the model's digest and the recipe, so
-a model loads at most once per Python worker for the whole job (again only if Spark recycles
-the worker).
+The model's bytes are broadcast once and written to one folder per model on each machine; each
+Python worker builds the pipeline once, keeping it in a process cache keyed by the model's digest
+and the recipe, so a model loads at most once per Python worker for the whole job (again only if
+Spark recycles the worker).
 Spark ML PipelineModels run natively with ``transform``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import re
-import tempfile
 import time
-import zipfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -24,6 +21,7 @@ import pyarrow as pa
 from .. import errors
 from ..models import detect_flavor
 from ..runtime import ModelRuntime, PipelineRecipe
+from ._ship import model_on_disk, pack
 
 __all__ = ["ScoreStats", "score", "run_spark_batch", "lakeinfer_error"]
 
@@ -53,31 +51,10 @@ class _Shipped:
     threads: int  # the model's own threads: the cores of one task (spark.task.cpus)
 
 
-def _pack(path: str) -> bytes:
-    if os.path.isfile(path):
-        with open(path, "rb") as fh:
-            return fh.read()
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for root, _, names in os.walk(path):
-            for name in names:
-                full = os.path.join(root, name)
-                archive.write(full, os.path.relpath(full, path))
-    return buffer.getvalue()
-
-
 def _worker_runtime(shipped: _Shipped) -> ModelRuntime:
     runtime = _CACHE.get(shipped.key)
     if runtime is None:
-        folder = tempfile.mkdtemp(prefix=f"lakeinfer-model-{shipped.digest[:12]}-")
-        local = os.path.join(folder, shipped.name)
-        data = shipped.payload.value
-        if shipped.is_dir:
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                archive.extractall(local)
-        else:
-            with open(local, "wb") as fh:
-                fh.write(data)
+        local = model_on_disk(shipped.digest, shipped.name, shipped.is_dir, lambda: shipped.payload.value)
         runtime = ModelRuntime(dataclasses.replace(shipped.recipe, model_path=local), threads=shipped.threads)
         _CACHE[shipped.key] = runtime
         shipped.loads.add(1)
@@ -184,7 +161,7 @@ def score(df: Any, model: str | PipelineRecipe, *, keep: Sequence[str] = (), fea
     set_param = type("SetParam", (_SetParam, AccumulatorParam), {})()
     pair_param = type("PairParam", (_PairParam, AccumulatorParam), {})()
     shipped = _Shipped(recipe=recipe, digest=recipe.digest, key=recipe.key, is_dir=os.path.isdir(path),
-                       name=os.path.basename(path.rstrip("/")), payload=context.broadcast(_pack(path)),
+                       name=os.path.basename(path.rstrip("/")), payload=context.broadcast(pack(path)),
                        loads=context.accumulator(0), pids=context.accumulator(set(), set_param),
                        counts=context.accumulator([0, 0], pair_param),
                        threads=int(spark.conf.get("spark.task.cpus", "1") or 1))

@@ -1,0 +1,92 @@
+"""A model shipped to a cluster: packed once on the driver, placed once per model on each machine."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+
+from .. import errors
+from ..models import model_digest
+
+__all__ = ["model_on_disk", "pack"]
+
+UNUSED_FOR_S = 7 * 24 * 3600  # a model's folder no job has used for this long is removed
+
+
+def pack(path: str) -> bytes:
+    """The model's bytes: a file as it is, a folder as an uncompressed zip."""
+    if os.path.isfile(path):
+        with open(path, "rb") as fh:
+            return fh.read()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for root, _, names in os.walk(path):
+            for name in names:
+                full = os.path.join(root, name)
+                archive.write(full, os.path.relpath(full, path))
+    return buffer.getvalue()
+
+
+def model_on_disk(digest: str, name: str, is_dir: bool, data: Callable[[], bytes],
+                  root: str | None = None) -> str:
+    """The packed model on this machine: one folder per model, shared by its worker processes.
+
+    It is written once, into a staging folder renamed into place (atomic), and checked against the
+    digest before a worker loads it, so a folder half-written by a killed worker, or altered since,
+    is replaced rather than loaded. Processes and jobs reuse it: the disk holds one copy per model,
+    and a folder no job has used for a week goes when the next model is written.
+    ``data`` is called only when the folder has to be written.
+    """
+    root = root or os.path.join(tempfile.gettempdir(), f"lakeinfer-models-{os.getuid()}")
+    # the name too: the flavor may follow it, and a file's digest does not include its name
+    final = os.path.join(root, f"{digest}-{hashlib.sha256(name.encode()).hexdigest()[:8]}")
+    local = os.path.join(final, name)
+    for _ in range(3):
+        if os.path.exists(local) and model_digest(local) == digest:
+            os.utime(final)  # in use: not pruned
+            return local
+        if os.path.exists(final):  # stale or altered: move it aside (one process wins), then drop it
+            aside = f"{final}.stale-{os.getpid()}-{time.monotonic_ns()}"
+            try:
+                os.rename(final, aside)
+            except OSError:
+                pass
+            shutil.rmtree(aside, ignore_errors=True)
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=root)
+        try:
+            staged = os.path.join(staging, name)
+            if is_dir:
+                with zipfile.ZipFile(io.BytesIO(data())) as archive:
+                    archive.extractall(staged)
+            else:
+                with open(staged, "wb") as fh:
+                    fh.write(data())
+            if model_digest(staged) != digest:
+                raise errors.ModelLoadError(f"the model {name} shipped to a worker does not match its digest "
+                                            f"{digest[:12]}")
+            try:
+                os.rename(staging, final)  # fails when another process put it there first
+            except OSError:
+                pass
+            _prune(root, keep=final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    raise errors.ModelLoadError(f"could not place the model {name} in {root}")
+
+
+def _prune(root: str, keep: str) -> None:
+    cutoff = time.time() - UNUSED_FOR_S
+    for entry in os.scandir(root):
+        try:
+            unused = entry.path != keep and entry.is_dir() and entry.stat().st_mtime < cutoff
+        except OSError:
+            continue
+        if unused:
+            shutil.rmtree(entry.path, ignore_errors=True)
