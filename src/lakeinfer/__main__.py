@@ -4,7 +4,7 @@ import logging
 import os
 import sys
 
-from .cli import main
+from .cli import broken_pipe, main
 
 
 def entry() -> None:
@@ -16,12 +16,16 @@ def entry() -> None:
     a second, a tenth of a short job.
     """
     code = main()
-    if code == 0 and sys.argv[1:2] == ["batch"] and "pyspark" not in sys.modules:
+    fast = code == 0 and sys.argv[1:2] == ["batch"] and "pyspark" not in sys.modules
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = broken_pipe()
+    if fast:
         logging.shutdown()
         try:
-            sys.stdout.flush()
             sys.stderr.flush()
-        except BrokenPipeError:  # whoever read the output went away (`| head`): it was not delivered
+        except BrokenPipeError:
             code = 1
         os._exit(code)
     sys.exit(code)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +181,21 @@ def test_spark_rerun_after_the_input_changed_is_another_job(onnx_model: Trained,
     assert replaced.returncode == 0, replaced.stderr[-2000:]
     assert replaced.stdout.startswith("scored 910 rows"), replaced.stdout
     assert sorted(pq.read_table(out).column("id").to_pylist()) == list(range(910))
+
+
+def test_summary_to_a_closed_pipe_is_one_error_line_after_a_complete_job(onnx_model: Trained, tmp_path: Path) -> None:
+    """`lakeinfer batch --json | head -c0`: the reader is gone before the summary is printed."""
+    frame = make_frame(50)
+    pq.write_table(pa.Table.from_pandas(frame[["id", *FEATURES]], preserve_index=False), tmp_path / "in.parquet")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the pipe now fails with EPIPE
+    try:
+        result = subprocess.run([sys.executable, "-m", "lakeinfer", "batch", "--model", str(onnx_model.path),
+                                 *map(str, onnx_model.cli), "--input", str(tmp_path / "in.parquet"),
+                                 "--output", str(tmp_path / "out"), "--json"],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=240)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["lakeinfer: error: the output was not all read (broken pipe)"]
+    assert pq.read_table(tmp_path / "out").num_rows == 50  # the job itself was done and committed
