@@ -28,10 +28,8 @@ from ..io import table_job, tables
 from ..io.sinks import OutputFolder
 from ..io.sources import read_schema
 from ..models import (
-    CONCURRENT_FLAVORS,
     available_cores,
     default_processes,
-    detect_flavor,
     own_threads,
 )
 from ..runtime import ModelRuntime, PipelineRecipe
@@ -55,9 +53,8 @@ def plan_workers(recipe: PipelineRecipe, workers: int | None, units: int) -> tup
     rows are split (a tree ensemble's multi-threaded sums differ in the last bits).
     """
     cores = available_cores()
-    flavor = recipe.flavor or detect_flavor(recipe.model_path)
-    processes = max(1, min(workers or default_processes(flavor), units))
-    if processes > 1 or flavor not in CONCURRENT_FLAVORS:
+    processes = max(1, min(workers or default_processes(recipe.model_flavor), units))
+    if processes > 1 or not recipe.concurrent_calls:
         return processes, 1, 1
     threads = max(1, min(cores, units))
     return 1, threads, max(1, cores // threads)

@@ -15,7 +15,7 @@ from typing import Any
 
 from .._spec_models import validate_step
 from ..errors import ConfigError
-from ..models import Model, load_model, model_digest
+from ..models import CONCURRENT_FLAVORS, Model, detect_flavor, load_model, model_digest
 from ..pipeline import ModelStep, Pipeline, Transformer, step_from_dict
 
 __all__ = ["MODEL", "PipelineRecipe"]
@@ -71,6 +71,18 @@ class PipelineRecipe:
             else:
                 named.append((f"{type(step).__name__.lower()}_{i}", step))
         return Pipeline(named)
+
+    @cached_property
+    def model_flavor(self) -> str:
+        """The flavor given, else the one the model's path shows."""
+        return self.flavor or detect_flavor(self.model_path)
+
+    @property
+    def concurrent_calls(self) -> bool:
+        """Whether one loaded model takes calls from several threads at once (CONCURRENT_FLAVORS):
+        batch and stream then run it single-threaded, one call per core, rather than one call over
+        every core, which costs more and whose sums differ in the last bits from split to split."""
+        return self.model_flavor in CONCURRENT_FLAVORS
 
     @property
     def model_only(self) -> bool:

@@ -13,7 +13,7 @@ import tempfile
 from typing import Any
 
 from ..errors import ConfigError, LakeinferError, require
-from ..models import default_processes, detect_flavor
+from ..models import default_processes
 from ..runtime import ModelRuntime
 from .config import CONFIG_ENV, ServeConfig
 from .dataplane import model_threads
@@ -46,7 +46,7 @@ def run(config: ServeConfig) -> None:
         del runtime
     if config.workers is None:  # as the batch engine chooses (see models.default_processes); for
         # several models, the fewest any of them wants: a model that uses every core wants one process
-        config.workers = min(default_processes(m.recipe.flavor or detect_flavor(m.recipe.model_path))
+        config.workers = min(default_processes(m.recipe.model_flavor)
                              for m in config.models)
     if config.workers != 1:
         loaded.clear()  # each worker process loads its own

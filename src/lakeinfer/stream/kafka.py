@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, LakeinferError, require
-from ..models import CONCURRENT_FLAVORS, available_cores, detect_flavor, own_threads
+from ..models import available_cores, own_threads
 from ..runtime import ModelRuntime, PipelineRecipe
 from . import codec
 from .heap import frozen_heap
@@ -102,7 +102,7 @@ class KafkaScorer:
         # as batch shares out the cores: a runtime that takes concurrent calls (ONNX) runs single-threaded,
         # one micro-batch per core (less CPU than one call over every core, and batch's answers bit for
         # bit); any other runs on its own threads, one call at a time
-        concurrent = (config.recipe.flavor or detect_flavor(config.recipe.model_path)) in CONCURRENT_FLAVORS
+        concurrent = config.recipe.concurrent_calls
         self._model_threads = min(available_cores(), MODEL_THREADS) if concurrent else 1
         self.runtime = ModelRuntime(config.recipe, threads=1 if concurrent else own_threads())
         self._scorer = MessageScorer(self.runtime, config.keep)
