@@ -17,7 +17,9 @@ each variant runs `--repeat` times, the rounds interleaved, and its best round c
 The hand-written variants are written as a user would write them: onnxruntime with its default
 options, Spark's default Arrow batch size. Every variant gets the same Spark settings (local[2],
 4g driver memory) and the same model file. It prints rows/s and the ratio of lakeinfer to the best
-of (1)-(5) for each model.
+of (1)-(5) for each model. The command starts its JVM from the class archive an earlier Spark
+command on this machine wrote (README, "Spark performance"); on a machine without one, its first
+round writes it and runs about 4 s longer, so take the best of two rounds there.
 
     python bench/batch_spark.py [--rows 2000000] [--repeat 2] [--variants lakeinfer,mapInArrow] [--dir DIR]
 """

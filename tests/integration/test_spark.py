@@ -4,6 +4,7 @@ PipelineModels run natively, and a real standalone cluster on 127.0.0.1."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -204,3 +205,37 @@ def test_standalone_cluster(onnx_model: Trained, datasets: dict[str, Path], tmp_
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def test_a_later_command_starts_its_jvm_from_the_class_archive_the_first_wrote(
+        onnx_model: Trained, datasets: dict[str, Path], tmp_path: Path) -> None:
+    from lakeinfer.engines import _spark_cds
+
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "LAKEINFER_SPARK_CDS": "1"}
+    folder = tmp_path / "cache" / "lakeinfer" / "spark-cds"
+    args = ("batch", "--engine", "spark", "--master", "local[1]", "--model", onnx_model.path, *onnx_model.cli,
+            "--input", datasets["parquet"], "--keep", "id")
+    first = run_cli(*args, "--output", tmp_path / "first", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "cds" not in first.stdout + first.stderr  # the archive's notes are not the user's to read
+    java = _spark_cds._java()
+    assert java is not None
+    deadline = time.monotonic() + 180  # the JVM writes it as it exits, after the command returned
+    while not any(_spark_cds._starts_a_jvm(java, str(p)) for p in folder.glob("*.part.jsa")):
+        assert time.monotonic() < deadline, sorted(p.name for p in folder.iterdir())
+        time.sleep(0.5)
+    second = run_cli(*args, "--output", tmp_path / "second", env=env)
+    assert second.returncode == 0, second.stderr
+    [archive] = folder.glob("*.jsa")  # promoted: the candidate was renamed into place
+    assert not archive.name.endswith(".part.jsa")
+    a, b = read_output(tmp_path / "first"), read_output(tmp_path / "second")
+    np.testing.assert_array_equal(a["prediction"], b["prediction"])
+    np.testing.assert_array_equal(np.stack(a["probability"]), np.stack(b["probability"]))
+    probe = ("import json; from lakeinfer.engines._spark_session import session; s = session('local[1]', {}); "
+             "maps = open(f'/proc/{s.sparkContext._gateway.proc.pid}/maps').read().split(); "
+             "print(json.dumps([sorted({m for m in maps if m.endswith('.jsa')}), s.range(7).count()]))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=240,
+                         env={**os.environ, **env})
+    assert out.returncode == 0, out.stderr
+    mapped, count = json.loads(out.stdout.strip().splitlines()[-1])
+    assert str(archive) in mapped and count == 7

@@ -28,13 +28,20 @@ def session(master: str | None, conf: dict[str, str]) -> Any:
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = SparkSession.builder.appName("lakeinfer").config("spark.ui.showConsoleProgress", "false")
     builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    from pyspark import SparkContext
+
+    if SparkContext._gateway is None:  # this command starts the JVM: with the class archive
+        from ._spark_cds import driver_java_options
+
+        options = driver_java_options(conf)
+        if options:
+            theirs = conf.get("spark.driver.defaultJavaOptions")
+            conf = {**conf, "spark.driver.defaultJavaOptions": f"{theirs} {options}" if theirs else options}
     if master:
         builder = builder.master(master)
     for key, value in conf.items():
         builder = builder.config(key, value)
     packages = conf.get("spark.jars.packages")
-    from pyspark import SparkContext
-
     if not packages or SparkContext._gateway is not None:  # no jars to fetch, or the JVM runs already
         spark = builder.getOrCreate()
     else:
