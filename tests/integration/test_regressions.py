@@ -199,3 +199,11 @@ def test_summary_to_a_closed_pipe_is_one_error_line_after_a_complete_job(onnx_mo
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == ["lakeinfer: error: the output was not all read (broken pipe)"]
     assert pq.read_table(tmp_path / "out").num_rows == 50  # the job itself was done and committed
+
+
+def test_spark_command_on_a_missing_input_fails_before_starting_spark(onnx_model: Trained, tmp_path: Path) -> None:
+    result = run_cli("batch", "--engine", "spark", "--master", "local[1]", "--model", onnx_model.path,
+                     *onnx_model.cli, "--input", tmp_path / "nowhere", "--output", tmp_path / "out")
+    assert result.returncode == 1
+    # one line, and none of the JVM's start-up lines (log4j's, the launcher's) before it
+    assert result.stderr.strip().splitlines() == [f"lakeinfer: error: input {tmp_path / 'nowhere'} does not exist"]

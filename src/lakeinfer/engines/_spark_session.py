@@ -135,9 +135,11 @@ def spark_path(uri: str, path: str | None = None) -> str:
 _NO_S3A = ("S3AFileSystem", 'scheme "s3a"')
 
 
-def read(spark: Any, uri: str, input_format: str | None) -> tuple[Any, str, list[InputFile]]:
-    """The input as a DataFrame, its format (from the file names unless given) and its files."""
-    fs, files, fmt = list_input(uri, input_format)
+def read(spark: Any, uri: str, input_format: str | None,
+         listed: tuple[Any, list[InputFile], str] | None = None) -> tuple[Any, str, list[InputFile]]:
+    """The input as a DataFrame, its format (from the file names unless given) and its files
+    (``listed``: what ``list_input`` gave, where the caller listed them before Spark started)."""
+    fs, files, fmt = listed or list_input(uri, input_format)
     paths = [spark_path(uri, f.path) for f in files]
     reader = spark.read
     try:

@@ -250,8 +250,11 @@ def run_spark_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, 
                            partition_by=partition_by, overwrite=overwrite, catalog=catalog or "default",
                            where=where, snapshot=snapshot, incremental=incremental, full=full, staging=staging,
                            start=start)
+    from ..io.sources import list_input
+
+    listed = list_input(input_uri, input_format)  # a missing or unreadable input fails without a JVM
     spark = session(master, {**batch_defaults(master), **(spark_conf or {})})
-    df, fmt, files = read(spark, input_uri, input_format)
+    df, fmt, files = read(spark, input_uri, input_format, listed)
     # the files, as the local engine has them: an input changed or added since is another job
     fingerprint = {"input": input_uri, "format": fmt, "files": [[f.path, f.size, f.mtime_ns] for f in files],
                    "keep": list(keep), "pipeline": recipe.describe(), "partition_by": list(partition_by)}
