@@ -4,7 +4,8 @@ import logging
 import os
 import sys
 
-from .cli import broken_pipe, main
+from ._pipes import broken_pipe
+from .cli import main
 
 
 def entry() -> None:
@@ -18,13 +19,15 @@ def entry() -> None:
     code = main()
     fast = code == 0 and sys.argv[1:2] == ["batch"] and "pyspark" not in sys.modules
     try:
-        sys.stdout.flush()
+        if sys.stdout is not None:  # None when the command ran with its output closed (>&-)
+            sys.stdout.flush()
     except BrokenPipeError:
         code = broken_pipe()
     if fast:
         logging.shutdown()
         try:
-            sys.stderr.flush()
+            if sys.stderr is not None:
+                sys.stderr.flush()
         except BrokenPipeError:
             code = 1
         os._exit(code)

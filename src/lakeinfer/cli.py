@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._pipes import broken_pipe, stdout_closed
 from ._version import __version__
 from .errors import LakeinferError
 from .pipeline import ON_ERROR
@@ -373,14 +374,6 @@ def _print_inspect(info: dict) -> None:  # type: ignore[type-arg]
         print(f"note: {note}")
 
 
-def broken_pipe() -> int:
-    """Whoever read the standard output went away (`| head`): one line, exit 1, and no second
-    error when the interpreter flushes it at exit."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    print("lakeinfer: error: the output was not all read (broken pipe)", file=sys.stderr)
-    return 1
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -391,8 +384,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lakeinfer: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return broken_pipe()
+    except BrokenPipeError as exc:
+        if stdout_closed():
+            return broken_pipe()
+        print(f"lakeinfer: error: a connection closed while writing to it: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:
         if os.environ.get("LAKEINFER_DEBUG"):
             raise

@@ -14,6 +14,11 @@ from lakeinfer.engines._ship import UNUSED_FOR_S, model_on_disk, pack
 from lakeinfer.models import model_digest
 
 
+def entries(root: Path | str) -> list[str]:
+    """What the root holds besides the lock file its workers take turns with."""
+    return sorted(set(os.listdir(root)) - {".lock"})
+
+
 class Source:
     """The packed bytes, counting how often a worker had to fetch them."""
 
@@ -34,7 +39,7 @@ def test_a_file_is_placed_once_and_reused(tmp_path: Path) -> None:
     second = model_on_disk(digest, "model.onnx", False, source, root=str(root))
     assert first == second and Path(first).read_bytes() == model.read_bytes()
     assert source.calls == 1
-    assert len(os.listdir(root)) == 1  # no staging folder left behind
+    assert len(entries(root)) == 1  # no staging folder left behind
 
 
 def test_a_folder_round_trips(tmp_path: Path) -> None:
@@ -55,7 +60,7 @@ def test_an_altered_copy_is_replaced_not_loaded(tmp_path: Path) -> None:
     placed.write_bytes(b"half written")
     again = Path(model_on_disk(digest, "model.onnx", False, source, root=root))
     assert again.read_bytes() == model.read_bytes() and source.calls == 2
-    assert len(os.listdir(root)) == 1
+    assert len(entries(root)) == 1
 
 
 def test_bytes_that_do_not_match_the_digest_are_refused(tmp_path: Path) -> None:
@@ -64,7 +69,7 @@ def test_bytes_that_do_not_match_the_digest_are_refused(tmp_path: Path) -> None:
     root = tmp_path / "root"
     with pytest.raises(errors.ModelLoadError, match="model.onnx .* does not match its digest"):
         model_on_disk(model_digest(model), "model.onnx", False, lambda: b"other bytes", root=str(root))
-    assert os.listdir(root) == []
+    assert entries(root) == []
 
 
 def test_one_file_under_two_names_gets_two_folders(tmp_path: Path) -> None:
@@ -95,7 +100,7 @@ def test_workers_placing_at_once_share_one_copy(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert failures == [] and len(set(placed)) == 1 and len(placed) == 8
-    assert len(os.listdir(root)) == 1 and model_digest(placed[0]) == digest
+    assert len(entries(root)) == 1 and model_digest(placed[0]) == digest
 
 
 def test_a_model_no_job_used_for_a_week_goes_when_another_is_written(tmp_path: Path) -> None:
@@ -114,4 +119,20 @@ def test_a_model_no_job_used_for_a_week_goes_when_another_is_written(tmp_path: P
     new.write_bytes(b"new model")
     model_on_disk(model_digest(new), "new.onnx", False, Source(new), root=str(root))
     assert not old_folder.exists() and recent_folder.exists()
-    assert len(os.listdir(root)) == 2
+    assert len(entries(root)) == 2
+
+
+@pytest.mark.parametrize("how", ["open to others", "a link to another folder"])
+def test_a_root_that_is_not_this_users_own_is_refused(how: str, tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"model")
+    root = tmp_path / "root"
+    if how == "open to others":
+        root.mkdir()
+        root.chmod(0o777)
+    else:
+        (tmp_path / "theirs").mkdir(mode=0o700)
+        root.symlink_to(tmp_path / "theirs")
+    with pytest.raises(errors.ModelLoadError, match="not a folder of this user's own, closed to others"):
+        model_on_disk(model_digest(model), "model.onnx", False, Source(model), root=str(root))
+    assert not list((tmp_path / "theirs").iterdir()) if how != "open to others" else entries(root) == []

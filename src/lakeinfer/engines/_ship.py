@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
 import shutil
+import stat
 import tempfile
 import time
 import zipfile
@@ -37,28 +39,30 @@ def model_on_disk(digest: str, name: str, is_dir: bool, data: Callable[[], bytes
                   root: str | None = None) -> str:
     """The packed model on this machine: one folder per model, shared by its worker processes.
 
-    It is written once, into a staging folder renamed into place (atomic), and checked against the
-    digest before a worker loads it, so a folder half-written by a killed worker, or altered since,
-    is replaced rather than loaded. Processes and jobs reuse it: the disk holds one copy per model,
-    and a folder no job has used for a week goes when the next model is written.
+    It is written once, into a staging folder renamed into place, and checked against the digest
+    before a worker loads it, so a folder half-written by a killed worker, or altered since, is
+    replaced rather than loaded. Workers take turns (a lock file) to check, place and prune, so
+    none removes a folder another has just checked. Processes and jobs reuse it: the disk holds
+    one copy per model, and a folder no job has used for a week goes when the next model is
+    written. The root must be this user's own folder, closed to others (a model is code to load).
     ``data`` is called only when the folder has to be written.
     """
     root = root or os.path.join(tempfile.gettempdir(), f"lakeinfer-models-{os.getuid()}")
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    info = os.lstat(root)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise errors.ModelLoadError(f"{root} is not a folder of this user's own, closed to others: the model "
+                                    "is not placed there (remove it, or set TMPDIR to another folder)")
     # the name too: the flavor may follow it, and a file's digest does not include its name
     final = os.path.join(root, f"{digest}-{hashlib.sha256(name.encode()).hexdigest()[:8]}")
     local = os.path.join(final, name)
-    for _ in range(3):
+    with open(os.path.join(root, ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.exists(local) and model_digest(local) == digest:
             os.utime(final)  # in use: not pruned
             return local
-        if os.path.exists(final):  # stale or altered: move it aside (one process wins), then drop it
-            aside = f"{final}.stale-{os.getpid()}-{time.monotonic_ns()}"
-            try:
-                os.rename(final, aside)
-            except OSError:
-                pass
-            shutil.rmtree(aside, ignore_errors=True)
-        os.makedirs(root, mode=0o700, exist_ok=True)
+        if os.path.exists(final):  # stale or altered
+            shutil.rmtree(final)
         staging = tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=root)
         try:
             staged = os.path.join(staging, name)
@@ -71,21 +75,18 @@ def model_on_disk(digest: str, name: str, is_dir: bool, data: Callable[[], bytes
             if model_digest(staged) != digest:
                 raise errors.ModelLoadError(f"the model {name} shipped to a worker does not match its digest "
                                             f"{digest[:12]}")
-            try:
-                os.rename(staging, final)  # fails when another process put it there first
-            except OSError:
-                pass
-            _prune(root, keep=final)
+            os.rename(staging, final)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    raise errors.ModelLoadError(f"could not place the model {name} in {root}")
+        _prune(root, keep=final)
+        return local
 
 
 def _prune(root: str, keep: str) -> None:
     cutoff = time.time() - UNUSED_FOR_S
     for entry in os.scandir(root):
         try:
-            unused = entry.path != keep and entry.is_dir() and entry.stat().st_mtime < cutoff
+            unused = entry.path != keep and entry.is_dir(follow_symlinks=False) and entry.stat().st_mtime < cutoff
         except OSError:
             continue
         if unused:
