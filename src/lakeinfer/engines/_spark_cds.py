@@ -161,8 +161,11 @@ def _options(conf: dict[str, str]) -> str | None:
     if any(os.path.exists(c) for c in candidates) or not _can_write_archives(java):
         return None
     os.makedirs(folder, exist_ok=True)
-    name = f"{key}.{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.part.jsa"
-    return f"-XX:ArchiveClassesAtExit={os.path.join(folder, name)} {QUIET}"
+    candidate = os.path.join(folder, f"{key}.{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.part.jsa")
+    # claimed now, empty: a command started before this one's JVM exits writes no second archive
+    with open(candidate, "x"):
+        pass
+    return f"-XX:ArchiveClassesAtExit={candidate} {QUIET}"
 
 
 def _prune(folder: str, keep: str) -> None:
