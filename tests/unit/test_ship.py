@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lakeinfer import errors
+from lakeinfer.engines import _ship as ship
 from lakeinfer.engines._ship import UNUSED_FOR_S, model_on_disk, pack
 from lakeinfer.models import model_digest
 
@@ -59,8 +60,29 @@ def test_an_altered_copy_is_replaced_not_loaded(tmp_path: Path) -> None:
     placed = Path(model_on_disk(digest, "model.onnx", False, source, root=root))
     placed.write_bytes(b"half written")
     again = Path(model_on_disk(digest, "model.onnx", False, source, root=root))
-    assert again.read_bytes() == model.read_bytes() and source.calls == 2
-    assert len(entries(root)) == 1
+    assert again == placed and again.read_bytes() == model.read_bytes() and source.calls == 2
+    # the altered copy was moved aside, not deleted under a worker that may read it; pruned in a week
+    [aside] = [name for name in entries(root) if ".aside-" in name]
+    assert (Path(root) / aside / "model.onnx").read_bytes() == b"half written"
+
+
+def test_files_a_load_adds_are_no_alteration_and_reuse_reads_nothing_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tmp_path / "mlflow_model"
+    (model / "code").mkdir(parents=True)
+    (model / "MLmodel").write_text("flavors: {}\n")
+    (model / "code" / "helpers.py").write_text("X = 1\n")
+    digest, source, root = model_digest(model), Source(model), str(tmp_path / "root")
+    placed = Path(model_on_disk(digest, "mlflow_model", True, source, root=root))
+    (placed / "code" / "__pycache__").mkdir()
+    (placed / "code" / "__pycache__" / "helpers.cpython-311.pyc").write_bytes(b"bytecode")  # what importing writes
+    hashed: list[str] = []
+    monkeypatch.setattr(ship, "model_digest", lambda path: hashed.append(path) or model_digest(path))
+    assert Path(model_on_disk(digest, "mlflow_model", True, source, root=root)) == placed
+    assert source.calls == 1 and hashed == []  # reused from its record: not fetched, not hashed again
+    (placed / "code" / "helpers.py").unlink()  # a shipped file gone: placed anew
+    assert Path(model_on_disk(digest, "mlflow_model", True, source, root=root)) == placed
+    assert source.calls == 2 and (placed / "code" / "helpers.py").read_text() == "X = 1\n"
 
 
 def test_bytes_that_do_not_match_the_digest_are_refused(tmp_path: Path) -> None:

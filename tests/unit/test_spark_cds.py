@@ -16,8 +16,8 @@ from lakeinfer.engines import _spark_cds as cds
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    for name in ("LAKEINFER_SPARK_CDS", "JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "HADOOP_CONF_DIR", "YARN_CONF_DIR",
-                 "SPARK_CLASSPATH", "SPARK_DIST_CLASSPATH"):
+    for name in ("LAKEINFER_SPARK_CDS", "HADOOP_CONF_DIR", "YARN_CONF_DIR", "SPARK_CLASSPATH", "SPARK_DIST_CLASSPATH",
+                 *cds._THEIR_OPTIONS):
         monkeypatch.delenv(name, raising=False)
     (tmp_path / "conf").mkdir()
     monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path / "conf"))
@@ -110,9 +110,19 @@ def test_the_administrators_options_are_left_alone(line: str, cache: Path, tmp_p
 def test_no_archive_where_the_jvm_could_not_use_or_write_one(cache: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     assert cds.driver_java_options({"spark.driver.extraJavaOptions": "-Xshare:off"}) is None
-    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-XX:SharedArchiveFile=/theirs.jsa")
-    assert cds.driver_java_options({}) is None
-    monkeypatch.delenv("JAVA_TOOL_OPTIONS")
+    assert cds.driver_java_options({"spark.driver.extraJavaOptions": "-XX:-UseSharedSpaces"}) is None
+    for name, value in [("JAVA_TOOL_OPTIONS", "-XX:SharedArchiveFile=/theirs.jsa"), ("_JAVA_OPTIONS", "-Xshare:off"),
+                        ("SPARK_SUBMIT_OPTS", "-XX:-UseSharedSpaces"),
+                        ("PYSPARK_SUBMIT_ARGS", "--driver-java-options -Xshare:off pyspark-shell")]:
+        monkeypatch.setenv(name, value)
+        assert cds.driver_java_options({}) is None, name
+        monkeypatch.delenv(name)
+    # options the environment gives every JVM that a JVM writing an archive would not start with
+    java = cds._java()
+    assert java is not None and cds._can_write_archives(java, str(tmp_path))
+    monkeypatch.setenv("_JAVA_OPTIONS", "-Xshare:off")
+    assert not cds._can_write_archives(java, str(tmp_path))
+    monkeypatch.delenv("_JAVA_OPTIONS")
     (tmp_path / "conf" / "log4j2.properties.template").write_text("")  # a folder of files on the class path
     assert cds.driver_java_options({}) is None
     (tmp_path / "conf" / "log4j2.properties.template").unlink()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
+import json
 import os
 import shutil
 import stat
@@ -18,6 +19,7 @@ from ..models import model_digest
 
 __all__ = ["model_on_disk", "pack"]
 
+PLACED = ".placed.json"  # beside the model in its folder: what was placed, to check a reuse against
 UNUSED_FOR_S = 7 * 24 * 3600  # a model's folder no job has used for this long is removed
 
 
@@ -39,13 +41,15 @@ def model_on_disk(digest: str, name: str, is_dir: bool, data: Callable[[], bytes
                   root: str | None = None) -> str:
     """The packed model on this machine: one folder per model, shared by its worker processes.
 
-    It is written once, into a staging folder renamed into place, and checked against the digest
-    before a worker loads it, so a folder half-written by a killed worker, or altered since, is
-    replaced rather than loaded. Workers take turns (a lock file) to check, place and prune, so
-    none removes a folder another has just checked. Processes and jobs reuse it: the disk holds
-    one copy per model, and a folder no job has used for a week goes when the next model is
-    written. The root must be this user's own folder, closed to others (a model is code to load).
-    ``data`` is called only when the folder has to be written.
+    It is written once, into a staging folder renamed into place, after its bytes are checked
+    against the digest; a record beside it (the digest, each shipped file's size and time) lets
+    the next worker reuse it without reading it all again, and tells a copy altered since (or a
+    shipped file gone) from one that a load only added files to (``__pycache__`` under an MLflow
+    model's code). An altered copy is moved aside, never deleted while a worker may be reading it,
+    and a fresh one placed. Workers take turns (a lock file) to check, place and prune. Processes
+    and jobs reuse the copy: the disk holds one per model, and a folder no job has used for a week
+    goes when the next model is written. The root must be this user's own folder, closed to others
+    (a model is code to load). ``data`` is called only when the folder has to be written.
     """
     root = root or os.path.join(tempfile.gettempdir(), f"lakeinfer-models-{os.getuid()}")
     os.makedirs(root, mode=0o700, exist_ok=True)
@@ -58,11 +62,13 @@ def model_on_disk(digest: str, name: str, is_dir: bool, data: Callable[[], bytes
     local = os.path.join(final, name)
     with open(os.path.join(root, ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.exists(local) and model_digest(local) == digest:
+        if _as_placed(final, local, digest):
             os.utime(final)  # in use: not pruned
             return local
-        if os.path.exists(final):  # stale or altered
-            shutil.rmtree(final)
+        if os.path.exists(final):  # altered since: aside (a worker may still read it), pruned in a week
+            aside = f"{final}.aside-{os.getpid()}-{time.monotonic_ns()}"
+            os.rename(final, aside)
+            os.utime(aside)
         staging = tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=root)
         try:
             staged = os.path.join(staging, name)
@@ -75,11 +81,36 @@ def model_on_disk(digest: str, name: str, is_dir: bool, data: Callable[[], bytes
             if model_digest(staged) != digest:
                 raise errors.ModelLoadError(f"the model {name} shipped to a worker does not match its digest "
                                             f"{digest[:12]}")
+            with open(os.path.join(staging, PLACED), "w") as fh:
+                json.dump({"digest": digest, "files": _files(staged)}, fh)
             os.rename(staging, final)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         _prune(root, keep=final)
         return local
+
+
+def _files(local: str) -> list[list[object]]:
+    """Each file of a placed model: its path in the model, size and modification time."""
+    paths = [local] if os.path.isfile(local) else sorted(
+        os.path.join(folder, name) for folder, _, names in os.walk(local) for name in names)
+    return [[os.path.relpath(path, local), os.stat(path).st_size, os.stat(path).st_mtime_ns] for path in paths]
+
+
+def _as_placed(final: str, local: str, digest: str) -> bool:
+    """Whether the copy holds every shipped file as it was placed (files a load added aside)."""
+    try:
+        with open(os.path.join(final, PLACED)) as fh:
+            record = json.load(fh)
+        if record["digest"] != digest:
+            return False
+        for rel, size, mtime in record["files"]:
+            now = os.stat(os.path.normpath(os.path.join(local, rel)))
+            if (now.st_size, now.st_mtime_ns) != (size, mtime):
+                return False
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _prune(root: str, keep: str) -> None:

@@ -66,14 +66,20 @@ def _in_spark_defaults(name: str) -> bool:
         return False
 
 
+# where the user's options for the driver's JVM may be, and the options that choose its class sharing
+_THEIR_OPTIONS = ("JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS", "SPARK_SUBMIT_OPTS", "PYSPARK_SUBMIT_ARGS")
+_SHARING_OPTIONS = ("Xshare", "SharedSpaces", "SharedArchiveFile", "ArchiveClassesAtExit", "SharedClassListFile",
+                    "DumpLoadedClassList")
+
+
 def _archivable(conf: dict[str, str]) -> bool:
     """Whether a JVM started here can use or write an archive: the JDK maps its own base archive
     (not with ``-Xshare:off``, nor in images built without one), no option of the user's already
     chooses an archive, and no folder on the driver's class path holds files (JDK 17 refuses to
     write an archive then, and says so on the command's output)."""
     theirs = " ".join([conf.get("spark.driver.extraJavaOptions", ""), conf.get("spark.driver.defaultJavaOptions", ""),
-                       os.environ.get("JAVA_TOOL_OPTIONS", ""), os.environ.get("JDK_JAVA_OPTIONS", "")])
-    if "Xshare" in theirs or "SharedArchiveFile" in theirs or "ArchiveClassesAtExit" in theirs:
+                       *(os.environ.get(name, "") for name in _THEIR_OPTIONS)])
+    if any(option in theirs for option in _SHARING_OPTIONS):
         return False
     entries = [_spark_conf_dir(), os.environ.get("HADOOP_CONF_DIR", ""), os.environ.get("YARN_CONF_DIR", "")]
     for listing in (conf.get("spark.driver.extraClassPath", ""), os.environ.get("SPARK_CLASSPATH", ""),
@@ -84,9 +90,11 @@ def _archivable(conf: dict[str, str]) -> bool:
 
 def _key(java: str, conf: dict[str, str]) -> str:
     import pyspark
+    from pyspark.find_spark_home import _find_spark_home
 
+    home = os.environ.get("SPARK_HOME") or _find_spark_home()  # the jars spark-submit puts on the class path
     jars = [(os.path.basename(p), os.stat(p).st_size, os.stat(p).st_mtime_ns)
-            for p in sorted(glob.glob(os.path.join(glob.escape(os.path.dirname(pyspark.__file__)), "jars", "*")))]
+            for p in sorted(glob.glob(os.path.join(glob.escape(home), "jars", "*")))]
     stat = os.stat(java)
     parts = [java, stat.st_size, stat.st_mtime_ns, pyspark.__version__, jars,
              *(conf.get(k, "") for k in ("spark.jars.packages", "spark.jars", "spark.driver.extraClassPath"))]
@@ -110,14 +118,22 @@ def _whole(java: str, archive: str) -> bool:
     return ok and (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
 
 
-def _can_write_archives(java: str) -> bool:
-    """A JDK of 13 or later that maps its own base archive (a dynamic one is written on top)."""
+def _can_write_archives(java: str, folder: str) -> bool:
+    """A HotSpot JDK of 13 or later that, with the options the environment gives every JVM,
+    writes an archive (a dynamic one goes on top of the JDK's base archive, which some JDK images
+    lack and some options turn off: the driver's JVM would not even start then)."""
+    probe = os.path.join(folder, f".probe-{os.getpid()}-{secrets.token_hex(4)}.jsa")
     try:
-        run = subprocess.run([java, "-Xshare:on", "-version"], capture_output=True, text=True, timeout=60)
+        run = subprocess.run([java, f"-XX:ArchiveClassesAtExit={probe}", *QUIET.split(), "-version"],
+                             capture_output=True, text=True, timeout=60)
+        wrote = os.path.exists(probe)
     except (OSError, subprocess.SubprocessError):
         return False
+    finally:
+        if os.path.exists(probe):
+            os.remove(probe)
     match = re.search(r'version "(\d+)(?:\.(\d+))?', run.stderr)
-    if run.returncode != 0 or match is None:
+    if run.returncode != 0 or not wrote or match is None or "OpenJ9" in run.stderr:
         return False
     major = int(match.group(1)) if match.group(1) != "1" else int(match.group(2) or 0)
     return major >= 13
@@ -158,9 +174,9 @@ def _options(conf: dict[str, str]) -> str | None:
         _prune(folder, keep=archive)
         return f"-XX:SharedArchiveFile={archive} {QUIET}"
     # a candidate written in the last minutes may still be being written: no second one meanwhile
-    if any(os.path.exists(c) for c in candidates) or not _can_write_archives(java):
-        return None
     os.makedirs(folder, exist_ok=True)
+    if any(os.path.exists(c) for c in candidates) or not _can_write_archives(java, folder):
+        return None
     candidate = os.path.join(folder, f"{key}.{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.part.jsa")
     # claimed now, empty: a command started before this one's JVM exits writes no second archive
     with open(candidate, "x"):
