@@ -94,7 +94,8 @@ def _files(local: str) -> list[list[object]]:
     """Each file of a placed model: its path in the model, size and modification time."""
     paths = [local] if os.path.isfile(local) else sorted(
         os.path.join(folder, name) for folder, _, names in os.walk(local) for name in names)
-    return [[os.path.relpath(path, local), os.stat(path).st_size, os.stat(path).st_mtime_ns] for path in paths]
+    return [[os.path.relpath(path, local), info.st_size, info.st_mtime_ns]
+            for path, info in ((path, os.stat(path)) for path in paths)]
 
 
 def _as_placed(final: str, local: str, digest: str) -> bool:

@@ -27,11 +27,7 @@ from .. import errors
 from ..io import table_job, tables
 from ..io.sinks import OutputFolder
 from ..io.sources import read_schema
-from ..models import (
-    available_cores,
-    default_processes,
-    own_threads,
-)
+from ..models import available_cores, default_processes, own_threads
 from ..runtime import ModelRuntime, PipelineRecipe
 from . import _worker
 
