@@ -1,0 +1,246 @@
+"""H2O-3 MOJOs scored without a JVM, against H2O's own in-cluster predict on the same rows.
+
+H2O itself (the ``h2o`` client starts its JVM, once for the module) trains small GBM, DRF, XRT and
+GLM models on numeric and categorical columns with NAs in both; the test rows add NAs and levels
+unseen in training. lakeinfer's batch and serve outputs must equal H2O's: the same labels,
+probabilities and values within 1e-6. Numbers are whole (as float64): every path (CSV into H2O,
+Parquet, JSON) carries them exactly, so H2O and lakeinfer see the same bits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import lakeinfer
+from tests.conftest import read_output, run_cli
+from tests.serving import free_port, serving
+
+PLANS = ["basic", "free", "pro", "team"]
+REGIONS = ["asia", "eu", "us"]
+FEATURES = ["a", "b", "plan", "region"]
+CLASSES = ["x", "y", "z"]
+
+
+def make_frame(rows: int, seed: int, *, unseen: bool = False) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    a = rng.integers(-20, 21, rows).astype(np.float64)
+    b = rng.integers(0, 50, rows).astype(np.float64)
+    plan = rng.choice(PLANS + (["enterprise"] if unseen else []), rows).astype(object)
+    region = rng.choice(REGIONS + (["mars"] if unseen else []), rows).astype(object)
+    a[rng.choice(rows, rows // 12, replace=False)] = np.nan
+    plan[rng.choice(rows, rows // 12, replace=False)] = None
+    region[rng.choice(rows, rows // 20, replace=False)] = None
+    score = np.nan_to_num(a) / 8 + (plan == "pro") - (region == "eu") + rng.normal(size=rows) * 0.6
+    frame = pd.DataFrame({"id": np.arange(rows, dtype=np.int64), "a": a, "b": b, "plan": plan, "region": region})
+    frame["y"] = np.where(score > 0.3, "yes", "no")
+    frame["k"] = np.array(CLASSES)[np.digitize(score + b / 40, [0.0, 1.2])]
+    frame["r"] = np.nan_to_num(a) * 1.5 + b / 4 + (plan == "team") * 3 + rng.normal(size=rows)
+    return frame
+
+
+@dataclass
+class Mojo:
+    path: Path
+    target: str
+    labels: np.ndarray  # H2O's predict column: labels (classifiers) or values (regression)
+    probability: np.ndarray | None  # H2O's class probabilities, in domain order
+
+
+@pytest.fixture(scope="module")
+def test_rows() -> pd.DataFrame:
+    return make_frame(240, seed=7, unseen=True)
+
+
+def _upload(h2o: Any, frame: pd.DataFrame, folder: Path, name: str) -> Any:
+    path = folder / f"{name}.csv"
+    frame.to_csv(path, index=False, na_rep="")
+    types = {c: "enum" for c in ("plan", "region", "y", "k")}
+    types.update({c: "numeric" for c in ("id", "a", "b", "r")})
+    return h2o.upload_file(str(path), col_types=types, na_strings=[""])
+
+
+@pytest.fixture(scope="module")
+def h2o_models(tmp_path_factory: pytest.TempPathFactory, test_rows: pd.DataFrame) -> Iterator[dict[str, Mojo]]:
+    os.environ["DO_NOT_TRACK"] = "1"
+    import h2o
+    from h2o.estimators import (
+        H2ODeepLearningEstimator,
+        H2OGeneralizedLinearEstimator,
+        H2OGradientBoostingEstimator,
+        H2ORandomForestEstimator,
+    )
+
+    folder = tmp_path_factory.mktemp("h2o")
+    h2o.init(port=free_port(), nthreads=2, max_mem_size="1G", verbose=False, name=f"lakeinfer-{os.getpid()}")
+    h2o.no_progress()
+    try:
+        train = _upload(h2o, make_frame(400, seed=1), folder, "train")
+        test = _upload(h2o, test_rows, folder, "test")
+        specs = {
+            "gbm_binomial": (H2OGradientBoostingEstimator(ntrees=20, max_depth=4, seed=1), "y"),
+            "gbm_regression": (H2OGradientBoostingEstimator(ntrees=15, max_depth=4, seed=1), "r"),
+            "gbm_multinomial": (H2OGradientBoostingEstimator(ntrees=8, max_depth=3, seed=1), "k"),
+            "drf_multinomial": (H2ORandomForestEstimator(ntrees=10, max_depth=6, seed=1), "k"),
+            "drf_binomial": (H2ORandomForestEstimator(ntrees=10, max_depth=5, seed=1), "y"),
+            "xrt_regression": (H2ORandomForestEstimator(ntrees=10, max_depth=5, seed=1,
+                                                        histogram_type="Random"), "r"),
+            "glm_binomial": (H2OGeneralizedLinearEstimator(family="binomial", lambda_=0.001), "y"),
+            "glm_multinomial": (H2OGeneralizedLinearEstimator(family="multinomial", lambda_=0.001), "k"),
+            "glm_regression": (H2OGeneralizedLinearEstimator(family="gaussian"), "r"),
+            "deeplearning": (H2ODeepLearningEstimator(hidden=[4], epochs=1, seed=1, reproducible=True), "r"),
+        }
+        models: dict[str, Mojo] = {}
+        for name, (estimator, target) in specs.items():
+            estimator.train(x=FEATURES, y=target, training_frame=train)
+            path = Path(estimator.download_mojo(str(folder / f"{name}.zip")))
+            predicted = estimator.predict(test).as_data_frame(use_multi_thread=False)
+            if target == "r":
+                models[name] = Mojo(path, target, predicted["predict"].to_numpy(np.float64), None)
+            else:
+                domain = train[target].levels()[0]
+                models[name] = Mojo(path, target, predicted["predict"].astype(str).to_numpy(),
+                                    predicted[domain].to_numpy(np.float64))
+        yield models
+    finally:
+        h2o.cluster().shutdown()
+
+
+SCORED = ["gbm_binomial", "gbm_regression", "gbm_multinomial", "drf_multinomial", "drf_binomial",
+          "xrt_regression", "glm_binomial", "glm_multinomial", "glm_regression"]
+
+
+def _compare(what: str, mojo: Mojo, predictions: Any, probabilities: Any = None) -> None:
+    if mojo.probability is None:
+        np.testing.assert_allclose(np.asarray(predictions, dtype=np.float64), mojo.labels, rtol=0, atol=1e-6,
+                                   err_msg=what)
+        return
+    np.testing.assert_array_equal(np.asarray(predictions, dtype=object), mojo.labels.astype(object), err_msg=what)
+    np.testing.assert_allclose(np.stack([np.asarray(p, dtype=np.float64) for p in probabilities]),
+                               mojo.probability, rtol=0, atol=1e-6, err_msg=what)
+
+
+def _parquet(frame: pd.DataFrame, path: Path, *, dictionary: bool = False) -> Path:
+    table = pa.Table.from_pandas(frame[["id", *FEATURES]], preserve_index=False)
+    if dictionary:  # categories as Arrow dictionaries, their values in an order of their own
+        for name in ("plan", "region"):
+            column = table.column(name).combine_chunks()
+            values = sorted({v for v in column.to_pylist() if v is not None}, reverse=True)
+            indices = pa.array([values.index(v) if v is not None else None for v in column.to_pylist()], pa.int32())
+            table = table.set_column(table.schema.get_field_index(name), name,
+                                     pa.DictionaryArray.from_arrays(indices, pa.array(values)))
+    pq.write_table(table, path, row_group_size=60)
+    return path
+
+
+def _java_descendants(pid: int) -> set[int]:
+    found = set()
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if "java" in child.name().lower() or any("java" in part for part in child.cmdline()[:1]):
+                found.add(child.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("name", SCORED)
+def test_batch_equals_h2o_predict(name: str, h2o_models: dict[str, Mojo], test_rows: pd.DataFrame,
+                                  tmp_path: Path) -> None:
+    mojo = h2o_models[name]
+    before = _java_descendants(os.getpid())  # the test's own H2O cluster, started by the h2o client
+    for dictionary in (False, True):
+        data = _parquet(test_rows, tmp_path / f"rows-{dictionary}.parquet", dictionary=dictionary)
+        out = tmp_path / f"out-{dictionary}"
+        lakeinfer.batch(str(data), str(out), model=str(mojo.path), keep=["id"])
+        scored = read_output(out)
+        assert scored["id"].tolist() == test_rows["id"].tolist()
+        _compare(f"{name} dictionary={dictionary}", mojo, scored["prediction"],
+                 scored["probability"] if mojo.probability is not None else None)
+    assert _java_descendants(os.getpid()) == before  # lakeinfer started no JVM
+
+
+def test_cli_batch_worker_processes_no_jvm(h2o_models: dict[str, Mojo], test_rows: pd.DataFrame,
+                                           tmp_path: Path) -> None:
+    data = _parquet(test_rows, tmp_path / "rows.parquet")
+    for name in ("gbm_binomial", "drf_multinomial", "glm_binomial"):
+        mojo = h2o_models[name]
+        out = tmp_path / name
+        result = run_cli("batch", "--model", mojo.path, "--input", data, "--output", out, "--keep", "id",
+                         "--workers", "2", "--quiet")
+        assert result.returncode == 0, result.stderr
+        scored = read_output(out)
+        _compare(f"{name} cli", mojo, scored["prediction"], scored["probability"])
+    assert "java" not in result.stderr.lower()
+
+
+def test_serve_equals_h2o_predict_without_a_jvm(h2o_models: dict[str, Mojo], test_rows: pd.DataFrame) -> None:
+    rows = test_rows[FEATURES].astype(object).where(test_rows[FEATURES].notna(), None)
+    records = rows.to_dict(orient="records")
+    for name in ("gbm_binomial", "drf_multinomial", "glm_binomial", "gbm_regression"):
+        mojo = h2o_models[name]
+        with serving("--model", mojo.path, "--name", "m", "--workers", "1") as server:
+            answer = httpx.post(f"{server.url}/v1/models/m/predict", json={"instances": records}, timeout=60)
+            assert answer.status_code == 200, answer.text
+            served = answer.json()["predictions"]
+            _compare(f"{name} records", mojo, [p["prediction"] for p in served],
+                     [p["probability"] for p in served] if mojo.probability is not None else None)
+            # one row at a time, over the v2 protocol, strings as BYTES
+            whole = [i for i, r in enumerate(records) if all(v is not None for v in r.values())]
+            for i in whole[:3]:
+                inputs = [{"name": c, "shape": [1], "datatype": "BYTES" if c in ("plan", "region") else "FP64",
+                           "data": [records[i][c]]} for c in FEATURES]
+                reply = httpx.post(f"{server.url}/v2/models/m/infer", json={"inputs": inputs}, timeout=30)
+                assert reply.status_code == 200, reply.text
+                out = {o["name"]: o["data"] for o in reply.json()["outputs"]}
+                one = Mojo(mojo.path, mojo.target, mojo.labels[i:i + 1],
+                           None if mojo.probability is None else mojo.probability[i:i + 1])
+                _compare(f"{name} v2 row {i}", one, out["prediction"],
+                         [out["probability"]] if mojo.probability is not None else None)
+            server_process = psutil.Process(server.proc.pid)
+            assert not _java_descendants(server.proc.pid)
+            maps = [m.path for p in (server_process, *server_process.children(recursive=True))
+                    for m in p.memory_maps()]
+            assert not [m for m in maps if "libjvm" in m]
+
+
+def test_unsupported_algorithm_is_refused_in_one_line(h2o_models: dict[str, Mojo], test_rows: pd.DataFrame,
+                                                      tmp_path: Path) -> None:
+    mojo = h2o_models["deeplearning"]
+    with pytest.raises(lakeinfer.ModelLoadError, match=r"Deep Learning model \(algo 'deeplearning'\)"):
+        lakeinfer.inspect_model(str(mojo.path))
+    data = _parquet(test_rows, tmp_path / "rows.parquet")
+    result = run_cli("batch", "--model", mojo.path, "--input", data, "--output", tmp_path / "out")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Deep Learning" in lines[0] and "without a JVM" in lines[0], lines
+
+
+def test_inspect_shows_algorithm_domains_and_threshold(h2o_models: dict[str, Mojo]) -> None:
+    import zipfile
+
+    mojo = h2o_models["gbm_binomial"]
+    with zipfile.ZipFile(mojo.path) as archive:
+        ini = archive.read("model.ini").decode()
+    threshold = float(next(line.split("=", 1)[1] for line in ini.splitlines() if line.startswith("default_threshold")))
+    info = lakeinfer.inspect_model(str(mojo.path))
+    assert info["flavor"] == "h2o" and info["classes"] == ["no", "yes"]
+    extra = info["extra"]
+    assert (extra["algorithm"], extra["mojo_version"], extra["default_threshold"]) == ("gbm", "1.40", threshold)
+    assert extra["columns"][:2] == [{"name": "a", "domain": None}, {"name": "b", "domain": None}]
+    assert {c["name"]: c["domain"] for c in extra["columns"]}["plan"] == PLANS
+    shown = run_cli("inspect", "--model", mojo.path)
+    assert shown.returncode == 0, shown.stderr
+    assert "flavor:   h2o" in shown.stdout and f"  plan: category {PLANS}" in shown.stdout
+    assert f">= {threshold!r}" in shown.stdout and "MOJO version 1.40" in shown.stdout
