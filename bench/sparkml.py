@@ -69,7 +69,7 @@ def _train(folder: Path) -> Path:
     from pyspark.ml.classification import RandomForestClassifier
     from pyspark.ml.feature import OneHotEncoder, StandardScaler, StringIndexer, VectorAssembler
 
-    from lakeinfer.engines._spark_session import session
+    from lakeinfer.spark.session import session
 
     spark = session("local[2]", {"spark.ui.enabled": "false"})
     spark.sparkContext.setLogLevel("ERROR")
@@ -158,7 +158,7 @@ def _serve_latency(model: Path, requests: int) -> tuple[float, float]:
 def _spark_one_row(model: Path, requests: int) -> float:
     from pyspark.ml import PipelineModel
 
-    from lakeinfer.engines._spark_session import session
+    from lakeinfer.spark.session import session
 
     spark = session("local[2]", {"spark.ui.enabled": "false"})
     spark.sparkContext.setLogLevel("ERROR")

@@ -271,8 +271,8 @@ def spark_session():  # type: ignore[no-untyped-def]
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
-    from lakeinfer.engines import _spark_tables
-    from lakeinfer.engines._spark_session import session
+    from lakeinfer.spark import tables as _spark_tables
+    from lakeinfer.spark.session import session
 
     gateway = SparkContext._gateway
     if gateway is not None:

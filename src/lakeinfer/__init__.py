@@ -2,7 +2,7 @@
 
 from ._api import batch, inspect_model
 from ._version import __version__
-from .engines.local import BatchSummary
+from .engines import BatchSummary
 from .errors import (
     BadRecordError,
     ConfigError,

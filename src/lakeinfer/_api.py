@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from .engines.local import DEFAULT_BATCH_SIZE, BatchSummary, run_batch
+from . import engines
+from .engines import BatchSummary
 from .errors import ConfigError
+from .job import BatchJob
 from .models import load_model
 from .runtime import PipelineRecipe
 from .spec import JobSpec, load_spec
@@ -42,58 +45,17 @@ def batch(input: str | None = None, output: str | None = None, *, model: str | P
     wait for the commit. A rerun of an interrupted job resumes it: finished parts are
     kept and the rest is scored, so every input row appears in the output exactly once.
     """
-    job = load_spec(spec) if isinstance(spec, str) else spec or JobSpec(model={}, steps=[])
+    job = load_spec(spec) if isinstance(spec, str) else spec
     if steps is not None:
-        job.steps = list(steps)
-    b = job.batch
-
-    def pick(value: Any, key: str, default: Any) -> Any:
-        return value if value is not None else b.get(key, default)
-
-    engine = pick(engine, "engine", "local")
-    if engine not in ("local", "spark"):
-        raise ConfigError(f"unknown engine '{engine}'; choose local or spark")
-    input_uri, output_uri = pick(input, "input", None), pick(output, "output", None)
-    if not input_uri or not output_uri:
-        raise ConfigError("batch needs an input and an output (--input/--output or [batch] in the spec)")
-    if isinstance(model, PipelineRecipe):  # the recipe is the whole model contract: nothing to merge
-        recipe = model
-    else:
-        recipe = job.recipe(path=model, flavor=flavor, trust=trust, features=features, device=device,
-                            on_error=on_error)
-    table_options = {"catalog": pick(catalog, "catalog", None), "where": pick(where, "where", None),
-                     "snapshot": pick(snapshot, "snapshot", None), "incremental": pick(incremental, "incremental", None),
-                     "full": pick(full, "full", None), "staging": pick(staging, "staging", None)}
-    if engine == "spark":
-        from .engines.spark import run_spark_batch
-
-        return run_spark_batch(  # type: ignore[no-any-return]
-            recipe, input_uri, output_uri, keep=tuple(pick(keep, "keep", ())),
-            input_format=pick(input_format, "input_format", None),
-            batch_size=int(pick(batch_size, "batch_size", DEFAULT_BATCH_SIZE)),
-            master=pick(master, "master", None), spark_conf={**b.get("spark_conf", {}), **(spark_conf or {})},
-            partition_by=tuple(pick(partition_by, "partition_by", ())),
-            overwrite=bool(pick(overwrite, "overwrite", False)), catalog=table_options["catalog"],
-            where=table_options["where"],
-            snapshot=None if table_options["snapshot"] is None else str(table_options["snapshot"]),
-            incremental=bool(table_options["incremental"]), full=bool(table_options["full"]),
-            staging=table_options["staging"])
-    return run_batch(
-        recipe, input_uri, output_uri,
-        keep=tuple(pick(keep, "keep", ())),
-        workers=pick(workers, "workers", None),
-        batch_size=int(pick(batch_size, "batch_size", DEFAULT_BATCH_SIZE)),
-        input_format=pick(input_format, "input_format", None),
-        overwrite=bool(pick(overwrite, "overwrite", False)),
-        unit_rows=unit_rows,
-        progress=progress,
-        catalog=table_options["catalog"],
-        where=table_options["where"],
-        snapshot=None if table_options["snapshot"] is None else str(table_options["snapshot"]),
-        incremental=bool(table_options["incremental"]),
-        full=bool(table_options["full"]),
-        staging=table_options["staging"],
-    )
+        job = dataclasses.replace(job or JobSpec(), steps=list(steps))
+    options = BatchJob.resolve(
+        spec=job, model=model, progress=progress, unit_rows=unit_rows,
+        model_options={"flavor": flavor, "trust": trust, "features": features, "device": device},
+        input=input, output=output, keep=None if keep is None else list(keep), workers=workers,
+        batch_size=batch_size, input_format=input_format, on_error=on_error, overwrite=overwrite, engine=engine,
+        master=master, spark_conf=spark_conf, partition_by=None if partition_by is None else list(partition_by),
+        catalog=catalog, where=where, snapshot=snapshot, incremental=incremental, full=full, staging=staging)
+    return engines.run(options)
 
 
 def inspect_model(model: str, *, flavor: str | None = None, trust: bool = False,

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from ._pipes import broken_pipe, stdout_closed
 from ._version import __version__
+from .engines import ENGINES
 from .errors import LakeinferError
+from .job import DEFAULT_BATCH_SIZE
 from .pipeline import ON_ERROR
 
 if TYPE_CHECKING:
@@ -58,7 +60,9 @@ def _model_options(parser: argparse.ArgumentParser, *, required: bool, several: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lakeinfer", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="lakeinfer", description="Score a data lake, serve an endpoint and feed a Kafka stream with the same "
+        "trained model.", epilog="Run 'lakeinfer COMMAND --help' for a command's options.")
     parser.add_argument("--version", action="version", version=f"lakeinfer {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -74,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--keep", action="extend", type=_columns,
                        help="input columns (ids) to copy beside the predictions (comma list, repeatable)")
     batch.add_argument("--workers", type=_positive, help="worker processes, each loading the model once (default: one per core; one using every core for ONNX, PyTorch, XGBoost, LightGBM)")
-    batch.add_argument("--batch-size", type=_positive, help="rows per model call (default 16384)")
+    batch.add_argument("--batch-size", type=_positive, help=f"rows per model call (default {DEFAULT_BATCH_SIZE})")
     batch.add_argument("--on-error", choices=ON_ERROR, help="rows with a null feature: fail (default), skip, null")
-    batch.add_argument("--engine", choices=("local", "spark"), help="execution engine (default local)")
+    batch.add_argument("--engine", choices=tuple(ENGINES), help="execution engine (default local)")
     batch.add_argument("--master", help="Spark master for --engine spark: local[N], spark://HOST:PORT, yarn, k8s://...")
     batch.add_argument("--spark-conf", action="append", type=_key_value, metavar="KEY=VALUE",
                        help="a Spark setting for --engine spark (repeatable)")
@@ -187,32 +191,32 @@ def _run(args: argparse.Namespace) -> int:
 def _spec(args: argparse.Namespace) -> JobSpec:
     from .spec import JobSpec, load_spec
 
-    return load_spec(args.spec) if args.spec else JobSpec(model={}, steps=[])
+    return load_spec(args.spec) if args.spec else JobSpec()
 
 
 def _recipe(job: JobSpec, args: argparse.Namespace, *, on_error: str) -> PipelineRecipe:
     """The recipe from the spec's [model] and [pipeline], the command line winning."""
     from .errors import ConfigError
 
-    if not args.model and "path" not in job.model:
+    if not args.model and job.model.path is None:
         raise ConfigError(f"{args.command} needs a model (--model or [model] path in the spec)")
     return job.recipe(path=args.model, flavor=args.flavor, trust=args.trust_model, features=args.features,
                       on_error=on_error)
 
 
 def _serve_config(args: argparse.Namespace) -> ServeConfig:
+    from ._spec_schema import dump, merged
     from .errors import ConfigError
     from .serve.config import ServeConfig
 
     job = _spec(args)
-    options = {**job.serve}
-    listed = options.pop("models", None)
     cli = {"name": args.name, "host": args.host, "port": args.port, "grpc_port": args.grpc_port,
            "workers": args.workers,
            "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "max_queue": args.max_queue,
            "timeout_ms": args.timeout_ms, "max_body_bytes": args.max_body_bytes, "api_key_env": args.api_key_env,
            "access_log": args.access_log}
-    options.update({k: v for k, v in cli.items() if v is not None})
+    options = dump(merged(job.serve, cli, "serve"))
+    listed = options.pop("models", None)
     given = [_named_model(value) for value in args.model or ()]
     try:
         if listed is not None or len(given) > 1:
@@ -246,6 +250,7 @@ def _served_models(job: JobSpec, args: argparse.Namespace, listed: list[dict[str
                    given: list[tuple[str | None, str]]) -> list[ModelConfig]:
     """Several models: a spec's [[serve.models]], or each --model NAME=PATH with the shared options
     (--flavor, --features, --trust-model, the spec's [model] keys) where they fit every model."""
+    from ._spec_schema import dump
     from .errors import ConfigError, LakeinferError
     from .models import detect_flavor
     from .runtime import PipelineRecipe
@@ -256,7 +261,7 @@ def _served_models(job: JobSpec, args: argparse.Namespace, listed: list[dict[str
         if given:
             raise ConfigError(f"--model and the job spec's [[serve.models]] ({job.source}) both name models to "
                               "serve: keep one")
-        if job.model or job.steps:
+        if dump(job.model) or job.steps:
             raise ConfigError(f"job spec {job.source}: [[serve.models]] names each model with its keys and steps; "
                               "[model] and [pipeline] are for a server of one model")
         for option, value in (("--flavor", args.flavor), ("--features", args.features)):
@@ -278,14 +283,14 @@ def _served_models(job: JobSpec, args: argparse.Namespace, listed: list[dict[str
     unnamed = [path for name, path in given if name is None]
     if unnamed:
         raise ConfigError(f"several models need a name each: --model NAME=PATH (not '{unnamed[0]}')")
-    if "path" in job.model:
+    if job.model.path is not None:
         raise ConfigError(f"job spec {job.source}: [model] path and several --model NAME=PATH both name models: "
                           "keep one")
     if job.steps:
         raise ConfigError(f"job spec {job.source}: [pipeline] steps with several --model NAME=PATH are ambiguous: "
                           f"{spec_hint}")
-    flavor = args.flavor or job.model.get("flavor")
-    features = args.features or job.model.get("features")
+    flavor = args.flavor or job.model.flavor
+    features = args.features or job.model.features
     detected: dict[str, str | None] = {}
     for name, path in given:
         try:
@@ -301,19 +306,19 @@ def _served_models(job: JobSpec, args: argparse.Namespace, listed: list[dict[str
         if len(kinds) > 1:
             raise ConfigError(f"--features for several models of different flavors ({', '.join(kinds)}) is "
                               f"ambiguous: {spec_hint}")
-    trust = bool(args.trust_model or job.model.get("trust"))
+    trust = bool(args.trust_model or job.model.trust)
     return [ModelConfig(str(name), PipelineRecipe(model_path=path, flavor=flavor, trust=trust,
                                                   features=tuple(features) if features else None,
-                                                  device=job.model.get("device"), on_error="fail"))
+                                                  device=job.model.device, on_error="fail"))
             for name, path in given]
 
 
 def _stream(args: argparse.Namespace) -> int:
+    from ._spec_schema import dump, merged
     from .errors import ConfigError
     from .stream.kafka import StreamConfig
 
     job = _spec(args)
-    options = {**job.stream}
     cli = {"bootstrap_servers": args.bootstrap_servers, "input_topic": args.input_topic,
            "output_topic": args.output_topic, "group_id": args.group_id, "dead_letter_topic": args.dead_letter_topic,
            "exactly_once": args.exactly_once, "transactional_id": args.transactional_id, "keep": args.keep,
@@ -322,11 +327,12 @@ def _stream(args: argparse.Namespace) -> int:
            "max_poll_interval_ms": args.max_poll_interval_ms,
            "metrics_port": args.metrics_port, "engine": args.engine, "master": args.master,
            "checkpoint": args.checkpoint, "trigger": args.trigger}
-    options.update({k: v for k, v in cli.items() if v is not None})
+    options = dump(merged(job.stream, cli, "stream"))
     missing = [k for k in ("bootstrap_servers", "input_topic", "output_topic") if not options.get(k)]
-    if (not args.model and "path" not in job.model) or missing:
+    no_model = not args.model and job.model.path is None
+    if no_model or missing:
         raise ConfigError("stream needs --model, --bootstrap-servers, --input-topic and --output-topic "
-                          f"(missing: {', '.join(['model'] * (not args.model and 'path' not in job.model) + missing)})")
+                          f"(missing: {', '.join(['model'] * no_model + missing)})")
     engine = options.pop("engine", "local")
     spark_options = {k: options.pop(k) for k in ("master", "checkpoint", "trigger") if k in options}
     recipe = _recipe(job, args, on_error="fail")

@@ -15,6 +15,10 @@ Every error a user can cause derives from :class:`LakeinferError`; transports
     ├── OutputError            the output location cannot be written or holds another job
     └── PredictionError        the model itself failed on a batch
 
+Each class carries ``status``, the kind of answer a server gives it (``invalid``: 400 /
+INVALID_ARGUMENT; ``internal``: 500 / INTERNAL; the server's own errors add others), mapped to
+HTTP and gRPC by one table, :data:`lakeinfer.serve.envelope.STATUS`.
+
 Errors cross process and Spark boundaries as data, in one wire format (:func:`to_wire`,
 :func:`from_wire`): the class name, the message, and the column and row where there are some.
 """
@@ -27,6 +31,9 @@ from typing import Any
 
 class LakeinferError(Exception):
     """Base of every error lakeinfer raises on purpose."""
+
+    # how a server answers it: a kind that lakeinfer.serve.envelope.STATUS maps to HTTP and gRPC
+    status = "internal"
 
 
 class ConfigError(LakeinferError):
@@ -54,6 +61,8 @@ class UntrustedModelError(ModelLoadError):
 
 class InputError(LakeinferError):
     """Input data that cannot be read or scored."""
+
+    status = "invalid"
 
 
 class SchemaError(InputError):

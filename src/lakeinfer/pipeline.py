@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._spec_models import OnError, validate_step
+from ._spec_schema import OnError, validate_step
 from .errors import BadRecordError, ConfigError, SchemaError
 from .models import Model
 from .schema import BadRows, column_or_error
@@ -318,16 +318,11 @@ class Pipeline(Transformer):
         return None
 
 
-_OPS: Mapping[str, Any] = {
-    "select": lambda d: Select(d["columns"]),
-    "rename": lambda d: Rename(d["columns"]),
-    "cast": lambda d: Cast(d["columns"]),
-    "fill_null": lambda d: FillNull(d["values"]),
-    "assemble": lambda d: Assemble(d["columns"], d.get("output", "features")),
-    "threshold": lambda d: Threshold(d.get("threshold", 0.5), column=d.get("column", "probability"),
-                                     index=d.get("index", 1), output=d.get("output", "prediction")),
-    "argmax": lambda d: Argmax(column=d.get("column", "probability"), output=d.get("output", "prediction")),
-    "label_map": lambda d: LabelMap(d["labels"], column=d.get("column", "prediction"), output=d.get("output")),
+# op -> its transformer; a step's keys are the constructor's parameters, whose defaults are the
+# only ones (the spec's schema checks the keys and types, and leaves out what is not given)
+_OPS: Mapping[str, type[Transformer]] = {
+    "select": Select, "rename": Rename, "cast": Cast, "fill_null": FillNull, "assemble": Assemble,
+    "threshold": Threshold, "argmax": Argmax, "label_map": LabelMap,
 }
 
 
@@ -342,4 +337,4 @@ def step_from_dict(spec: Mapping[str, Any], *, index: int | None = None) -> Tran
     if op not in _OPS:
         where = f"pipeline.steps[{index}]" if index is not None else "step"
         raise ConfigError(f"{where}: the '{op}' step is the model's place, not a transformer")
-    return _OPS[op](options)  # type: ignore[no-any-return]
+    return _OPS[op](**{k: v for k, v in options.items() if k != "op"})

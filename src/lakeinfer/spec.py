@@ -1,6 +1,6 @@
 """Job spec files (TOML or YAML): one file holds the model, the pipeline and the I/O, so that
 ``batch``, ``serve`` and ``stream`` run the same pipeline. Every key is checked against the
-schema in :mod:`lakeinfer._spec_models`; an unknown key or a wrong type is a :class:`ConfigError`
+schema in :mod:`lakeinfer._spec_schema`; an unknown key or a wrong type is a :class:`ConfigError`
 naming its path (``pipeline.steps[1]: unknown key 'value'``).
 
 .. code-block:: toml
@@ -37,28 +37,40 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ._spec_models import SpecModel, config_error, dump
+from ._spec_schema import (
+    BatchSection,
+    ModelSection,
+    ServeSection,
+    SpecModel,
+    StreamSection,
+    config_error,
+    dump,
+)
 from .errors import ConfigError
 from .runtime import PipelineRecipe
 
 __all__ = ["JobSpec", "load_spec"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class JobSpec:
-    model: dict[str, Any]
-    steps: list[dict[str, Any]]
-    batch: dict[str, Any] = field(default_factory=dict)
-    serve: dict[str, Any] = field(default_factory=dict)
-    stream: dict[str, Any] = field(default_factory=dict)
+    """A job spec as read and checked: each section as its schema holds it (unset keys: None)."""
+
+    model: ModelSection = ModelSection()
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    batch: BatchSection = BatchSection()
+    serve: ServeSection = ServeSection()
+    stream: StreamSection = StreamSection()
     source: str = ""
 
     def recipe(self, **overrides: Any) -> PipelineRecipe:
-        """The pipeline recipe, with CLI or API values (those not None) taking precedence."""
-        options = {**self.model, **{k: v for k, v in overrides.items() if v is not None}}
+        """The pipeline recipe from ``[model]`` and ``[pipeline]``, with CLI or API values (those
+        not None) taking precedence; ``on_error`` is the batch option, else ``[batch]``'s."""
+        options = {**dump(self.model), **{k: v for k, v in overrides.items() if v is not None}}
         if "path" not in options:
-            raise ConfigError(f"{self.source}: [model] needs a path")
-        on_error = options.pop("on_error", None) or self.batch.get("on_error", "fail")
+            where = f"{self.source}: [model] needs a path" if self.source else "a model path is needed"
+            raise ConfigError(where)
+        on_error = options.pop("on_error", None) or self.batch.on_error or "fail"
         features = options.pop("features", None)
         return PipelineRecipe(
             model_path=options.pop("path"),
@@ -105,14 +117,13 @@ def load_spec(path: str) -> JobSpec:
     except ValidationError as exc:
         raise config_error(exc, f"job spec {path}") from None
     base = os.path.dirname(os.path.abspath(path))
-    model, batch = dump(parsed.model), dump(parsed.batch)
-    if "path" in model:
-        model["path"] = _resolve(base, model["path"])
-    for key in ("input", "output", "staging"):
-        if key in batch:
-            batch[key] = _resolve(base, batch[key])
-    serve = dump(parsed.serve)
-    for served in serve.get("models", ()):
-        served["path"] = _resolve(base, served["path"])
+    model, batch, serve = parsed.model, parsed.batch, parsed.serve
+    if model.path is not None:
+        model = model.model_copy(update={"path": _resolve(base, model.path)})
+    batch = batch.model_copy(update={key: _resolve(base, getattr(batch, key))
+                                     for key in ("input", "output", "staging") if getattr(batch, key) is not None})
+    if serve.models is not None:
+        serve = serve.model_copy(update={"models": [m.model_copy(update={"path": _resolve(base, m.path)})
+                                                    for m in serve.models]})
     return JobSpec(model=model, steps=[dump(step) for step in parsed.pipeline.steps], batch=batch,
-                   serve=serve, stream=dump(parsed.stream), source=path)
+                   serve=serve, stream=parsed.stream, source=path)

@@ -151,3 +151,29 @@ def test_usage_errors_are_one_line(onnx_model: Trained, datasets: dict[str, Path
                    "--input", datasets["parquet"], "--output", tmp_path / "o"), "unknown flavor 'pmml'")
     _fails(run_cli("batch", "--model", onnx_model.path, "--features", "f0,f1",
                    "--input", datasets["parquet"], "--output", tmp_path / "o"), "takes 5 features but 2 were named")
+
+
+def test_parquet_folder_with_a_csv_file_fails_naming_it(onnx_model: Trained, datasets: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for part in sorted(datasets["parquet"].iterdir()):
+        (folder / part.name).write_bytes(part.read_bytes())
+    (folder / "late.csv").write_bytes((datasets["csv"] / "data-0.csv").read_bytes())
+    result = run_cli("batch", "--model", onnx_model.path, *onnx_model.cli, "--input", folder,
+                     "--input-format", "parquet", "--output", tmp_path / "out", "--workers", "1")
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.splitlines() == [
+        f"lakeinfer: error: input {folder} holds {folder}/late.csv, a csv file, among its parquet files; "
+        "remove it or give a glob that leaves it out"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_feature_column_lists_the_input_columns(onnx_model: Trained, datasets: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    result = run_cli("batch", "--model", onnx_model.path, "--features", "f0,f1,f2,f3,f9",
+                     "--input", datasets["parquet"], "--output", tmp_path / "out", "--workers", "1")
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.splitlines() == [
+        f"lakeinfer: error: input file {datasets['parquet']}/data-0.parquet: missing feature column 'f9' "
+        "(the input has: id, f0, f1, f2, f3, f4)"]

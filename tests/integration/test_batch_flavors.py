@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from lakeinfer.cli import main
-from tests.conftest import FLAVOR_FIXTURES, Trained, read_output, run_cli
+from tests.conftest import FEATURES, FLAVOR_FIXTURES, Trained, make_frame, read_output, run_cli
 
 
 def _check(out: Path, trained: Trained) -> None:
@@ -102,10 +104,8 @@ def test_inspect_prints_the_signature(xgboost_model: Trained, capsys: pytest.Cap
 def test_one_unit_and_many_score_bit_for_bit_alike(onnx_model: Trained, frame: pd.DataFrame, tmp_path: Path) -> None:
     # an ONNX tree ensemble's multi-threaded sums differ from its single-threaded ones in the last
     # bits (here on 479 of 900 rows): a job of one unit must not differ from a job of many
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from lakeinfer.models import available_cores
+    from lakeinfer.cpu import available_cores
 
     table = pa.Table.from_pandas(frame, preserve_index=False)
     pq.write_table(table, tmp_path / "one.parquet")  # one unit
@@ -125,3 +125,60 @@ def test_one_unit_and_many_score_bit_for_bit_alike(onnx_model: Trained, frame: p
     assert min(15, available_cores()) <= runs["many"]["threads"] <= available_cores()
     one, many = read_output(tmp_path / "out-one"), read_output(tmp_path / "out-many")
     np.testing.assert_array_equal(np.stack(one["probability"]), np.stack(many["probability"]))
+
+
+def test_xgboost_file_that_is_not_a_model_fails_in_one_line(tmp_path: Path) -> None:
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('{"not": "a model"}')
+    assert _one_error_line(run_cli("inspect", "--model", bad_json)) == (
+        f"lakeinfer: error: cannot load XGBoost model {bad_json}: Invalid cast, from Null to Object")
+    bad_ubj = tmp_path / "bad.ubj"
+    bad_ubj.write_bytes(b"garbage, not UBJSON")
+    assert _one_error_line(run_cli("inspect", "--model", bad_ubj)) == (
+        f"lakeinfer: error: cannot load XGBoost model {bad_ubj}: Check failed: str[0] == '{{' (g vs. {{) : "
+        f"Invalid model format in: `{bad_ubj}`.")
+
+
+def test_lightgbm_file_that_is_not_a_model_fails_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_text("tree\nversion=v4\nnum_class=1\n")
+    assert _one_error_line(run_cli("inspect", "--model", bad)) == (
+        f"lakeinfer: error: cannot load LightGBM model {bad}: Model file doesn't specify the label index")
+
+
+@pytest.mark.parametrize("zipmap", [True, False])
+def test_inspect_shows_onnx_classifier_classes(zipmap: bool, tmp_path: Path) -> None:
+    model, path = _string_label_onnx(make_frame(200), tmp_path, zipmap=zipmap)
+    result = run_cli("inspect", "--model", path, "--features", ",".join(FEATURES), "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["task"] == "classification"
+    assert info["classes"] == model.classes_.tolist() == ["high", "low", "mid"]
+
+
+def test_inspect_shows_classes_of_the_onnx_fixtures(onnx_model: Trained, onnx_zipmap_model: Trained,
+                                                    frame) -> None:  # type: ignore[no-untyped-def]
+    for trained in (onnx_model, onnx_zipmap_model):  # both fitted on frame["label"]: classes_ 0, 1, 2
+        result = run_cli("inspect", "--model", trained.path, *trained.cli, "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["classes"] == np.unique(frame["label"]).tolist() == [0, 1, 2]
+
+
+def _one_error_line(result) -> str:  # type: ignore[no-untyped-def]
+    assert result.returncode == 1, result.stdout
+    assert "Stack trace" not in result.stderr and "[bt]" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def _string_label_onnx(frame, tmp_path: Path, *, zipmap: bool):  # type: ignore[no-untyped-def]
+    from skl2onnx import to_onnx
+    from sklearn.ensemble import RandomForestClassifier
+
+    x = frame[FEATURES].to_numpy(np.float32)
+    labels = np.array(["low", "mid", "high"])[frame["label"].to_numpy()]
+    model = RandomForestClassifier(n_estimators=5, max_depth=3, random_state=0).fit(x, labels)
+    path = tmp_path / f"rf-{zipmap}.onnx"
+    path.write_bytes(to_onnx(model, x[:1], options={"zipmap": zipmap}).SerializeToString())
+    return model, path

@@ -255,8 +255,8 @@ def test_inspect_shows_feature_types_and_categories(flavors: dict[str, Flavor]) 
 
 
 def test_spark_engine(flavors: dict[str, Flavor], files: dict[str, Path], frame: pd.DataFrame) -> None:
-    from lakeinfer.engines._spark_session import session
-    from lakeinfer.engines.spark import score
+    from lakeinfer.spark.scoring import score
+    from lakeinfer.spark.session import session
 
     spark = session("local[1]", {"spark.sql.shuffle.partitions": "1"})
     try:

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lakeinfer
-from lakeinfer.engines._spark_session import session
-from lakeinfer.engines.spark import score
+from lakeinfer.spark.scoring import score
+from lakeinfer.spark.session import session
 from tests.conftest import FEATURES, Trained, read_output
 from tests.kafka_helpers import create_topics, produce, stream_cli
 from tests.serving import Server, serving

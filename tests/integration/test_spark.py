@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from lakeinfer.engines.spark import ScoreStats, score
 from lakeinfer.models import model_digest
-from tests.conftest import FEATURES, Trained, read_output, run_cli, spark_session
+from lakeinfer.spark.scoring import ScoreStats, score
+from tests.conftest import FEATURES, Trained, make_frame, read_output, run_cli, spark_session
+from tests.integration.test_s3 import s3_env  # noqa: F401 (a fixture)
 from tests.serving import free_port
 
 
@@ -119,13 +121,15 @@ def test_bad_rows_on_spark_give_one_line(onnx_model: Trained, tmp_path: Path) ->
 def test_parquet_input_runs_one_spark_job(spark, onnx_model: Trained, datasets: dict[str, Path],  # type: ignore[no-untyped-def]
                                           tmp_path: Path) -> None:
     # the output schema comes from rows read on the driver: the write is the command's only job
-    from lakeinfer.engines.spark import run_spark_batch
+    from lakeinfer import engines
+    from lakeinfer.job import BatchJob
     from lakeinfer.runtime import PipelineRecipe
 
     tracker = spark.sparkContext.statusTracker()
     before = set(tracker.getJobIdsForGroup())
     recipe = PipelineRecipe(model_path=str(onnx_model.path), features=tuple(FEATURES))
-    summary = run_spark_batch(recipe, str(datasets["parquet"]), str(tmp_path / "out"), keep=["id"])
+    summary = engines.run(BatchJob(recipe=recipe, input=str(datasets["parquet"]), output=str(tmp_path / "out"),
+                                   keep=("id",), engine="spark"))
     assert summary.rows == 900
     assert len(set(tracker.getJobIdsForGroup()) - before) == 1
     # batches are bounded by rows only: Spark then skips sizing them after every row
@@ -136,7 +140,7 @@ def test_parquet_input_runs_one_spark_job(spark, onnx_model: Trained, datasets: 
 
 
 def test_driver_schema_and_sample_are_what_spark_reads(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from lakeinfer.engines._spark_session import parquet_sample, read
+    from lakeinfer.spark.session import parquet_sample, read
 
     plain = pa.table({"id": pa.array([3, 1, 2], pa.int64()), "x": pa.array([0.5, None, 2.0], pa.float32()),
                       "name": ["a", None, "c"], "small": pa.array([1, 2, 3], pa.int16()),
@@ -209,7 +213,7 @@ def test_standalone_cluster(onnx_model: Trained, datasets: dict[str, Path], tmp_
 
 def test_a_later_command_starts_its_jvm_from_the_class_archive_the_first_wrote(
         onnx_model: Trained, datasets: dict[str, Path], tmp_path: Path) -> None:
-    from lakeinfer.engines import _spark_cds
+    from lakeinfer.spark import cds as _spark_cds
 
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "LAKEINFER_SPARK_CDS": "1"}
     folder = tmp_path / "cache" / "lakeinfer" / "spark-cds"
@@ -233,7 +237,7 @@ def test_a_later_command_starts_its_jvm_from_the_class_archive_the_first_wrote(
     a, b = read_output(tmp_path / "first"), read_output(tmp_path / "second")
     np.testing.assert_array_equal(a["prediction"], b["prediction"])
     np.testing.assert_array_equal(np.stack(a["probability"]), np.stack(b["probability"]))
-    probe = ("import json; from lakeinfer.engines._spark_session import session; s = session('local[1]', {}); "
+    probe = ("import json; from lakeinfer.spark.session import session; s = session('local[1]', {}); "
              "maps = open(f'/proc/{s.sparkContext._gateway.proc.pid}/maps').read().split(); "
              "print(json.dumps([sorted({m for m in maps if m.endswith('.jsa')}), s.range(7).count()]))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=240,
@@ -241,3 +245,84 @@ def test_a_later_command_starts_its_jvm_from_the_class_archive_the_first_wrote(
     assert out.returncode == 0, out.stderr
     mapped, count = json.loads(out.stdout.strip().splitlines()[-1])
     assert str(archive) in mapped and count == 7
+
+
+
+
+
+
+@pytest.fixture(scope="module")
+def spark_one_worker():  # type: ignore[no-untyped-def]
+    from lakeinfer.spark.session import session
+
+    spark = session("local[1]", {"spark.sql.shuffle.partitions": "1"})
+    yield spark
+    spark.stop()
+
+
+def test_spark_worker_cache_tells_recipes_of_one_model_apart(  # type: ignore[no-untyped-def]
+        spark_one_worker, xgboost_binary_model: Trained, frame) -> None:
+    from lakeinfer import MODEL, Threshold
+    from lakeinfer.spark.scoring import score
+
+    df = spark_one_worker.createDataFrame(frame[["id", *FEATURES]]).coalesce(1)
+    model = str(xgboost_binary_model.path)
+    plain = score(df, model, keep=["id"]).toPandas().sort_values("id")
+    strict = score(df, model, keep=["id"], steps=[MODEL, Threshold(0.99)]).toPandas().sort_values("id")
+    expected_strict = (xgboost_binary_model.probability[:, 1] >= 0.99).astype(np.int64)
+    np.testing.assert_array_equal(plain["prediction"], xgboost_binary_model.labels)
+    np.testing.assert_array_equal(strict["prediction"], expected_strict)
+    assert (expected_strict != xgboost_binary_model.labels).sum() > 0  # the step changes some rows
+
+
+def test_spark_reads_s3_input_through_s3a(s3_env: dict[str, str], onnx_model: Trained,  # noqa: F811
+                                          datasets: dict[str, Path], tmp_path: Path) -> None:
+    # Without hadoop-aws Spark cannot read s3a://, and says so: the input kept its scheme (the old
+    # code read "lake/events/data-0.parquet" as a local path and failed on a missing file).
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"])
+    client.create_bucket(Bucket="lake")
+    for path in sorted(datasets["parquet"].iterdir()):
+        client.upload_file(str(path), "lake", f"events/{path.name}")
+    result = run_cli("batch", "--engine", "spark", "--master", "local[1]", "--model", onnx_model.path,
+                     *onnx_model.cli, "--input", "s3://lake/events/", "--output", tmp_path / "out", env=s3_env)
+    assert result.returncode == 1, result.stdout
+    assert [line for line in result.stderr.splitlines() if line.startswith("lakeinfer:")] == [
+        "lakeinfer: error: Spark reads s3://lake/events/ as s3a://lake/events/ through Hadoop's s3a connector, "
+        "which is not installed: pass --spark-conf spark.jars.packages=org.apache.hadoop:hadoop-aws:"
+        "<Spark's Hadoop version>"]
+
+
+def test_spark_rerun_after_the_input_changed_is_another_job(onnx_model: Trained, datasets: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for part in sorted(datasets["csv"].iterdir()):
+        (folder / part.name).write_bytes(part.read_bytes())
+    job = ("batch", "--engine", "spark", "--master", "local[1]", "--model", onnx_model.path, *onnx_model.cli,
+           "--input", folder, "--output", out, "--keep", "id")
+    first = run_cli(*job)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.startswith("scored 900 rows"), first.stdout
+    extra = make_frame(10, seed=1)
+    extra["id"] += 900
+    pcsv.write_csv(pa.Table.from_pandas(extra[["id", *FEATURES]], preserve_index=False), folder / "data-3.csv")
+    rerun = run_cli(*job)
+    assert rerun.returncode == 1, rerun.stdout
+    digest = json.loads((out / "_lakeinfer_job.json").read_text())["fingerprint"]["pipeline"]["model_digest"]
+    assert [line for line in rerun.stderr.splitlines() if line.startswith("lakeinfer:")] == [
+        f"lakeinfer: error: output folder {out} holds another job's results (model {digest[:12]}, "
+        f"input {folder}); choose another folder or pass --overwrite"]
+    replaced = run_cli(*job, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr[-2000:]
+    assert replaced.stdout.startswith("scored 910 rows"), replaced.stdout
+    assert sorted(pq.read_table(out).column("id").to_pylist()) == list(range(910))
+
+
+def test_spark_command_on_a_missing_input_fails_before_starting_spark(onnx_model: Trained, tmp_path: Path) -> None:
+    result = run_cli("batch", "--engine", "spark", "--master", "local[1]", "--model", onnx_model.path,
+                     *onnx_model.cli, "--input", tmp_path / "nowhere", "--output", tmp_path / "out")
+    assert result.returncode == 1
+    # one line, and none of the JVM's start-up lines (log4j's, the launcher's) before it
+    assert result.stderr.strip().splitlines() == [f"lakeinfer: error: input {tmp_path / 'nowhere'} does not exist"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +94,34 @@ def test_api_counts_one_model_load_per_worker(onnx_model: Trained, frame, tmp_pa
     assert summary.model_loads == 2  # not 30: each worker process loaded it once
     assert summary.rows == 900
     np.testing.assert_array_equal(read_output(tmp_path / "out")["prediction"], onnx_model.labels)
+
+
+def test_repeated_keep_keeps_every_column(onnx_model: Trained, tmp_path: Path) -> None:
+    frame = make_frame(40)
+    frame["tag"] = [f"t{i}" for i in range(40)]
+    pq.write_table(pa.Table.from_pandas(frame[["id", "tag", *FEATURES]], preserve_index=False),
+                   tmp_path / "in.parquet")
+    result = run_cli("batch", "--model", onnx_model.path, *onnx_model.cli, "--input", tmp_path / "in.parquet",
+                     "--output", tmp_path / "out", "--keep", "id", "--keep", "tag", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    out = pq.read_table(tmp_path / "out")
+    assert out.column_names == ["id", "tag", "prediction", "probability"]
+    assert sorted(out.column("tag").to_pylist()) == sorted(f"t{i}" for i in range(40))
+
+
+def test_summary_to_a_closed_pipe_is_one_error_line_after_a_complete_job(onnx_model: Trained, tmp_path: Path) -> None:
+    """`lakeinfer batch --json | head -c0`: the reader is gone before the summary is printed."""
+    frame = make_frame(50)
+    pq.write_table(pa.Table.from_pandas(frame[["id", *FEATURES]], preserve_index=False), tmp_path / "in.parquet")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the pipe now fails with EPIPE
+    try:
+        result = subprocess.run([sys.executable, "-m", "lakeinfer", "batch", "--model", str(onnx_model.path),
+                                 *map(str, onnx_model.cli), "--input", str(tmp_path / "in.parquet"),
+                                 "--output", str(tmp_path / "out"), "--json"],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=240)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["lakeinfer: error: the output was not all read (broken pipe)"]
+    assert pq.read_table(tmp_path / "out").num_rows == 50  # the job itself was done and committed

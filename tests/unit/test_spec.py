@@ -9,6 +9,7 @@ import pytest
 
 import lakeinfer
 from lakeinfer import MODEL, ConfigError, LabelMap, Threshold
+from lakeinfer._spec_schema import dump
 from lakeinfer.pipeline import step_from_dict
 from lakeinfer.spec import load_spec
 from tests.conftest import run_cli
@@ -115,18 +116,18 @@ def _error(tmp_path: Path, text: str, name: str = "job.toml") -> str:
 
 def test_full_spec_loads_and_builds_a_recipe(tmp_path: Path) -> None:
     job = load_spec(_spec(tmp_path, FULL_TOML))
-    assert job.model == {"path": str(tmp_path / "models" / "churn.onnx"), "flavor": "onnx", "trust": False,
+    assert dump(job.model) == {"path": str(tmp_path / "models" / "churn.onnx"), "flavor": "onnx", "trust": False,
                          "features": ["f0", "f1"], "device": "cpu"}
     assert [s["op"] for s in job.steps] == ["select", "rename", "cast", "fill_null", "model", "threshold",
                                              "label_map"]
     # only the options given, with ints taken where floats belong
     assert job.steps[5] == {"op": "threshold", "threshold": 1.0, "index": 0, "output": "flag"}
     assert isinstance(job.steps[5]["threshold"], float)
-    assert job.batch["input"] == str(tmp_path / "data")
-    assert job.batch["output"] == "s3://bucket/out"
-    assert job.batch["spark_conf"] == {"spark.executor.cores": 2, "spark.app.name": "x"}
-    assert job.serve["max_wait_ms"] == 1.0 and job.serve["port"] == 8081
-    assert job.stream["metrics_port"] == 9100 and job.stream["exactly_once"] is True
+    assert job.batch.input == str(tmp_path / "data")
+    assert job.batch.output == "s3://bucket/out"
+    assert job.batch.spark_conf == {"spark.executor.cores": 2, "spark.app.name": "x"}
+    assert job.serve.max_wait_ms == 1.0 and job.serve.port == 8081
+    assert job.stream.metrics_port == 9100 and job.stream.exactly_once is True
     recipe = job.recipe()
     assert recipe.on_error == "skip"
     assert recipe.features == ("f0", "f1")
@@ -140,9 +141,9 @@ def test_full_spec_loads_and_builds_a_recipe(tmp_path: Path) -> None:
 def test_unset_keys_stay_absent(tmp_path: Path) -> None:
     # absent, not filled with defaults, so that CLI options and the runtime's defaults still apply
     job = load_spec(_spec(tmp_path, "[model]\npath = 'm.onnx'\n[batch]\nworkers = 3\n[serve]\n"))
-    assert job.model == {"path": str(tmp_path / "m.onnx")}
-    assert job.batch == {"workers": 3}
-    assert job.serve == {} and job.stream == {} and job.steps == []
+    assert dump(job.model) == {"path": str(tmp_path / "m.onnx")}
+    assert dump(job.batch) == {"workers": 3}
+    assert dump(job.serve) == {} and dump(job.stream) == {} and job.steps == []
 
 
 def test_yaml_spec(tmp_path: Path) -> None:
@@ -158,8 +159,8 @@ stream: {bootstrap_servers: "k:9092", max_wait_ms: 5, metrics_port: 9000}
 """
     job = load_spec(_spec(tmp_path, text, "job.yaml"))
     assert job.steps[2] == {"op": "label_map", "labels": {0: "low", 1: "high"}}
-    assert job.batch == {}
-    assert job.stream == {"bootstrap_servers": "k:9092", "max_wait_ms": 5.0, "metrics_port": 9000}
+    assert dump(job.batch) == {}
+    assert dump(job.stream) == {"bootstrap_servers": "k:9092", "max_wait_ms": 5.0, "metrics_port": 9000}
     assert job.recipe().steps[-1] == MODEL
 
 

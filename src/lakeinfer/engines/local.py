@@ -17,24 +17,26 @@ from concurrent.futures import (
     wait,
 )
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from .. import errors
+from ..cpu import available_cores, default_processes, own_threads, threads_each
 from ..io import table_job, tables
 from ..io.sinks import OutputFolder
 from ..io.sources import read_schema
-from ..models import available_cores, default_processes, own_threads
 from ..runtime import ModelRuntime, PipelineRecipe
 from . import _worker
+from .summary import BatchSummary, committed_summary, empty_summary
 
-__all__ = ["BatchSummary", "committed_summary", "empty_summary", "run_batch"]
+if TYPE_CHECKING:
+    from ..job import BatchJob
+
+__all__ = ["ENGINE", "LocalEngine"]
 
 SAMPLE_ROWS = 64
-DEFAULT_BATCH_SIZE = 16384
 
 
 def plan_workers(recipe: PipelineRecipe, workers: int | None, units: int) -> tuple[int, int, int]:
@@ -56,76 +58,38 @@ def plan_workers(recipe: PipelineRecipe, workers: int | None, units: int) -> tup
     return 1, threads, max(1, cores // threads)
 
 
-@dataclass
-class BatchSummary:
-    output: str
-    rows: int
-    rows_skipped: int
-    parts: int
-    parts_resumed: int
-    workers: int
-    threads: int
-    model_loads: int
-    seconds: float
-    job_id: str | None = None  # a table output's: the id its commit carries
-    commit: str | None = None  # the output table's snapshot id / version holding the predictions
-    note: str | None = None  # "nothing new", "already committed": why nothing was written
-    schema: pa.Schema | None = field(default=None, repr=False, compare=False)
+class LocalEngine:
+    """``engine=local``: this machine's cores, with no cluster."""
 
-    @property
-    def rows_per_second(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else 0.0
+    name = "local"
 
-    def line(self) -> str:
-        if self.note is not None:
-            where = f" (commit {self.commit})" if self.commit else ""
-            return f"{self.note}: {self.rows:,} rows at {self.output}{where}, nothing written"
-        resumed = f", {self.parts_resumed} resumed" if self.parts_resumed else ""
-        return (f"scored {self.rows:,} rows ({self.rows_skipped:,} skipped) into {self.parts} parts{resumed} "
-                f"at {self.output} in {self.seconds:.1f}s ({self.rows_per_second:,.0f} rows/s, "
-                f"{self.workers} workers x {self.threads} threads, {self.model_loads} model loads)"
-                + (f"; committed as {self.commit}" if self.commit else ""))
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {**asdict(self), "rows_per_second": self.rows_per_second}
-        out.pop("schema")
-        return out
+    def run(self, job: BatchJob) -> BatchSummary:
+        """Score the job's input into Parquet parts under its output folder, or into a table in
+        one commit; see :func:`lakeinfer.batch`."""
+        return run_batch(job)
 
 
-def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: Sequence[str] = (),
-              workers: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, input_format: str | None = None,
-              overwrite: bool = False, unit_rows: int | None = None, progress: bool = False,
-              catalog: str | None = None, where: str | None = None, snapshot: str | None = None,
-              incremental: bool = False, full: bool = False, staging: str | None = None) -> BatchSummary:
-    """Score ``input_uri`` into Parquet parts under ``output_uri``, or into a table in one commit;
-    see :func:`lakeinfer.batch`."""
+ENGINE = LocalEngine()
+
+
+def run_batch(options: BatchJob) -> BatchSummary:
     start = time.perf_counter()
-    if batch_size < 1:
-        raise errors.ConfigError(f"batch size must be at least 1, not {batch_size}")
-    if workers is not None and workers < 1:
-        raise errors.ConfigError(f"workers must be at least 1, not {workers}")
-    catalog = catalog or "default"
-    table_job.check_table_options(input_uri, output_uri, where=where, snapshot=snapshot, incremental=incremental,
-                                  full=full, staging=staging)
-    job = table_job.plan_job(recipe, input_uri, output_uri, keep=keep, catalog=catalog, input_format=input_format,
-                             unit_rows=unit_rows, where=where, snapshot=snapshot, incremental=incremental,
-                             full=full, overwrite=overwrite)
+    output_uri = options.output
+    job = table_job.plan_job(options, unit_rows=options.unit_rows)
     source, fingerprint, out = job.source, job.fingerprint, job.out
     if out is None:
-        return _score(recipe, source, fingerprint, output_uri, output_uri, keep=keep, workers=workers,
-                      batch_size=batch_size, overwrite=overwrite, progress=progress, start=start)
+        return _score(options, source, fingerprint, output_uri, overwrite=options.overwrite, start=start)
 
     # A table output: the parts are staged under the job's id, then published in one commit.
     assert job.job_id is not None
-    staged = out.staging_uri(job.job_id, staging)
+    staged = out.staging_uri(job.job_id, options.tables.staging)
     if not source.units:
         return empty_summary(output_uri, job.job_id, job.empty_note, start)
     committed = job.committed()
     if committed is not None:
         out.drop_staging(staged)
         return committed_summary(output_uri, job.job_id, committed, start)
-    summary = _score(recipe, source, fingerprint, staged, output_uri, keep=keep, workers=workers,
-                     batch_size=batch_size, overwrite=False, progress=progress, start=start,
+    summary = _score(options, source, fingerprint, staged, overwrite=False, start=start,
                      check_schema=out.check_schema)
     properties = job.properties(rows=summary.rows, rows_skipped=summary.rows_skipped)
     assert summary.schema is not None
@@ -136,29 +100,16 @@ def run_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: 
     return summary
 
 
-def empty_summary(output: str, job_id: str, note: str, start: float) -> BatchSummary:
-    return BatchSummary(output=output, rows=0, rows_skipped=0, parts=0, parts_resumed=0, workers=0, threads=0,
-                        model_loads=0, seconds=time.perf_counter() - start, job_id=job_id, note=note)
-
-
-def committed_summary(output: str, job_id: str, committed: dict[str, str], start: float) -> BatchSummary:
-    """A job found in the output table's history: its commit's row counts, nothing written."""
-    summary = empty_summary(output, job_id, "already committed", start)
-    summary.rows = int(committed.get(tables.ROWS, 0))
-    summary.rows_skipped = int(committed.get(tables.ROWS_SKIPPED, 0))
-    summary.commit = committed.get("snapshot", committed.get("version"))
-    return summary
-
-
-def _score(recipe: PipelineRecipe, source: tables.Source, fingerprint: dict[str, Any], folder_uri: str,
-           output_uri: str, *, keep: Sequence[str], workers: int | None, batch_size: int, overwrite: bool,
-           progress: bool, start: float, check_schema: Callable[[pa.Schema], None] | None = None) -> BatchSummary:
-    """Score the source's units into Parquet parts under ``folder_uri``, resuming its finished parts."""
+def _score(options: BatchJob, source: tables.Source, fingerprint: dict[str, Any], folder_uri: str, *,
+           overwrite: bool, start: float, check_schema: Callable[[pa.Schema], None] | None = None) -> BatchSummary:
+    """Score the source's units into Parquet parts under ``folder_uri`` (the output folder, or a
+    table output's staging folder), resuming its finished parts."""
+    recipe, keep, batch_size, progress = options.recipe, options.keep, options.batch_size, options.progress
     fs, fmt, units = source.fs, source.fmt, source.units
     folder = OutputFolder(folder_uri)
     done = folder.check(fingerprint, overwrite=overwrite)
     todo = [u for u in units if u.index not in done]
-    workers, threads, spread = plan_workers(recipe, workers, len(todo))
+    workers, threads, spread = plan_workers(recipe, options.workers, len(todo))
     # Worker processes start now, so their model loads overlap the checks below. The parent loads
     # the model anyway (for the checks) and scores too: one process fewer to start.
     pool = _Scorers.processes(recipe, workers - 1, workers) if workers > 1 else None
@@ -191,7 +142,7 @@ def _score(recipe: PipelineRecipe, source: tables.Source, fingerprint: dict[str,
 
     stats = [*done.values(), *results]
     summary = BatchSummary(
-        output=output_uri,
+        output=options.output,
         rows=sum(s.get("rows_out", 0) for s in stats),
         rows_skipped=sum(s.get("rows_skipped", 0) for s in stats),
         parts=len(units),
@@ -287,7 +238,7 @@ class _Scorers:
         ``scorers``: all that will score, the parent included (they share the cores)."""
         context = multiprocessing.get_context("spawn")
         feed = context.Queue()
-        threads = max(1, available_cores() // scorers)
+        threads = threads_each(scorers)
         executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker.init_worker,
                                        initargs=(recipe, threads, feed))
         for _ in range(workers):

@@ -1,365 +1,121 @@
-"""The Spark engine: the pipeline over a DataFrame through ``mapInArrow``, the iterator pattern.
+"""``engine=spark``: the job on Apache Spark, read and written by Spark, scored through
+``mapInArrow`` (:func:`lakeinfer.spark.score`).
 
-The model's bytes are broadcast once and written to one folder per model on each machine; each
-Python worker builds the pipeline once, keeping it in a process cache keyed by the model's digest
-and the recipe, so a model loads at most once per Python worker for the whole job (again only if
-Spark recycles the worker).
-Spark ML PipelineModels run natively with ``transform``.
+A folder output is written with Spark's commit protocol and recorded with the local engine's
+:class:`~lakeinfer.io.sinks.OutputFolder` (the same fingerprint, manifest and completion record,
+on any file system); a table output gets one commit (:mod:`lakeinfer.spark.tables`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import re
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from .. import errors
-from ..models import detect_flavor
-from ..runtime import ModelRuntime, PipelineRecipe
-from ._ship import model_on_disk, pack
+from ..io import table_job, tables
+from ..io.sinks import MANIFEST, SUCCESS, OutputFolder
+from .summary import BatchSummary, committed_summary, empty_summary, recorded_summary
 
-__all__ = ["ScoreStats", "score", "run_spark_batch", "lakeinfer_error"]
+if TYPE_CHECKING:
+    from ..job import BatchJob
+    from ..spark.scoring import ScoreStats
 
-SAMPLE_ROWS = 64
-NO_BYTE_CAP = 2**31 - 1
-# per Python worker process: the recipe's key (model digest and every option) -> its runtime
-_CACHE: dict[str, ModelRuntime] = {}
-
-
-def _pyspark() -> Any:
-    return errors.require("pyspark", "spark", "the Spark engine")
+__all__ = ["ENGINE", "SparkEngine"]
 
 
-@dataclasses.dataclass(frozen=True)
-class _Shipped:
-    """What each task receives: the recipe, the broadcast model bytes and the load counters."""
+class SparkEngine:
+    """``engine=spark``: a Spark session of the job's own (``master``, ``spark_conf``)."""
 
-    recipe: PipelineRecipe
-    digest: str
-    key: str  # the model's digest and the whole recipe: two recipes over one file never share
-    is_dir: bool
-    name: str
-    payload: Any  # Broadcast[bytes]
-    loads: Any  # Accumulator[int]
-    pids: Any  # Accumulator[set[int]]
-    counts: Any  # Accumulator[list[int]]: rows in, rows out
-    threads: int  # the model's own threads: the cores of one task (spark.task.cpus)
+    name = "spark"
 
+    def run(self, job: BatchJob) -> BatchSummary:
+        start = time.perf_counter()
+        if job.tables.staging is not None and (tables.is_table(job.input) or tables.is_table(job.output)):
+            table_job.check_table_options(job)
+            raise errors.ConfigError("--staging is for the local engine: on Spark the data files wait in the "
+                                     "table's own location until the one commit publishes them")
+        if job.partition_by and tables.is_table(job.output):
+            raise errors.ConfigError("--partition-by is for folder outputs; an output table keeps its own layout")
+        # planned before Spark starts: a missing input or a bad table is one line, without a JVM
+        plan = table_job.plan_job(job)
+        if plan.out is not None:
+            assert plan.job_id is not None
+            if tables.is_table(job.input) and not plan.source.units:
+                return empty_summary(job.output, plan.job_id, plan.empty_note, start)
+            committed = plan.committed()
+            if committed is not None:
+                return committed_summary(job.output, plan.job_id, committed, start)
+        fingerprint = {**plan.fingerprint, "partition_by": list(job.partition_by)}
+        folder = None if plan.out is not None else OutputFolder(job.output)
+        if folder is not None:
+            previous = folder.completed(fingerprint, overwrite=job.overwrite, redone=_attempt_leftover)
+            if previous is not None:
+                return recorded_summary(previous, start)
+        try:
+            return _run(job, plan, folder, fingerprint, start)
+        except errors.LakeinferError:
+            raise
+        except Exception as exc:
+            from ..spark.scoring import lakeinfer_error
 
-def _worker_runtime(shipped: _Shipped) -> ModelRuntime:
-    runtime = _CACHE.get(shipped.key)
-    if runtime is None:
-        local = model_on_disk(shipped.digest, shipped.name, shipped.is_dir, lambda: shipped.payload.value)
-        runtime = ModelRuntime(dataclasses.replace(shipped.recipe, model_path=local), threads=shipped.threads)
-        _CACHE[shipped.key] = runtime
-        shipped.loads.add(1)
-        shipped.pids.add({os.getpid()})
-    return runtime
-
-
-def _score_batches(batches: Iterator[pa.RecordBatch], shipped: _Shipped, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-    try:
-        runtime = _worker_runtime(shipped)
-        rows_in = rows_out = 0
-        for batch in batches:
-            try:
-                scored = runtime.transform(batch)
-            except errors.BadRecordError as exc:
-                raise errors.BadRecordError(
-                    f"a row of the input: {exc.reason} (use --on-error skip or null, or a fill_null step)",
-                    column=exc.column, row=exc.row, reason=exc.reason) from exc
-            out = scored.select(schema.names).cast(schema)
-            rows_in += batch.num_rows
-            rows_out += out.num_rows
-            yield out
-        shipped.counts.add([rows_in, rows_out])
-    except errors.LakeinferError as exc:
-        # the wire format crosses the JVM inside the task's error text; the driver finds it there
-        raise RuntimeError(errors.wire_text(exc)) from None
+            raise lakeinfer_error(exc) from exc
 
 
-class _SetParam:
-    """Accumulates sets (the pids of the Python workers that loaded the model)."""
-
-    def zero(self, value: set[int]) -> set[int]:
-        return set()
-
-    def addInPlace(self, a: set[int], b: set[int]) -> set[int]:  # noqa: N802 (Spark's name)
-        a |= b
-        return a
+ENGINE = SparkEngine()
 
 
-class _PairParam:
-    def zero(self, value: list[int]) -> list[int]:
-        return [0, 0]
-
-    def addInPlace(self, a: list[int], b: list[int]) -> list[int]:  # noqa: N802
-        return [a[0] + b[0], a[1] + b[1]]
+def _attempt_leftover(name: str) -> bool:
+    """What a failed Spark attempt leaves in a folder output, redone by the next."""
+    return name.startswith(("part-", ".", "_temporary", SUCCESS, MANIFEST)) or "=" in name
 
 
-@dataclasses.dataclass
-class ScoreStats:
-    """Counters of one ``score`` call, read after the action that ran it."""
+def _run(job: BatchJob, plan: table_job.TableJob, folder: OutputFolder | None, fingerprint: dict[str, Any],
+         start: float) -> BatchSummary:
+    from ..spark import tables as lake
+    from ..spark.scoring import score
+    from ..spark.session import batch_defaults, parquet_sample, read, session
 
-    loads: Any
-    pids: Any
-    counts: Any
-
-    @property
-    def model_loads(self) -> int:
-        return int(self.loads.value)
-
-    @property
-    def workers(self) -> int:
-        return len(self.pids.value)
-
-
-def _as_recipe(model: str | PipelineRecipe, options: dict[str, Any]) -> PipelineRecipe:
-    if isinstance(model, PipelineRecipe):
-        return model
-    return PipelineRecipe(model_path=model, **{k: v for k, v in options.items() if v is not None})
-
-
-def score(df: Any, model: str | PipelineRecipe, *, keep: Sequence[str] = (), features: Sequence[str] | None = None,
-          flavor: str | None = None, trust: bool = False, on_error: str = "fail", steps: Sequence[Any] | None = None,
-          batch_size: int | None = None, stats: list[ScoreStats] | None = None,
-          sample: pa.RecordBatch | None = None) -> Any:
-    """``df`` scored by the model (a path or a :class:`PipelineRecipe`): ``keep`` columns, then the outputs.
-
-    ``sample`` (rows shaped like ``df``'s) gives the output schema; by default a few rows of ``df``.
-
-    A Spark ML PipelineModel folder runs natively through ``PipelineModel.load(...).transform``.
-    """
-    path = model.model_path if isinstance(model, PipelineRecipe) else model
-    if (flavor or (model.flavor if isinstance(model, PipelineRecipe) else None) or detect_flavor(path)) == "spark":
-        return _score_spark_ml(df, path, keep)
-    recipe = _as_recipe(model, {"flavor": flavor, "trust": trust, "on_error": on_error,
-                                "features": tuple(features) if features else None,
-                                "steps": tuple(steps) if steps else None})
-    spark = df.sparkSession
-    if batch_size:
-        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
-        # Under a byte cap Spark sizes the Arrow batch it is filling after every row, walking all
-        # its vectors: a sixth of the JVM's time in a job over narrow rows. Int.MaxValue is
-        # Spark's own "no cap", which skips that check; the rows bound the batch instead.
-        spark.conf.set("spark.sql.execution.arrow.maxBytesPerBatch", str(NO_BYTE_CAP))
-    driver = ModelRuntime(recipe)  # the driver checks the model and derives the output schema
-    if sample is None:  # a streaming DataFrame cannot be sampled: its caller passes rows
-        table = df.limit(SAMPLE_ROWS).toArrow()
-        sample = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist(
-            [], schema=table.schema)
-    schema = driver.output_schema(sample, keep)
-    del driver
-    context = spark.sparkContext
-    from pyspark.accumulators import AccumulatorParam
-
-    set_param = type("SetParam", (_SetParam, AccumulatorParam), {})()
-    pair_param = type("PairParam", (_PairParam, AccumulatorParam), {})()
-    shipped = _Shipped(recipe=recipe, digest=recipe.digest, key=recipe.key, is_dir=os.path.isdir(path),
-                       name=os.path.basename(path.rstrip("/")), payload=context.broadcast(pack(path)),
-                       loads=context.accumulator(0), pids=context.accumulator(set(), set_param),
-                       counts=context.accumulator([0, 0], pair_param),
-                       threads=int(spark.conf.get("spark.task.cpus", "1") or 1))
-    if stats is not None:
-        stats.append(ScoreStats(shipped.loads, shipped.pids, shipped.counts))
-    from pyspark.sql.pandas.types import from_arrow_schema
-
-    return df.mapInArrow(lambda it: _score_batches(it, shipped, schema), from_arrow_schema(schema))
-
-
-def _score_spark_ml(df: Any, path: str, keep: Sequence[str]) -> Any:
-    from pyspark.ml import PipelineModel
-    from pyspark.ml.functions import vector_to_array
-    from pyspark.ml.linalg import VectorUDT
-
-    try:
-        loaded = PipelineModel.load(path)
-    except Exception as exc:
-        raise _load_error(path, exc, df.sparkSession.version) from exc
-    out = loaded.transform(df)
-    added = [f for f in out.schema.fields if f.name not in df.columns]
-    columns = [out[k] for k in keep]
-    for field in added:
-        value = vector_to_array(out[field.name]) if isinstance(field.dataType, VectorUDT) else out[field.name]
-        columns.append(value.alias(field.name))
-    return out.select(*columns)
-
-
-# Spark's own reason inside a Py4J report: the first line of the JVM exception's message
-_JVM_REASON = re.compile(r"^(?::\s*)?(?:[\w$]+\.)+[\w$]*(?:Exception|Error): (.+)$", re.MULTILINE)
-
-
-def _load_error(path: str, exc: BaseException, running: str) -> errors.LakeinferError:
-    """Spark could not load a Spark ML model: its reason, the Spark that saved the model and the
-    one running, and the way around it (the JVM-free reader on the local engine)."""
-    from ..models.sparkml._reader import read_meta
-
-    text = str(exc)
-    found = _JVM_REASON.search(text)
-    reason = found.group(1).strip() if found else next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    try:
-        saved = read_meta(path).spark_version
-    except errors.LakeinferError:
-        saved = "an unknown version"
-    return errors.ModelLoadError(
-        f"Spark cannot load the Spark ML model {path}: {reason[:300].rstrip('.')} (saved by Spark {saved}, "
-        f"running Spark {running}); score it without a JVM: leave out --engine spark, and the local engine "
-        "reads the model itself")
-
-
-_ERROR = re.compile(r"lakeinfer\.errors\.(\w+): (.+)")
-
-
-def lakeinfer_error(exc: BaseException) -> errors.LakeinferError:
-    """The lakeinfer error inside a failed Spark job's report, or one line of the Spark error."""
-    text = str(exc)
-    found = errors.find_wire(text)
-    if found is not None:
-        return found
-    match = _ERROR.search(text)
-    if match:
-        cls = getattr(errors, match.group(1), errors.LakeinferError)
-        message = match.group(2).strip()
-        if cls in (errors.BadRecordError, errors.MissingExtraError) or not issubclass(cls, errors.LakeinferError):
-            cls = errors.InputError if cls is errors.BadRecordError else errors.LakeinferError
-        return cls(message)
-    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
-    return errors.LakeinferError(f"the Spark job failed: {first[:500]}")
-
-
-def run_spark_batch(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: Sequence[str] = (),
-                    input_format: str | None = None, batch_size: int = 16384, master: str | None = None,
-                    spark_conf: dict[str, str] | None = None, partition_by: Sequence[str] = (),
-                    overwrite: bool = False, catalog: str | None = None, where: str | None = None,
-                    snapshot: str | None = None, incremental: bool = False, full: bool = False,
-                    staging: str | None = None) -> Any:
-    """``lakeinfer batch --engine spark``: read with Spark, score, write Parquet with Spark's commit
-    protocol, or a table in one commit (see :mod:`._spark_tables`)."""
-    from ..io import tables
-    from ._spark_session import batch_defaults, parquet_sample, read, session
-
-    start = time.perf_counter()
-    if tables.is_table(input_uri) or tables.is_table(output_uri):
-        return _run_tables(recipe, input_uri, output_uri, keep=keep, input_format=input_format,
-                           batch_size=batch_size, master=master, spark_conf=spark_conf or {},
-                           partition_by=partition_by, overwrite=overwrite, catalog=catalog or "default",
-                           where=where, snapshot=snapshot, incremental=incremental, full=full, staging=staging,
-                           start=start)
-    from ..io.sources import list_input
-
-    listed = list_input(input_uri, input_format)  # a missing or unreadable input fails without a JVM
-    spark = session(master, {**batch_defaults(master), **(spark_conf or {})})
-    df, fmt, files = read(spark, input_uri, input_format, listed)
-    # the files, as the local engine has them: an input changed or added since is another job
-    fingerprint = {"input": input_uri, "format": fmt, "files": [[f.path, f.size, f.mtime_ns] for f in files],
-                   "keep": list(keep), "pipeline": recipe.describe(), "partition_by": list(partition_by)}
-    sample = parquet_sample(df, input_uri, files, SAMPLE_ROWS) if fmt == "parquet" else None
-    return _write_folder(spark, df, recipe, output_uri, fingerprint, keep=keep, batch_size=batch_size,
-                         master=master, partition_by=partition_by, overwrite=overwrite, start=start, sample=sample)
-
-
-def _write_folder(spark: Any, df: Any, recipe: PipelineRecipe, output_uri: str, fingerprint: dict[str, Any], *,
-                  keep: Sequence[str], batch_size: int, master: str | None, partition_by: Sequence[str],
-                  overwrite: bool, start: float, sample: pa.RecordBatch | None = None) -> Any:
-    """Score ``df`` into Parquet under ``output_uri``, unless this very job already completed there."""
-    from ..io.sinks import MANIFEST, SUCCESS
-    from ._spark_session import finished, summary_of
-
-    previous = finished(output_uri)
-    if previous is not None and not overwrite:
-        theirs = previous.get("fingerprint", {})
-        if theirs == fingerprint:
-            return summary_of(previous, resumed=True, seconds=time.perf_counter() - start)
-        raise errors.OutputError(
-            f"output folder {output_uri} holds another job's results (model "
-            f"{str(theirs.get('pipeline', {}).get('model_digest', '?'))[:12]}, input {theirs.get('input', '?')}); "
-            "choose another folder or pass --overwrite")
-    if previous is None and os.path.isdir(output_uri) and not overwrite:
-        # what a failed Spark attempt leaves (uncommitted parts) is redone; anything else is not ours
-        foreign = [n for n in os.listdir(output_uri)
-                   if not n.startswith(("part-", ".", "_temporary", SUCCESS, MANIFEST)) and "=" not in n]
-        if foreign:
-            raise errors.OutputError(f"output folder {output_uri} is not empty and holds no lakeinfer job "
-                                     f"({foreign[0]}); choose an empty folder or pass --overwrite")
+    kinds = {ref.kind for ref in map(tables.parse_table, (job.input, job.output)) if ref is not None}
+    conf = {**batch_defaults(job.master), **job.spark_conf}
+    if kinds:
+        conf = lake.lake_conf(kinds, job.tables.catalog, dict(job.spark_conf))
+    spark = session(job.master, conf)
+    if kinds:
+        lake.check_jars(spark, kinds, conf)
+    sample = None
+    if tables.is_table(job.input):
+        df = lake.read_table(spark, plan, job.input, catalog=job.tables.catalog, where=job.tables.where)
+    else:
+        df, fmt, files = read(spark, job.input, job.input_format, plan.listed)
+        if fmt == "parquet" and folder is not None:
+            sample = parquet_sample(df, job.input, files, 64)
     stats: list[ScoreStats] = []
-    try:
-        scored = score(df, recipe, keep=keep, batch_size=batch_size, stats=stats, sample=sample)
+    scored = score(df, job.recipe, keep=job.keep, batch_size=job.batch_size, stats=stats, sample=sample)
+    if folder is not None:
         writer = scored.write.mode("overwrite")
-        if partition_by:
-            writer = writer.partitionBy(*partition_by)
-        writer.parquet(output_uri)
-    except errors.LakeinferError:
-        raise
-    except Exception as exc:
-        raise lakeinfer_error(exc) from exc
-    from ._spark_session import record
-
-    return record(spark, output_uri, fingerprint, stats[0] if stats else None, master, time.perf_counter() - start)
-
-
-def _run_tables(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: Sequence[str],
-                input_format: str | None, batch_size: int, master: str | None, spark_conf: dict[str, str],
-                partition_by: Sequence[str], overwrite: bool, catalog: str, where: str | None,
-                snapshot: str | None, incremental: bool, full: bool, staging: str | None, start: float) -> Any:
-    """A table on either side: planned and named as on the local engine, written in one commit."""
-    from ..io import table_job, tables
-    from . import _spark_tables as lake
-    from ._spark_session import read, session
-    from .local import committed_summary, empty_summary
-
-    table_job.check_table_options(input_uri, output_uri, where=where, snapshot=snapshot, incremental=incremental,
-                                  full=full, staging=staging)
-    if staging is not None:
-        raise errors.ConfigError("--staging is for the local engine: on Spark the data files wait in the table's "
-                                 "own location until the one commit publishes them")
-    if partition_by and tables.is_table(output_uri):
-        raise errors.ConfigError("--partition-by is for folder outputs; an output table keeps its own layout")
-    # planned before Spark starts: a bad table or option is one line, without a JVM
-    job = table_job.plan_job(recipe, input_uri, output_uri, keep=keep, catalog=catalog, input_format=input_format,
-                             unit_rows=None, where=where, snapshot=snapshot, incremental=incremental, full=full,
-                             overwrite=overwrite)
-    if job.out is not None:
-        assert job.job_id is not None
-        if tables.is_table(input_uri) and not job.source.units:
-            return empty_summary(output_uri, job.job_id, job.empty_note, start)
-        committed = job.committed()
-        if committed is not None:
-            return committed_summary(output_uri, job.job_id, committed, start)
-    kinds = {ref.kind for ref in map(tables.parse_table, (input_uri, output_uri)) if ref is not None}
-    conf = lake.lake_conf(kinds, catalog, spark_conf)
-    spark = session(master, conf)
-    lake.check_jars(spark, kinds, conf)
-    try:
-        if tables.is_table(input_uri):
-            df = lake.read_table(spark, job, input_uri, catalog=catalog, where=where)
-        else:
-            df = read(spark, input_uri, input_format)[0]
-        if job.out is None:
-            return _write_folder(spark, df, recipe, output_uri, {**job.fingerprint, "partition_by": list(partition_by)},
-                                 keep=keep, batch_size=batch_size, master=master, partition_by=partition_by,
-                                 overwrite=overwrite, start=start)
-        stats: list[ScoreStats] = []
-        scored = score(df, recipe, keep=keep, batch_size=batch_size, stats=stats)
-        schema = lake.output_schema(scored)
-        job.out.check_schema(schema)
-        lake.write_table(scored, job, catalog=catalog, schema=schema)
-    except errors.LakeinferError:
-        raise
-    except Exception as exc:
-        raise lakeinfer_error(exc) from exc
-    assert job.job_id is not None
-    commit = job.committed()
+        if job.partition_by:
+            writer = writer.partitionBy(*job.partition_by)
+        writer.parquet(job.output)
+        rows_in, rows_out = stats[0].counts.value if stats else (spark.read.parquet(job.output).count(),) * 2
+        summary = _summary(job.output, rows_in, rows_out, stats, parts=folder.count_parts(), start=start)
+        folder.record(fingerprint, summary.to_dict())
+        return summary
+    assert plan.out is not None and plan.job_id is not None
+    schema = lake.output_schema(scored)
+    plan.out.check_schema(schema)
+    lake.write_table(scored, plan, catalog=job.tables.catalog, schema=schema)
+    commit = plan.committed()
     if commit is None:  # the write returned without a commit carrying the job id: never report success
-        raise errors.OutputError(f"the Spark job wrote to {output_uri} but no commit carries job {job.job_id}")
-    from .local import BatchSummary
-
+        raise errors.OutputError(f"the Spark job wrote to {job.output} but no commit carries job {plan.job_id}")
     rows_in, rows_out = stats[0].counts.value if stats else (int(commit.get(tables.ROWS, 0)),) * 2
-    return BatchSummary(output=output_uri, rows=rows_out, rows_skipped=rows_in - rows_out, parts=1,
+    summary = _summary(job.output, rows_in, rows_out, stats, parts=1, start=start)
+    summary.job_id, summary.commit = plan.job_id, commit.get("snapshot", commit.get("version"))
+    return summary
+
+
+def _summary(output: str, rows_in: int, rows_out: int, stats: list[ScoreStats], *, parts: int,
+             start: float) -> BatchSummary:
+    # stats is empty for a Spark ML PipelineModel: Spark runs it natively, no Python worker loads it
+    return BatchSummary(output=output, rows=rows_out, rows_skipped=rows_in - rows_out, parts=parts,
                         parts_resumed=0, workers=stats[0].workers if stats else 0, threads=1,
-                        model_loads=stats[0].model_loads if stats else 0, seconds=time.perf_counter() - start,
-                        job_id=job.job_id, commit=commit.get("snapshot", commit.get("version")))
+                        model_loads=stats[0].model_loads if stats else 0, seconds=time.perf_counter() - start)

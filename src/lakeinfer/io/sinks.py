@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pyarrow as pa
@@ -51,9 +51,10 @@ class OutputFolder:
     def _read_json(self, name: str) -> dict[str, Any] | None:
         try:
             with self.fs.open_input_stream(self._join(name)) as fh:
-                return json.loads(fh.read().decode())  # type: ignore[no-any-return]
-        except FileNotFoundError:
+                content = json.loads(fh.read().decode())
+        except (FileNotFoundError, ValueError):  # ValueError: not (yet) a record, e.g. Spark's empty _SUCCESS
             return None
+        return content if isinstance(content, dict) else None
 
     def _write_json(self, name: str, content: dict[str, Any]) -> None:
         tmp = self._join(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{name}")
@@ -69,6 +70,50 @@ class OutputFolder:
             return set()
         return {os.path.basename(e.path) for e in self.fs.get_file_info(pafs.FileSelector(self.path))}
 
+    def _same_job(self, manifest: dict[str, Any], fingerprint: dict[str, Any]) -> None:
+        theirs = manifest.get("fingerprint", {})
+        if theirs != fingerprint:
+            raise OutputError(
+                f"output folder {self.uri} holds another job's results (model "
+                f"{str(theirs.get('pipeline', {}).get('model_digest', '?'))[:12]}, input {theirs.get('input', '?')}); "
+                "choose another folder or pass --overwrite"
+            )
+
+    def completed(self, fingerprint: dict[str, Any], *, overwrite: bool,
+                  redone: Callable[[str], bool] = lambda name: False) -> dict[str, Any] | None:
+        """Read-only, for an engine that writes the whole folder at once: the record of this very
+        job if it completed here, else None (the folder is empty, holds only what ``redone`` names,
+        e.g. a failed attempt's leftovers, or ``overwrite``). Raises if it holds anything else."""
+        try:
+            names = self._entries()
+            if not names or overwrite:
+                return None
+            manifest = self._read_json(MANIFEST)
+            if manifest is None:
+                foreign = sorted(n for n in names if not redone(n))
+                if not foreign:
+                    return None
+                raise OutputError(f"output folder {self.uri} is not empty and holds no lakeinfer job ({foreign[0]}); "
+                                  "choose an empty folder or pass --overwrite")
+            self._same_job(manifest, fingerprint)
+            return self._read_json(SUCCESS) if SUCCESS in names else None
+        except OSError as exc:
+            raise OutputError(f"cannot read output folder {self.uri}: {exc}") from exc
+
+    def record(self, fingerprint: dict[str, Any], summary: dict[str, Any]) -> None:
+        """Write the record of a job whose engine wrote the whole folder (its parts and their
+        marker): the manifest, then the completed job's summary."""
+        try:
+            self._write_json(MANIFEST, {"fingerprint": fingerprint})
+            self.finish({**summary, "fingerprint": fingerprint})
+        except OSError as exc:
+            raise OutputError(f"cannot write output folder {self.uri}: {exc}") from exc
+
+    def count_parts(self) -> int:
+        """The Parquet parts under the folder, partition folders included."""
+        found = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True))
+        return sum(1 for e in found if e.type == pafs.FileType.File and os.path.basename(e.path).startswith("part-"))
+
     def check(self, fingerprint: dict[str, Any], *, overwrite: bool) -> dict[int, dict[str, int]]:
         """Read-only: the stats of parts a previous run of this job completed.
 
@@ -82,13 +127,7 @@ class OutputFolder:
             if manifest is None:
                 raise OutputError(f"output folder {self.uri} is not empty and holds no lakeinfer job; "
                                   "choose an empty folder or pass --overwrite")
-            theirs = manifest.get("fingerprint", {})
-            if theirs != fingerprint:
-                raise OutputError(
-                    f"output folder {self.uri} holds another job's results (model "
-                    f"{str(theirs.get('pipeline', {}).get('model_digest', '?'))[:12]}, input {theirs.get('input', '?')}); "
-                    "choose another folder or pass --overwrite"
-                )
+            self._same_job(manifest, fingerprint)
             return self._finished_parts(names)
         except OSError as exc:
             raise OutputError(f"cannot read output folder {self.uri}: {exc}") from exc

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,15 +19,16 @@ from . import tables
 from .sources import list_input, plan_units
 from .table_output import TableOutput, open_output
 
-if TYPE_CHECKING:  # io sits below the runtime: only its type here
-    from ..runtime import PipelineRecipe
+if TYPE_CHECKING:  # io sits below the job and the runtime: only their types here
+    from ..job import BatchJob
 
 __all__ = ["TableJob", "check_table_options", "plan_job"]
 
 
-def check_table_options(input_uri: str, output_uri: str, *, where: str | None, snapshot: str | None,
-                        incremental: bool, full: bool, staging: str | None) -> None:
+def check_table_options(job: BatchJob) -> None:
     """Refuse table options that do not fit the input and output."""
+    input_uri, output_uri, t = job.input, job.output, job.tables
+    where, snapshot, incremental, full, staging = t.where, t.snapshot, t.incremental, t.full, t.staging
     in_table, out_table = tables.is_table(input_uri), tables.is_table(output_uri)
     if not in_table:
         for name, value in (("--where", where), ("--snapshot", snapshot)):
@@ -53,6 +53,7 @@ class TableJob:
     since: str | None  # the input position the last run scored up to (incremental runs)
     replace: bool  # --full / --overwrite: the commit replaces the output table's rows
     incremental: bool
+    listed: Any = None  # a folder input's (file system, files, format), as list_input gave them
     job_id: str | None = None
 
     def committed(self) -> dict[str, str] | None:
@@ -78,12 +79,15 @@ class TableJob:
         return "nothing new" if self.incremental else "the input table is empty"
 
 
-def plan_job(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: Sequence[str], catalog: str,
-             input_format: str | None, unit_rows: int | None, where: str | None, snapshot: str | None,
-             incremental: bool, full: bool, overwrite: bool) -> TableJob:
-    """Plan the input (from the last run's position when ``incremental``) and name the job."""
+def plan_job(options: BatchJob, *, unit_rows: int | None = None) -> TableJob:
+    """Plan the input (from the last run's position when ``incremental``) and name the job;
+    ``unit_rows`` overrides the job's own (an engine whose reader picks its own splits: None)."""
+    check_table_options(options)
+    recipe, input_uri, output_uri, keep = options.recipe, options.input, options.output, options.keep
+    input_format, overwrite, t = options.input_format, options.overwrite, options.tables
+    catalog, where, snapshot, incremental, full = t.catalog, t.where, t.snapshot, t.incremental, t.full
     out = open_output(output_uri, catalog)
-    since = None
+    since, listed = None, None
     if tables.is_table(input_uri):
         if incremental and not full:
             assert out is not None
@@ -91,7 +95,7 @@ def plan_job(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: S
         source = tables.plan_table(input_uri, catalog=catalog, input_format=input_format, unit_rows=unit_rows,
                                    where=where, snapshot=snapshot, since=since)
     else:
-        fs, files, fmt = list_input(input_uri, input_format)
+        listed = fs, files, fmt = list_input(input_uri, input_format)
         units = plan_units(fs, files, fmt, unit_rows=unit_rows)
         source = tables.Source(fs, fmt, units, None, {
             "input": input_uri, "input_format": fmt, "files": [[f.path, f.size, f.mtime_ns] for f in files]})
@@ -102,7 +106,7 @@ def plan_job(recipe: PipelineRecipe, input_uri: str, output_uri: str, *, keep: S
         "keep": list(keep),
         "pipeline": recipe.describe(),
     }
-    job = TableJob(source, out, fingerprint, since, bool(full or overwrite), bool(incremental))
+    job = TableJob(source, out, fingerprint, since, bool(full or overwrite), bool(incremental), listed=listed)
     if out is not None:
         # the engine is not part of the job: either engine finds the other's commit of the same job
         fingerprint.update({"output": tables.input_id(out.ref, catalog), "since": since, "replace": job.replace})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import math
 import os
 import zipfile
 from collections.abc import Sequence
@@ -13,9 +12,9 @@ from typing import Any
 
 from ..errors import ConfigError, ModelLoadError
 from ._base import Model, TabularModel
+from ._frame import NUMBER
 
-__all__ = ["CONCURRENT_FLAVORS", "FLAVORS", "THREADED_FLAVORS", "Model", "TabularModel", "available_cores", "default_processes",
-           "detect_flavor", "load_model", "model_digest", "own_threads"]
+__all__ = ["FLAVORS", "NUMBER", "Model", "TabularModel", "detect_flavor", "load_model", "model_digest"]
 
 # flavor -> (module, loader keyword arguments); read-only so no caller can grow it by accident.
 FLAVORS: MappingProxyType[str, tuple[str, dict[str, Any]]] = MappingProxyType({
@@ -28,42 +27,8 @@ FLAVORS: MappingProxyType[str, tuple[str, dict[str, Any]]] = MappingProxyType({
     "torch_export": ("torch", {"exported": True}),
     "mlflow": ("mlflow", {}),
     "spark": ("sparkml", {}),
+    "h2o": ("h2o", {}),
 })
-
-# Flavors whose runtime scores a batch on its own thread pool with the GIL released: one
-# process using every core beats one process per core (they would share nothing, not even
-# the CPU caches that hold the model).
-THREADED_FLAVORS = frozenset({"onnx", "xgboost", "lightgbm", "torchscript", "torch_export"})
-# Flavors whose predict may run on several threads at once over one loaded model (onnxruntime's
-# Run is thread-safe): several single-threaded calls in flight beat one call on a thread pool.
-CONCURRENT_FLAVORS = frozenset({"onnx"})
-
-
-def available_cores() -> int:
-    """The cores this process may run on: its CPU affinity, within its cgroup's CPU quota (a
-    container's limit), where ``os.cpu_count`` counts every core of the machine."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as fh:  # cgroup v2: "<quota> <period>" or "max <period>"
-            quota, period = fh.read().split()[:2]
-        if quota != "max":
-            cores = min(cores, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):
-        pass
-    return max(1, cores)
-
-
-def own_threads() -> int | None:
-    """Threads for a model scoring alone: None leaves the framework its own default (every core of
-    the machine), unless this process may use fewer cores, where that default would oversubscribe."""
-    cores = available_cores()
-    return cores if cores < (os.cpu_count() or 1) else None
-
-
-def default_processes(flavor: str) -> int:
-    """Worker processes for a flavor unless told otherwise (batch and serve): one using every core
-    for THREADED_FLAVORS, else one per available core (the GIL-bound flavors: sklearn, skops, mlflow)."""
-    return 1 if flavor in THREADED_FLAVORS else available_cores()
 
 _BY_SUFFIX = {
     ".onnx": "onnx",
@@ -99,6 +64,8 @@ def detect_flavor(path: str) -> str:
     if head.startswith(b"PK"):
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
+        if "model.ini" in names:  # an H2O-3 MOJO
+            return "h2o"
         if any(n.endswith("archive_format") or "/models/" in n for n in names):
             return "torch_export"
         if any(n.endswith("constants.pkl") or n.endswith("/data.pkl") for n in names):

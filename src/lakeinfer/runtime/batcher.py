@@ -34,6 +34,8 @@ INLINE_SECONDS = 0.0005
 class Overloaded(LakeinferError):
     """The queue is full; the caller should retry later."""
 
+    status = "unavailable"
+
 
 @dataclass
 class _Request:

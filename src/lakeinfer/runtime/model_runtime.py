@@ -15,8 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import BadRecordError, LakeinferError, SchemaError
-from ..models import Model, TabularModel
-from ..models._frame import NUMBER
+from ..models import NUMBER, Model, TabularModel
 from ..pipeline import ModelStep, Pipeline
 from ..schema import PACKED, packed_width, unpack_features
 from .recipe import PipelineRecipe

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from .._spec_models import validate_step
+from .._spec_schema import validate_step
+from ..cpu import CONCURRENT_FLAVORS
 from ..errors import ConfigError
-from ..models import CONCURRENT_FLAVORS, Model, detect_flavor, load_model, model_digest
+from ..models import Model, detect_flavor, load_model, model_digest
 from ..pipeline import ModelStep, Pipeline, Transformer, step_from_dict
 
 __all__ = ["MODEL", "PipelineRecipe"]

@@ -10,7 +10,28 @@ import pyarrow as pa
 
 from ..errors import RecordsError
 
-__all__ = ["RecordsError", "records_to_batch"]
+__all__ = ["RecordsError", "field_problem", "object_problem", "records_to_batch"]
+
+
+def object_problem(record: Any) -> str | None:
+    """Why ``record`` is not a record (a JSON object), or None: the one wording of every mode."""
+    if isinstance(record, dict):
+        return None
+    return f"must be a JSON object of field: value, not {type(record).__name__}"
+
+
+def field_problem(name: str, value: Any, *, category: bool = False) -> str | None:
+    """Why a record's ``value`` cannot be the feature ``name`` (a number, or a string where the
+    model takes a ``category``), or None; a null is a missing value, for the runtime's rule."""
+    if value is None:
+        return None
+    if category:
+        if isinstance(value, str):
+            return None
+        return f"field '{name}' is {type(value).__name__}; the model expects a category (a string)"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"field '{name}' is {type(value).__name__}; the model needs a number"
+    return None
 
 
 def records_to_batch(records: Sequence[Any], *, where: str = "records",
@@ -26,8 +47,9 @@ def records_to_batch(records: Sequence[Any], *, where: str = "records",
     types = types or {}
     names: dict[str, None] = {}
     for i, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise RecordsError(f"{where}[{i}] must be an object of field: value, not {type(record).__name__}")
+        problem = object_problem(record)
+        if problem is not None:
+            raise RecordsError(f"{where}[{i}] {problem}")
         names.update(dict.fromkeys(record))
     if only is not None:
         names = dict.fromkeys([*(n for n in only if n in names or n in types)])
@@ -39,9 +61,9 @@ def records_to_batch(records: Sequence[Any], *, where: str = "records",
         kind = types.get(name)
         if kind is not None and not pa.types.is_string(kind):
             for i, value in enumerate(values):
-                if isinstance(value, bool) or not (value is None or isinstance(value, int | float)):
-                    raise RecordsError(f"{where}[{i}]: field '{name}' is {type(value).__name__}; "
-                                       "the model needs a number")
+                problem = field_problem(name, value)
+                if problem is not None:
+                    raise RecordsError(f"{where}[{i}]: {problem}")
         try:
             columns[name] = pa.array(values, type=kind)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:

@@ -1,21 +1,20 @@
 """The ASGI application: Open Inference Protocol v2 REST, a records endpoint, metrics, OpenAPI.
 
 A server holds one model or several, each behind its own batcher, routed by the name in the URL.
-Status codes are chosen here and only here: bad input 400, missing or wrong API key 401, unknown
-model 404 (naming the server's models), oversized body 413, full queue or model not loaded 503 (Retry-After), timeout 504.
-With --grpc-port the app also runs the v2 gRPC service (grpc_v2.py, whose codes mirror these).
+Every endpoint takes the data plane's request path (envelope.py: the API key, the body limit,
+errors to status codes, metrics, hooks). With --grpc-port the app also runs the v2 gRPC service
+(grpc_v2.py) over the same path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -29,10 +28,11 @@ from ..runtime import ModelRuntime
 from . import v2
 from .config import ServeConfig
 from .dataplane import DataPlane, ModelPlane
+from .envelope import Answered, Envelope, Hook
 from .metrics import CONTENT_TYPE
 from .openapi import DOCS_PAGE, openapi_document
-from .rest_infer import KEY_MESSAGE, HTTPFailure, InferFirst, InferRoute, failure
-from .shed import RETRY_SECONDS, Shedder
+from .rest_infer import KEY_HOW, STATUS_CODE, InferFirst, InferRoute, given_key
+from .shed import Shedder
 from .v2 import ProtocolError
 
 log = logging.getLogger("lakeinfer.serve")
@@ -45,43 +45,45 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def create_app(config: ServeConfig, *, runtimes: Mapping[str, ModelRuntime] | None = None) -> ASGIApp:
-    """The app of one worker process; ``runtimes``: models already built, by name (else each loads its own)."""
-    plane = DataPlane(config, runtimes=runtimes)
-    api_key = config.api_key()
+def create_app(config: ServeConfig, *, runtimes: Mapping[str, ModelRuntime] | None = None,
+               hooks: Sequence[Hook] = ()) -> ASGIApp:
+    """The app of one worker process; ``runtimes``: models already built, by name (else each loads
+    its own); ``hooks``: called with every answered request, REST and gRPC (see envelope.py)."""
+    plane = DataPlane(config, runtimes=runtimes, api_key=config.api_key())
+    envelope = plane.envelope
+    envelope.hooks.extend(hooks)
     timeout = config.timeout_ms / 1000.0
     worker = str(os.getpid())
     grpc_server = None
     if config.grpc_port is not None:
         from .grpc_v2 import GrpcServer
 
-        grpc_server = GrpcServer(plane, config, api_key)
+        grpc_server = GrpcServer(plane, config)
 
     # the infer route, the one every model call takes, is plain ASGI (rest_infer.py)
-    infer = InferRoute(plane=plane, api_key=api_key, worker=worker, timeout_ms=config.timeout_ms,
-                       max_body_bytes=config.max_body_bytes)
+    infer = InferRoute(plane=plane, worker=worker, timeout_ms=config.timeout_ms)
 
     def endpoint(label: str, *, public: bool = False) -> Callable[[Handler], Handler]:
-        """Auth, error mapping and metrics around a handler."""
+        """The request path around a handler: auth, error mapping, metrics and hooks."""
 
         def wrap(handler: Handler) -> Handler:
             async def run(request: Request) -> Response:
                 start = time.perf_counter()
                 name = request.path_params.get("name", "")
                 model = name if name in plane.models else ""  # a label per served model, not per name asked
+                exchange: dict[str, Any] = {}
+                request.state.exchange = exchange
                 try:
-                    if api_key and not public:
-                        _check_key(request, api_key)
+                    if envelope.keyed and not public:
+                        envelope.check_key(given_key(request.headers.raw), KEY_HOW)
                     response = await handler(request)
                 except Exception as exc:
-                    try:
-                        response = _error(*failure(exc, config.timeout_ms))
-                    except Exception:  # a bug: the reason, logged with its traceback, not sent
-                        log.exception("lakeinfer: unexpected error on %s", request.url.path)
-                        response = _error(500, f"internal error ({type(exc).__name__})")
-                if response.status_code >= 400:
-                    plane.metrics.error(str(response.status_code), model)
-                plane.metrics.request(label, response.status_code, time.perf_counter() - start, model)
+                    failed = envelope.failure(exc, request.url.path)
+                    response = _error(failed.status, failed.message, failed.headers)
+                status = response.status_code
+                envelope.answered(Answered("rest", label, model, status, "OK" if status < 400 else STATUS_CODE[status],
+                                           time.perf_counter() - start, exchange.get("inputs"),
+                                           exchange.get("outputs")))
                 # which worker process answered: for operators (and tests) of a --workers N server
                 response.headers[WORKER_HEADER] = worker
                 return response
@@ -122,7 +124,7 @@ def create_app(config: ServeConfig, *, runtimes: Mapping[str, ModelRuntime] | No
 
     @endpoint("repository_index")
     async def repository_index(request: Request) -> Response:
-        body = await _read_body(request, config.max_body_bytes)
+        body = await _read_body(request, envelope)
         only_ready = False
         if body.strip():
             try:
@@ -139,9 +141,10 @@ def create_app(config: ServeConfig, *, runtimes: Mapping[str, ModelRuntime] | No
     async def predict(request: Request) -> Response:
         model = _model(request)
         model.admit()
-        body = await _read_body(request, config.max_body_bytes)
+        body = await _read_body(request, envelope)
         batch = _records(body, model)
         out = await model.infer(batch, timeout, rows="instances[{row}]")
+        request.state.exchange.update(inputs=batch, outputs=out)
         return JSONResponse({"predictions": out.to_pylist()})
 
     @endpoint("metrics")
@@ -187,28 +190,17 @@ def create_app(config: ServeConfig, *, runtimes: Mapping[str, ModelRuntime] | No
     # model call: a full queue's line and 503 first (shed.py), then infer requests straight to
     # their route (rest_infer.py), which answers every error itself; the endpoints' admit()
     # stays for the requests that pass the line as the queue fills
-    return Shedder(InferFirst(app, infer), plane=plane, api_key=api_key, worker=worker,
-                   retry=min(RETRY_SECONDS, timeout / 2))
+    return Shedder(InferFirst(app, infer), plane=plane, worker=worker)
 
 
-def _check_key(request: Request, key: str) -> None:
-    given = request.headers.get("x-api-key") or ""
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        given = auth[7:].strip()
-    if not given or not hmac.compare_digest(given.encode(), key.encode()):
-        raise HTTPFailure(401, KEY_MESSAGE, {"WWW-Authenticate": "Bearer"})
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, envelope: Envelope) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPFailure(413, f"the request body of {int(declared):,} bytes is over the {limit:,}-byte limit")
+    if declared is not None and declared.isdigit():
+        envelope.check_size(int(declared), declared=True)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise HTTPFailure(413, f"the request body is over the {limit:,}-byte limit")
+        envelope.check_size(size)
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -12,6 +12,8 @@ from ..errors import ConfigError
 from ..runtime import PipelineRecipe
 
 CONFIG_ENV = "LAKEINFER_SERVE_CONFIG"
+# the longest a caller refused with 503 is asked to wait (Retry-After), within half the timeout
+RETRY_SECONDS = 1.0
 # a model's name is a URL path segment: letters, digits, '_', '-', '.', not starting with a dot
 MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -89,6 +91,11 @@ class ServeConfig:
                 raise ConfigError(f"serve: grpc_port and port are both {self.port}; gRPC needs a port of its own")
         if self.timeout_ms <= 0 or self.max_wait_ms < 0:
             raise ConfigError("serve: timeout_ms must be positive and max_wait_ms not negative")
+
+    @property
+    def retry_s(self) -> float:
+        """The retry window of a refusal: a caller that comes back sooner waits in line up to it."""
+        return min(RETRY_SECONDS, self.timeout_ms / 2000.0)
 
     def api_key(self) -> str | None:
         if not self.api_key_env:

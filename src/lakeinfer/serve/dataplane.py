@@ -10,20 +10,17 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from ..cpu import THREADED_FLAVORS, threads_each
 from ..errors import LakeinferError
-from ..models import THREADED_FLAVORS, available_cores
 from ..runtime import ModelRuntime, Scored
 from ..runtime.batcher import AdaptiveBatcher, Overloaded
 from .config import ModelConfig, ServeConfig
+from .envelope import Envelope, ModelUnavailable, UnknownModel
 from .metrics import Metrics
 
 log = logging.getLogger("lakeinfer.serve")
 
 __all__ = ["DataPlane", "ModelPlane", "Overloaded", "ReadyBoard", "UnknownModel", "model_threads"]
-
-
-class UnknownModel(LakeinferError):
-    """A name that is none of the server's models (404 / NOT_FOUND)."""
 
 
 class ReadyBoard:
@@ -67,7 +64,7 @@ def model_threads(workers: int | None) -> int:
     """The threads a model may use in each of ``workers`` processes: the cores shared out, less
     one for the worker's event loop (HTTP, decoding, encoding), which competes with the model's
     threads for the cores under load; small batches do not gain from more threads. At least one."""
-    return max(1, available_cores() // (workers or 1) - 1)
+    return threads_each(workers or 1, reserve=1)
 
 
 # the per-row reasons ride beside a merged batch's outputs to be sliced with them per caller
@@ -168,11 +165,11 @@ class ModelPlane:
         if self.batcher.depth >= self.batcher.max_queue:
             raise Overloaded(f"{self.batcher.depth} requests are waiting (max_queue={self.batcher.max_queue})")
 
-    def not_loaded(self) -> Overloaded:
+    def not_loaded(self) -> ModelUnavailable:
         """The 503 of a model that is not (yet) here."""
         if self.load_error:
-            return Overloaded(f"model '{self.name}' did not load: {self.load_error}")
-        return Overloaded(f"the model '{self.name}' is loading")
+            return ModelUnavailable(f"model '{self.name}' did not load: {self.load_error}")
+        return ModelUnavailable(f"the model '{self.name}' is loading")
 
     async def infer(self, batch: pa.RecordBatch, timeout: float, *, rows: str = "row {row}") -> pa.RecordBatch:
         """The output columns for ``batch``'s rows; a bad row raises naming it (``rows``: how rows are called)."""
@@ -195,10 +192,13 @@ class ModelPlane:
 class DataPlane:
     """The server's models, each a :class:`ModelPlane`, looked up by name; one worker's metrics."""
 
-    def __init__(self, config: ServeConfig, *, runtimes: Mapping[str, ModelRuntime] | None = None) -> None:
+    def __init__(self, config: ServeConfig, *, runtimes: Mapping[str, ModelRuntime] | None = None,
+                 api_key: str | None = None) -> None:
         self.config = config
         self.board = ReadyBoard(config.state_dir, config.workers or 1)
         self.metrics = Metrics(lambda: {m.name: m.depth for m in self.models.values()})
+        # the request path every transport takes: auth, limits, status codes, metrics, hooks
+        self.envelope = Envelope(config, self.metrics, api_key)
         given = runtimes or {}
         self.models = {m.name: ModelPlane(i, m, config, self.board, self.metrics, runtime=given.get(m.name))
                        for i, m in enumerate(config.models)}

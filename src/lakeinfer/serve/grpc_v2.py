@@ -3,15 +3,12 @@
 Each worker process runs it on the event loop of its REST app, over the same data plane; the
 workers share the port (SO_REUSEPORT), as they share the REST one. The codec from a
 ModelInferRequest to an Arrow record batch and from the outputs back to a ModelInferResponse
-reuses v2.py's tensor rules; the status codes mirror app.py's: bad input INVALID_ARGUMENT (the
-REST 400's message), missing or wrong API key UNAUTHENTICATED, unknown model NOT_FOUND (naming the
-server's models), full
-queue or model not loaded UNAVAILABLE, timeout DEADLINE_EXCEEDED.
+reuses v2.py's tensor rules; every call takes the data plane's request path (envelope.py), whose
+one table gives each error its HTTP status and its gRPC code.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 import os
@@ -23,10 +20,11 @@ import grpc
 import numpy as np
 import pyarrow as pa
 
-from ..errors import InputError, LakeinferError
+from ..errors import LakeinferError
 from . import proto, v2
 from .config import ServeConfig
-from .dataplane import DataPlane, ModelPlane, Overloaded, UnknownModel
+from .dataplane import DataPlane, ModelPlane
+from .envelope import Answered
 from .v2 import DATATYPES, ProtocolError
 
 log = logging.getLogger("lakeinfer.serve")
@@ -41,12 +39,6 @@ CONTENTS = {
     "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
     "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
 }
-
-
-class GrpcFailure(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def decode_infer(request: Any, features: Sequence[str], tensor: tuple[str, int] | None = None) -> pa.RecordBatch:
@@ -117,16 +109,27 @@ def requested(request: Any, available: Sequence[str]) -> list[str]:
     return [name for name, _ in v2.requested_outputs(asked, available)]
 
 
+Handler = Callable[[Any, grpc.aio.ServicerContext, dict[str, Any]], Awaitable[Any]]
 Method = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+KEY_HOW = "metadata 'authorization: Bearer KEY' or 'x-api-key: KEY'"
+
+
+def _given_key(context: grpc.aio.ServicerContext) -> str:
+    """The API key the call's metadata carries (``authorization: Bearer KEY`` first, else ``x-api-key``)."""
+    headers = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+    auth = headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return headers.get("x-api-key") or ""
 
 
 class GrpcServer:
     """The gRPC service of one worker process, bound to ``config.grpc_port``."""
 
-    def __init__(self, plane: DataPlane, config: ServeConfig, api_key: str | None) -> None:
+    def __init__(self, plane: DataPlane, config: ServeConfig) -> None:
         self.plane = plane
+        self.envelope = plane.envelope
         self.config = config
-        self.api_key = api_key
         self.timeout = config.timeout_ms / 1000.0
         self.worker = str(os.getpid())
         self.server: grpc.aio.Server | None = None
@@ -167,71 +170,47 @@ class GrpcServer:
         if self.server is not None:
             await self.server.stop(grace)
 
-    def _method(self, label: str, handler: Method, *, public: bool = False) -> Method:
-        """Auth, error mapping and metrics around a handler, as app.py's ``endpoint``."""
-        metrics = self.plane.metrics
+    def _method(self, label: str, handler: Handler, *, public: bool = False) -> Method:
+        """The request path around a handler: auth, error mapping, metrics and hooks, as REST's."""
+        envelope = self.envelope
 
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
             name = getattr(request, "model_name", None) or getattr(request, "name", "")
             model = name if name in self.plane.models else ""  # a label per served model, not per name asked
             context.set_trailing_metadata(((WORKER_METADATA, self.worker),))
-            failure: tuple[grpc.StatusCode, str] | None = None
+            exchange: dict[str, Any] = {}
+            failed = None
             try:
-                if self.api_key and not public:
-                    self._check_key(context)
-                response = await handler(request, context)
-            except GrpcFailure as exc:
-                failure = exc.code, str(exc)
-            except UnknownModel as exc:
-                failure = grpc.StatusCode.NOT_FOUND, str(exc)
-            except Overloaded as exc:
-                failure = grpc.StatusCode.UNAVAILABLE, str(exc)
-            except TimeoutError:
-                failure = grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within the {self.config.timeout_ms:g} ms timeout"
-            except InputError as exc:
-                failure = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-            except LakeinferError as exc:
-                failure = grpc.StatusCode.INTERNAL, str(exc)
-            except Exception as exc:  # a bug: the reason, logged with its traceback, not sent
-                log.exception("lakeinfer: unexpected error on gRPC %s", label)
-                failure = grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})"
-            code = failure[0] if failure else grpc.StatusCode.OK
-            if failure:
-                metrics.error(f"grpc_{code.name}", model)
-            metrics.request(f"grpc_{label}", code.name, time.perf_counter() - start, model)
-            if failure:
-                await context.abort(*failure)
+                if envelope.keyed and not public:
+                    envelope.check_key(_given_key(context), KEY_HOW)
+                response = await handler(request, context, exchange)
+            except Exception as exc:
+                failed = envelope.failure(exc, f"gRPC {label}")
+            status, code = (failed.status, failed.code) if failed else (200, "OK")
+            envelope.answered(Answered("grpc", label, model, status, code, time.perf_counter() - start,
+                                       exchange.get("inputs"), exchange.get("outputs"), exchange.get("request_id")))
+            if failed:
+                await context.abort(getattr(grpc.StatusCode, failed.code), failed.message)
             return response
 
         return run
 
-    def _check_key(self, context: grpc.aio.ServicerContext) -> None:
-        assert self.api_key is not None
-        headers = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        given = headers.get("x-api-key") or ""
-        auth = headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        if not given or not hmac.compare_digest(given.encode(), self.api_key.encode()):
-            raise GrpcFailure(grpc.StatusCode.UNAUTHENTICATED,
-                              "missing or wrong API key (send metadata 'authorization: Bearer KEY' or 'x-api-key: KEY')")
 
-
-    async def server_live(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def server_live(self, request: Any, context: grpc.aio.ServicerContext, exchange: dict[str, Any]) -> Any:
         return proto.ServerLiveResponse(live=True)
 
-    async def server_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def server_ready(self, request: Any, context: grpc.aio.ServicerContext, exchange: dict[str, Any]) -> Any:
         return proto.ServerReadyResponse(ready=self.plane.ready())
 
-    async def model_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def model_ready(self, request: Any, context: grpc.aio.ServicerContext, exchange: dict[str, Any]) -> Any:
         return proto.ModelReadyResponse(ready=self.plane.model(request.name).ready())
 
-    async def server_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def server_metadata(self, request: Any, context: grpc.aio.ServicerContext, exchange: dict[str, Any]) -> Any:
         meta = v2.server_metadata()
         return proto.ServerMetadataResponse(name=meta["name"], version=meta["version"])
 
-    async def model_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def model_metadata(self, request: Any, context: grpc.aio.ServicerContext, exchange: dict[str, Any]) -> Any:
         plane = self.plane.model(request.name)
         if not plane.loaded:
             raise plane.not_loaded()
@@ -240,7 +219,7 @@ class GrpcServer:
         return proto.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"],
                                            inputs=meta["inputs"], outputs=meta["outputs"])
 
-    async def model_infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def model_infer(self, request: Any, context: grpc.aio.ServicerContext, exchange: dict[str, Any]) -> Any:
         plane: ModelPlane = self.plane.model(request.model_name)
         plane.admit()  # before the codec, which needs the model's features and outputs: a full queue's
         # UNAVAILABLE costs no decoding
@@ -249,4 +228,5 @@ class GrpcServer:
         remaining = context.time_remaining()
         timeout = self.timeout if remaining is None else min(self.timeout, remaining)
         out = await plane.infer(batch, timeout)
+        exchange.update(inputs=batch, outputs=out, request_id=request.id or None)
         return encode_infer(out, names, model_name=plane.name, request_id=request.id)

@@ -4,54 +4,30 @@ The infer route is the one every caller of a model takes, so its fixed cost per 
 server's: Starlette's routing, Request object, exception-handling wrappers and JSONResponse cost
 more than decoding a one-row tensor does. This handler reads the body itself, decodes it with the
 v2 codec, calls the model's data plane and writes the answer with orjson, giving the same
-answers, status codes, headers and metrics as the app's other endpoints (``failure`` maps
-exceptions to codes for both). Any other request goes on to the app.
+answers, status codes, headers and metrics as the app's other endpoints (all take the data
+plane's :class:`~lakeinfer.serve.envelope.Envelope`). Any other request goes on to the app.
 """
 
 from __future__ import annotations
 
-import hmac
-import logging
 import time
 from typing import Any
 
 import orjson
+import pyarrow as pa
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import InputError, LakeinferError
-from .dataplane import DataPlane, Overloaded, UnknownModel
+from ..errors import InputError
+from .dataplane import DataPlane
+from .envelope import STATUS, Answered
 from .v2 import HEADER_LENGTH, ProtocolError, decode_request, encode_response, requested_outputs
 
-__all__ = ["InferFirst", "InferRoute", "KEY_MESSAGE", "HTTPFailure", "failure", "infer_target", "keyed"]
+__all__ = ["KEY_HOW", "InferFirst", "InferRoute", "given_key", "infer_target"]
 
-log = logging.getLogger("lakeinfer.serve")
-KEY_MESSAGE = "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')"
+KEY_HOW = "'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
+STATUS_CODE = {status: code for status, code in STATUS.values()}  # an HTTP status's gRPC code name
 _JSON = b"application/json"
 _HEADER_LENGTH = HEADER_LENGTH.encode()
-
-
-class HTTPFailure(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.headers = headers or {}
-
-
-def failure(exc: Exception, timeout_ms: float) -> tuple[int, str, dict[str, str]]:
-    """The status, message and headers of a failed request: the one place exceptions become codes."""
-    if isinstance(exc, HTTPFailure):
-        return exc.status, str(exc), exc.headers
-    if isinstance(exc, UnknownModel):
-        return 404, str(exc), {}
-    if isinstance(exc, Overloaded):
-        return 503, str(exc), {"Retry-After": "1"}
-    if isinstance(exc, TimeoutError):
-        return 504, f"no answer within the {timeout_ms:g} ms timeout", {}
-    if isinstance(exc, InputError):
-        return 400, str(exc), {}
-    if isinstance(exc, LakeinferError):
-        return 500, str(exc), {}
-    raise exc
 
 
 def infer_target(path: str) -> tuple[str, str] | None:
@@ -66,28 +42,25 @@ def infer_target(path: str) -> tuple[str, str] | None:
     return None
 
 
-def keyed(headers: list[tuple[bytes, bytes]], key: bytes) -> bool:
-    """Whether the headers carry the API key, as ``Authorization: Bearer KEY`` (first) or ``X-API-Key``."""
+def given_key(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The API key the headers carry, as ``Authorization: Bearer KEY`` (first) or ``X-API-Key``."""
     given = b""
     for name, value in headers:
         if name == b"authorization" and value[:7].lower() == b"bearer ":
-            given = value[7:].strip()
-            break
+            return value[7:].strip()
         if name == b"x-api-key" and not given:
             given = value
-    return bool(given) and hmac.compare_digest(given, key)
+    return given
 
 
 class InferRoute:
     """The ASGI app of the infer route (``POST /v2/models/{name}[/versions/{v}]/infer``)."""
 
-    def __init__(self, *, plane: DataPlane, api_key: str | None, worker: str,
-                 timeout_ms: float, max_body_bytes: int) -> None:
+    def __init__(self, *, plane: DataPlane, worker: str, timeout_ms: float) -> None:
         self.plane = plane
-        self.api_key = api_key.encode() if api_key else None
+        self.envelope = plane.envelope
         self.worker = worker.encode()
         self.timeout_ms = timeout_ms
-        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
@@ -95,36 +68,36 @@ class InferRoute:
         name = params["name"] if params else (infer_target(scope["path"]) or ("", ""))[0]
         label = name if name in self.plane.models else ""  # a label per served model, not per name asked
         headers: list[tuple[bytes, bytes]] = scope["headers"]
+        exchange = _Exchange()
         try:
-            if self.api_key is not None and not keyed(headers, self.api_key):
-                raise HTTPFailure(401, KEY_MESSAGE, {"WWW-Authenticate": "Bearer"})
-            status, body, extra = await self._infer(name, headers, receive)
+            if self.envelope.keyed:
+                self.envelope.check_key(given_key(headers), KEY_HOW)
+            status, body, extra = await self._infer(name, headers, receive, exchange)
         except Exception as exc:
-            try:
-                status, message, more = failure(exc, self.timeout_ms)
-            except Exception:  # a bug: the reason, logged with its traceback, not sent
-                log.exception("lakeinfer: unexpected error on %s", scope["path"])
-                status, message, more = 500, f"internal error ({type(exc).__name__})", {}
-            body = orjson.dumps({"error": message})
-            extra = [(b"content-type", _JSON), *((k.lower().encode(), v.encode()) for k, v in more.items())]
+            failed = self.envelope.failure(exc, scope["path"])
+            status = failed.status
+            body = orjson.dumps({"error": failed.message})
+            extra = [(b"content-type", _JSON), *((k.lower().encode(), v.encode()) for k, v in failed.headers.items())]
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-length", str(len(body)).encode()), *extra,
                                 (b"x-lakeinfer-worker", self.worker)]})
         await send({"type": "http.response.body", "body": body})
-        metrics = self.plane.metrics
-        if status >= 400:
-            metrics.error(str(status), label)
-        metrics.request("infer", status, time.perf_counter() - start, label)
+        self.envelope.answered(Answered("rest", "infer", label, status, "OK" if status < 400 else STATUS_CODE[status],
+                                        time.perf_counter() - start, exchange.inputs, exchange.outputs,
+                                        exchange.request_id))
 
-    async def _infer(self, name: str, headers: list[tuple[bytes, bytes]],
-                     receive: Receive) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    async def _infer(self, name: str, headers: list[tuple[bytes, bytes]], receive: Receive,
+                     exchange: _Exchange) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         model = self.plane.model(name)
         model.admit()
         body, header_length = await self._body(headers, receive)
         batch, payload = decode_request(body, header_length, model.features, model.tensor_input)
         chosen = requested_outputs(payload, model.output_schema.names)
         out = await model.infer(batch, self.timeout_ms / 1000.0)
-        response, blobs = encode_response(out, chosen, model_name=model.name, request_id=payload.get("id"))
+        request_id = payload.get("id")
+        exchange.inputs, exchange.outputs = batch, out
+        exchange.request_id = None if request_id is None else str(request_id)
+        response, blobs = encode_response(out, chosen, model_name=model.name, request_id=request_id)
         head = _dumps(response)
         if not blobs:
             return 200, head, [(b"content-type", _JSON)]
@@ -133,11 +106,10 @@ class InferRoute:
 
     async def _body(self, headers: list[tuple[bytes, bytes]], receive: Receive) -> tuple[bytes, int | None]:
         """The request body, within the size limit, and the binary extension's JSON length."""
-        limit = self.max_body_bytes
         raw_length: bytes | None = None
         for key, value in headers:
-            if key == b"content-length" and value.isdigit() and int(value) > limit:
-                raise HTTPFailure(413, f"the request body of {int(value):,} bytes is over the {limit:,}-byte limit")
+            if key == b"content-length" and value.isdigit():
+                self.envelope.check_size(int(value), declared=True)
             if key == _HEADER_LENGTH:
                 raw_length = value
         chunks: list[bytes] = []
@@ -145,12 +117,11 @@ class InferRoute:
         while True:
             message: Message = await receive()
             if message["type"] != "http.request":  # the client went away: nothing to answer
-                raise HTTPFailure(400, "the client disconnected before sending the whole body")
+                raise InputError("the client disconnected before sending the whole body")
             chunk = message.get("body", b"")
             if chunk:
                 size += len(chunk)
-                if size > limit:
-                    raise HTTPFailure(413, f"the request body is over the {limit:,}-byte limit")
+                self.envelope.check_size(size)
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -177,6 +148,17 @@ class InferFirst:
                 await self.route(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class _Exchange:
+    """What a request scored, for the envelope's hooks."""
+
+    __slots__ = ("inputs", "outputs", "request_id")
+
+    def __init__(self) -> None:
+        self.inputs: pa.RecordBatch | None = None
+        self.outputs: pa.RecordBatch | None = None
+        self.request_id: str | None = None
 
 
 def _dumps(response: dict[str, Any]) -> bytes:

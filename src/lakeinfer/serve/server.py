@@ -12,8 +12,8 @@ import sys
 import tempfile
 from typing import Any
 
+from ..cpu import default_processes
 from ..errors import ConfigError, LakeinferError, require
-from ..models import default_processes
 from ..runtime import ModelRuntime
 from .config import CONFIG_ENV, ServeConfig
 from .dataplane import model_threads

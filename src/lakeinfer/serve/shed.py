@@ -7,7 +7,8 @@ headers encoded once per model: no Request object, no routing, no JSON encoding,
 never read (uvicorn discards it as it arrives, so a kept-alive connection stays usable).
 Everything else, and a request with a missing or wrong API key (401 comes first), goes on to the app.
 
-A refusal is at once, so a load balancer can try another server, and says Retry-After: 1. A
+A refusal is at once, so a load balancer can try another server, and says Retry-After: the
+retry window (``ServeConfig.retry_s``: a second, or half the timeout if that is less), in whole seconds. A
 caller that sends its next request on the same connection sooner, ignoring that, is not refused
 at once again (a refusal at once, retried at once, is a loop that keeps the server answering
 503s at full speed while the model waits for work): its request waits, body unread, in line for
@@ -24,26 +25,25 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..errors import LakeinferError
 from .dataplane import DataPlane, ModelPlane
-from .rest_infer import infer_target, keyed
+from .rest_infer import given_key, infer_target
 
-__all__ = ["RETRY_SECONDS", "Shedder"]
+__all__ = ["Shedder"]
 
-# the Retry-After of a refusal: how long a caller that comes back sooner waits in line
-RETRY_SECONDS = 1.0
 # connections remembered with the end of their Retry-After: past this many, the ended are forgotten
 _REMEMBERED = 4096
 
 
 class Shedder:
-    def __init__(self, app: ASGIApp, plane: DataPlane, api_key: str | None, worker: str, *,
-                 retry: float = RETRY_SECONDS) -> None:
+    def __init__(self, app: ASGIApp, plane: DataPlane, worker: str) -> None:
         self.app = app
-        self.retry = retry
+        self.envelope = plane.envelope
+        # the retry window: a refused caller that comes back sooner waits in line up to it
+        self.retry = plane.envelope.retry_s
         # (client host, port): one connection; the time its Retry-After ends, after a refusal
         self._refused: dict[Any, float] = {}
         self.plane = plane
-        self.api_key = api_key.encode() if api_key else None
         self.worker = worker.encode()
         self._answers: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
 
@@ -62,7 +62,7 @@ class Shedder:
             start = {"type": "http.response.start", "status": 503,
                      "headers": [(b"content-length", str(len(body)).encode()),
                                  (b"content-type", b"application/json"),
-                                 (b"retry-after", b"1"),
+                                 (b"retry-after", self.envelope.retry_after.encode()),
                                  (b"x-lakeinfer-worker", self.worker)]}
             answer = self._answers[model.name] = (start, {"type": "http.response.body", "body": body})
         return answer
@@ -74,7 +74,7 @@ class Shedder:
                 model, endpoint = target
                 batcher = model.batcher
                 if (batcher is not None and (batcher.depth >= batcher.max_queue or batcher.waiting)
-                        and (self.api_key is None or keyed(scope["headers"], self.api_key))):
+                        and self._keyed(scope["headers"])):
                     began = time.perf_counter()
                     if await self._let_in(batcher, scope.get("client")):
                         await self.app(scope, receive, send)
@@ -85,6 +85,15 @@ class Shedder:
                     self.plane.metrics.shed(endpoint, model.name, time.perf_counter() - began)
                     return
         await self.app(scope, receive, send)
+
+    def _keyed(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether the request may be answered here: a request without the key goes on to be
+        refused 401 by the request path, not 503."""
+        try:
+            self.envelope.check_key(given_key(headers), "")
+        except LakeinferError:
+            return False
+        return True
 
     async def _let_in(self, batcher: Any, client: Any) -> bool:
         """Whether a request to a full queue goes on: only one of a connection that was refused

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pjson
 
+from ..runtime.records import field_problem, object_problem
 from .json_rows import json_rows
 
 
@@ -34,8 +35,9 @@ def decode(values: Sequence[bytes | None], features: Sequence[str] | None, text:
         except (ValueError, UnicodeDecodeError) as exc:
             bad[i] = f"not valid JSON: {exc}"
             continue
-        if not isinstance(record, dict):
-            bad[i] = f"a message must be a JSON object, not {type(record).__name__}"
+        problem = object_problem(record)
+        if problem is not None:
+            bad[i] = f"a message {problem}"
             continue
         reason = _check(record, features, text) if features else None
         if reason:
@@ -49,14 +51,9 @@ def decode(values: Sequence[bytes | None], features: Sequence[str] | None, text:
 def _check(record: dict[str, Any], features: Sequence[str], text: frozenset[str] = frozenset()) -> str | None:
     # a missing or null feature is a missing value, judged by the runtime's one rule
     for name in features:
-        value = record.get(name)
-        if value is None:
-            continue
-        if name in text:
-            if not isinstance(value, str):
-                return f"field '{name}' is {type(value).__name__}; the model expects a category (a string)"
-        elif isinstance(value, bool) or not isinstance(value, int | float):
-            return f"field '{name}' is {type(value).__name__}; the model needs a number"
+        problem = field_problem(name, record.get(name), category=name in text)
+        if problem is not None:
+            return problem
     return None
 
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from ..cpu import available_cores, own_threads
 from ..errors import ConfigError, LakeinferError, require
-from ..models import available_cores, own_threads
 from ..runtime import ModelRuntime, PipelineRecipe
 from . import codec
 from .heap import frozen_heap

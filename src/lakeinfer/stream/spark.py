@@ -14,9 +14,9 @@ import signal
 import threading
 from typing import Any
 
-from ..engines._spark_session import session
-from ..engines.spark import score
 from ..errors import ConfigError
+from ..spark.scoring import score
+from ..spark.session import session
 from .kafka import StreamConfig
 
 # The connector of each Spark minor whose dependencies all resolve from Maven Central: its
@@ -91,6 +91,6 @@ def run_spark_stream(config: StreamConfig, *, master: str | None = None, checkpo
     exception = query.exception()
     spark.stop()
     if exception is not None:
-        from ..engines.spark import lakeinfer_error
+        from ..spark.scoring import lakeinfer_error
 
         raise lakeinfer_error(exception)

@@ -24,7 +24,7 @@ from . import buckets, features, linear, scalers, trees  # noqa: F401  (each reg
 from ._reader import StageMeta, read_meta, stage_dirs
 from ._stage import NUMBER, STRING, VECTOR, Frame, Stage, column_from_arrow, stage_class
 
-__all__ = ["SparkMLModel", "load"]
+__all__ = ["SparkMLModel", "load", "read_meta"]
 
 _DTYPES = {NUMBER: "float64", STRING: "string", VECTOR: "float64"}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import difflib
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import pyarrow as pa
 from pydantic import (
@@ -32,11 +32,25 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from .errors import ConfigError
 
 __all__ = [
-    "OnError", "STEP_OPS", "SpecModel", "Step", "config_error", "dump", "validate_step",
+    "BatchSection", "ModelSection", "OnError", "STEP_OPS", "ServeSection", "SpecModel", "Step",
+    "StreamSection", "config_error", "dump", "merged", "validate_step",
 ]
 
 OnError = Literal["fail", "skip", "null"]
-Engine = Literal["local", "spark"]
+
+
+def _engine(name: str) -> str:
+    from .engines import ENGINES
+
+    if name not in ENGINES:
+        names = [repr(n) for n in ENGINES]
+        known = " or ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else names[0]
+        raise PydanticCustomError("engine", "expected {known}, got {got}", {"known": known, "got": _show(name)})
+    return name
+
+
+Engine = Annotated[StrictStr, AfterValidator(_engine)]
+StreamEngine = Literal["local", "spark"]
 
 
 def _scalar(value: Any) -> Any:
@@ -106,31 +120,34 @@ class FillNullStep(_Strict):
     values: dict[StrictStr, Scalar]
 
 
+# A step's optional keys default to None here: the defaults are the transformer's own (its
+# constructor in lakeinfer.pipeline), so they are declared once.
+
 class AssembleStep(_Strict):
     op: Literal["assemble"]
     columns: list[StrictStr]
-    output: StrictStr = "features"
+    output: StrictStr | None = None
 
 
 class ThresholdStep(_Strict):
     op: Literal["threshold"]
-    threshold: StrictFloat = 0.5
-    column: StrictStr = "probability"
-    index: StrictInt = 1
-    output: StrictStr = "prediction"
+    threshold: StrictFloat | None = None
+    column: StrictStr | None = None
+    index: StrictInt | None = None
+    output: StrictStr | None = None
 
 
 class ArgmaxStep(_Strict):
     op: Literal["argmax"]
-    column: StrictStr = "probability"
-    output: StrictStr = "prediction"
+    column: StrictStr | None = None
+    output: StrictStr | None = None
 
 
 class LabelMapStep(_Strict):
     op: Literal["label_map"]
     # Any plus a validator, not a union of list and dict: one error per bad value, not per member
     labels: Annotated[Any, AfterValidator(_labels)]
-    column: StrictStr = "prediction"
+    column: StrictStr | None = None
     output: StrictStr | None = None
 
 
@@ -247,7 +264,7 @@ class StreamSection(_Strict):
     metrics_interval_s: Positive | None = None
     metrics_port: Port | None = None
     max_poll_interval_ms: Count | None = None
-    engine: Engine | None = None
+    engine: StreamEngine | None = None
     master: StrictStr | None = None
     checkpoint: StrictStr | None = None
     trigger: StrictStr | None = None
@@ -387,6 +404,19 @@ def validate_step(spec: Mapping[str, Any], *, index: int | None = None) -> dict[
     except ValidationError as exc:
         raise config_error(exc, where, lone_step=True) from None
     return dump(step)
+
+
+_Section = TypeVar("_Section", bound=BaseModel)
+
+
+def merged(section: _Section, given: Mapping[str, Any], name: str) -> _Section:
+    """``section`` (a spec's, as read) with the ``given`` values on top (None: not given), checked
+    as a whole by the section's own schema: the one merge of spec, command line and API."""
+    values = {**dump(section), **{k: v for k, v in given.items() if v is not None}}
+    try:
+        return type(section).model_validate(values)
+    except ValidationError as exc:
+        raise config_error(exc, f"{name} options") from None
 
 
 def dump(model: BaseModel) -> dict[str, Any]:

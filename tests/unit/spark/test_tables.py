@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from lakeinfer.engines import _spark_tables
 from lakeinfer.errors import ConfigError
+from lakeinfer.spark import tables as _spark_tables
 from lakeinfer.stream.spark import _connector
 
 pytest.importorskip("pyiceberg")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lakeinfer.engines import _spark_cds as cds
+from lakeinfer.spark import cds
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ def test_batch_parse_falls_back_on_what_it_cannot_take() -> None:
     assert codec.decode_columns([b"[1, 2]"], F) is None
     records, good, bad = codec.decode([b'{"a": "x", "b": 1}', b'{"a": 1, "b": 2}', b"[1]"], F)
     assert good == [1] and records == [{"a": 1, "b": 2}]
-    assert bad == {0: "field 'a' is str; the model needs a number", 2: "a message must be a JSON object, not list"}
+    assert bad == {0: "field 'a' is str; the model needs a number", 2: "a message must be a JSON object of field: value, not list"}
 
 
 def test_dead_letter_keeps_the_original_bytes() -> None:

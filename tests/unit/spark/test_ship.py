@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from lakeinfer import errors
-from lakeinfer.engines import _ship as ship
-from lakeinfer.engines._ship import UNUSED_FOR_S, model_on_disk, pack
 from lakeinfer.models import model_digest
+from lakeinfer.spark import ship
+from lakeinfer.spark.ship import UNUSED_FOR_S, model_on_disk, pack
 
 
 def entries(root: Path | str) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lakeinfer.engines._spark_session import batch_defaults
+from lakeinfer.spark.session import batch_defaults
 
 
 def test_local_masters_start_without_the_web_ui() -> None:

@@ -147,7 +147,7 @@ def read_table(spark: Any, job: TableJob, uri: str, *, catalog: str, where: str 
         return df.where(where) if where else df  # pyiceberg parsed and bound it: Spark SQL reads it alike
     from pyspark.sql import functions as F
 
-    from ._spark_session import spark_path
+    from .session import spark_path
 
     df = spark.read.format("delta").option("versionAsOf", int(source.position or 0)).load(spark_path(ref.name))
     if job.since is not None:  # the data files the appends added (their names hold a UUID)
@@ -181,7 +181,7 @@ def write_table(scored: Any, job: TableJob, *, catalog: str, schema: pa.Schema) 
         else:
             writer.append()
         return
-    from ._spark_session import spark_path
+    from .session import spark_path
 
     (scored.write.format("delta").mode("overwrite" if job.replace else "append")
      .option("userMetadata", json.dumps(properties, sort_keys=True)).save(spark_path(out.ref.name)))

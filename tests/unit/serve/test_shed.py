@@ -6,6 +6,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+from lakeinfer.serve.envelope import Envelope
 from lakeinfer.serve.shed import Shedder
 
 
@@ -20,8 +21,10 @@ def _shedder(depth: int, api_key: str | None = None) -> tuple[Shedder, list[str]
 
     model = SimpleNamespace(name="rf", batcher=SimpleNamespace(depth=depth, max_queue=2, waiting=0, room=room))
     metrics = SimpleNamespace(shed=lambda *args: None)
-    plane = SimpleNamespace(models={"rf": model}, metrics=metrics)
-    return Shedder(app, plane, api_key, "7", retry=0.01), passed  # type: ignore[arg-type]
+    config = SimpleNamespace(timeout_ms=20.0, max_body_bytes=1 << 20, retry_s=0.01)
+    envelope = Envelope(config, metrics, api_key)  # type: ignore[arg-type]
+    plane = SimpleNamespace(models={"rf": model}, metrics=metrics, envelope=envelope)
+    return Shedder(app, plane, "7"), passed  # type: ignore[arg-type]
 
 
 def _call(shedder: Shedder, path: str, headers: list[tuple[bytes, bytes]] | None = None,
@@ -76,8 +79,11 @@ def test_a_caller_back_before_its_retry_after_waits_in_line() -> None:
         passed.append(scope["client"][1])
 
     model = SimpleNamespace(name="rf", batcher=SimpleNamespace(depth=2, max_queue=2, waiting=0, room=room))
-    plane = SimpleNamespace(models={"rf": model}, metrics=SimpleNamespace(shed=lambda *args: None))
-    shedder = Shedder(app, plane, None, "7", retry=30.0)  # type: ignore[arg-type]
+    metrics = SimpleNamespace(shed=lambda *args: None)
+    config = SimpleNamespace(timeout_ms=60_000.0, max_body_bytes=1 << 20, retry_s=30.0)
+    plane = SimpleNamespace(models={"rf": model}, metrics=metrics,
+                            envelope=Envelope(config, metrics, None))  # type: ignore[arg-type]
+    shedder = Shedder(app, plane, "7")  # type: ignore[arg-type]
 
     def call(port: int) -> list[dict[str, Any]]:
         sent: list[dict[str, Any]] = []
@@ -90,7 +96,9 @@ def test_a_caller_back_before_its_retry_after_waits_in_line() -> None:
         asyncio.run(shedder(scope, None, send))  # type: ignore[arg-type]
         return sent
 
-    assert call(1000)[0]["status"] == 503 and waits == []  # refused at once, a first time
+    refused = call(1000)
+    assert refused[0]["status"] == 503 and waits == []  # refused at once, a first time
+    assert (b"retry-after", b"30") in refused[0]["headers"]  # the header says the window it keeps
     assert call(1000) == [] and passed == [1000]  # back at once: waited in line, and room came
     assert waits[0] == 30.0  # up to the Retry-After
     assert call(1000) == [] and len(waits) == 2  # and again, while it keeps coming back so soon
@@ -100,7 +108,7 @@ def test_a_caller_back_before_its_retry_after_waits_in_line() -> None:
 
 
 def test_model_threads_leave_a_core_to_each_workers_event_loop() -> None:
-    from lakeinfer.models import available_cores
+    from lakeinfer.cpu import available_cores
     from lakeinfer.serve.dataplane import model_threads
 
     cores = available_cores()

@@ -9,9 +9,9 @@ import sys
 import pyarrow.fs as pafs
 import pytest
 
+from lakeinfer.cpu import available_cores
 from lakeinfer.engines.local import overlap_io, plan_workers
 from lakeinfer.io.tables import Source
-from lakeinfer.models import available_cores
 from lakeinfer.runtime import PipelineRecipe
 
 _PINNED = """
@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 
 from lakeinfer.engines.local import overlap_io, plan_workers
 from lakeinfer.io.tables import Source
-from lakeinfer.models import available_cores
+from lakeinfer.cpu import available_cores
 from lakeinfer.runtime import PipelineRecipe
 os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 print(available_cores(), *plan_workers(PipelineRecipe("model.onnx", flavor="onnx"), None, 8),

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from lakeinfer.engines._spark_session import spark_path
+from lakeinfer.spark.session import spark_path
 
 
 def test_local_paths_become_absolute(tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch) -> None:

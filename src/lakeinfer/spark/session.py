@@ -1,18 +1,14 @@
-"""Spark plumbing for ``lakeinfer batch --engine spark``: the session, readers and the job record."""
+"""The Spark session of a lakeinfer command, and its readers of folder inputs."""
 
 from __future__ import annotations
 
-import glob
-import json
 import os
 import re
 import sys
 from typing import Any
 
 from .. import errors
-from ..io.sinks import MANIFEST, SUCCESS
 from ..io.sources import InputFile, filesystem_for, list_input
-from .local import BatchSummary
 
 
 def session(master: str | None, conf: dict[str, str]) -> Any:
@@ -31,7 +27,7 @@ def session(master: str | None, conf: dict[str, str]) -> Any:
     from pyspark import SparkContext
 
     if SparkContext._gateway is None:  # this command starts the JVM: with the class archive
-        from ._spark_cds import driver_java_options
+        from .cds import driver_java_options
 
         options = driver_java_options(conf)
         if options:
@@ -216,34 +212,3 @@ def parquet_sample(df: Any, uri: str, files: list[InputFile], rows: int) -> Any:
     except (KeyError, ValueError, TypeError, OSError, pa.ArrowException, StopIteration):
         return None
     return None
-
-
-def finished(output: str) -> dict[str, Any] | None:
-    """The record of a job that completed into ``output``, if one did."""
-    manifest = os.path.join(output, MANIFEST)
-    if not (os.path.exists(manifest) and os.path.exists(os.path.join(output, SUCCESS))):
-        return None
-    with open(manifest) as fh:
-        return json.load(fh)  # type: ignore[no-any-return]
-
-
-def record(spark: Any, output: str, fingerprint: dict[str, Any], stats: Any, master: str | None,
-           seconds: float) -> BatchSummary:
-    """Write the job record beside Spark's _SUCCESS and return the summary."""
-    rows_in, rows_out = stats.counts.value if stats is not None else (0, 0)
-    if stats is None:  # a Spark ML PipelineModel: no Python workers involved
-        rows_out = rows_in = spark.read.parquet(output).count()
-    parts = len(glob.glob(os.path.join(output, "**", "part-*"), recursive=True))
-    summary = BatchSummary(output=output, rows=rows_out, rows_skipped=rows_in - rows_out, parts=parts,
-                           parts_resumed=0, workers=stats.workers if stats else 0, threads=1,
-                           model_loads=stats.model_loads if stats else 0, seconds=seconds)
-    with open(os.path.join(output, MANIFEST), "w") as fh:
-        json.dump({"fingerprint": fingerprint, "summary": summary.to_dict(), "master": master}, fh, indent=2)
-    return summary
-
-
-def summary_of(previous: dict[str, Any], *, resumed: bool, seconds: float) -> BatchSummary:
-    s = previous["summary"]
-    return BatchSummary(output=s["output"], rows=s["rows"], rows_skipped=s["rows_skipped"], parts=s["parts"],
-                        parts_resumed=s["parts"] if resumed else 0, workers=0, threads=0, model_loads=0,
-                        seconds=seconds)
