@@ -27,6 +27,10 @@ import lakeinfer
 from tests.conftest import read_output, run_cli
 from tests.serving import free_port, serving
 
+# H2O's client warns of the test rows' unseen levels (on purpose) and of its single-thread download
+pytestmark = [pytest.mark.filterwarnings("ignore:Test/Validation dataset column"),
+              pytest.mark.filterwarnings("ignore:Converting H2O frame to pandas")]
+
 PLANS = ["basic", "free", "pro", "team"]
 REGIONS = ["asia", "eu", "us"]
 FEATURES = ["a", "b", "plan", "region"]
@@ -92,7 +96,8 @@ def h2o_models(tmp_path_factory: pytest.TempPathFactory, test_rows: pd.DataFrame
             "gbm_binomial": (H2OGradientBoostingEstimator(ntrees=20, max_depth=4, seed=1), "y"),
             "gbm_regression": (H2OGradientBoostingEstimator(ntrees=15, max_depth=4, seed=1), "r"),
             "gbm_multinomial": (H2OGradientBoostingEstimator(ntrees=8, max_depth=3, seed=1), "k"),
-            "drf_multinomial": (H2ORandomForestEstimator(ntrees=10, max_depth=6, seed=1), "k"),
+            # few deep trees on half samples: leaves of pure classes, so some rows tie between classes
+            "drf_multinomial": (H2ORandomForestEstimator(ntrees=4, max_depth=8, seed=3, sample_rate=0.5), "k"),
             "drf_binomial": (H2ORandomForestEstimator(ntrees=10, max_depth=5, seed=1), "y"),
             "xrt_regression": (H2ORandomForestEstimator(ntrees=10, max_depth=5, seed=1,
                                                         histogram_type="Random"), "r"),
@@ -169,6 +174,15 @@ def test_batch_equals_h2o_predict(name: str, h2o_models: dict[str, Mojo], test_r
         _compare(f"{name} dictionary={dictionary}", mojo, scored["prediction"],
                  scored["probability"] if mojo.probability is not None else None)
     assert _java_descendants(os.getpid()) == before  # lakeinfer started no JVM
+
+
+def test_the_rows_include_ties_and_unseen_levels(h2o_models: dict[str, Mojo], test_rows: pd.DataFrame) -> None:
+    """The tie-break (H2O's seeded draw) and unseen levels are exercised, not only possible."""
+    p = h2o_models["drf_multinomial"].probability
+    assert p is not None
+    tied = (p == p.max(axis=1, keepdims=True)).sum(axis=1) > 1
+    unseen = test_rows["plan"].eq("enterprise") | test_rows["region"].eq("mars")
+    assert tied.sum() >= 2 and (tied & unseen).any() and (tied & ~unseen).any()
 
 
 def test_cli_batch_worker_processes_no_jvm(h2o_models: dict[str, Mojo], test_rows: pd.DataFrame,

@@ -108,26 +108,40 @@ class H2OMojoModel(Model):
     def input_columns(self) -> tuple[str, ...]:
         return self.columns
 
-    def features(self, batch: pa.RecordBatch) -> np.ndarray:
-        """The batch as H2O's rows: float64, categories as training-domain codes, NaN for NA."""
+    def features(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+        """The batch as H2O's rows: float64, categories as training-domain codes, NaN for NA and
+        for unseen levels; and the rows as H2O's in-cluster predict holds them for its tie-break
+        (an unseen level numbered past the training domain, in the sorted order of the unseen
+        levels present, as H2O adapts a scored frame to the model)."""
         x = np.empty((batch.num_rows, len(self.columns)), dtype=np.float64)
+        numbered: dict[int, np.ndarray] = {}
         for j, name in enumerate(self.columns):
             column = column_or_error(batch, name)
             if isinstance(column, pa.ChunkedArray):
                 column = column.combine_chunks()
             known = self._domain_arrays[j]
-            x[:, j] = _number(column, name) if known is None else _codes(column, name, known)
-        return x
+            if known is None:
+                x[:, j] = _number(column, name)
+                continue
+            x[:, j], unseen = _codes(column, name, known)
+            if unseen is not None:
+                numbered[j] = unseen
+        if not numbered:
+            return x, x
+        hashed = x.copy()
+        for j, unseen in numbered.items():
+            hashed[:, j] = np.where(np.isnan(unseen), x[:, j], unseen)
+        return x, hashed
 
     def _predict(self, batch: pa.RecordBatch) -> dict[str, Any]:
-        x = self.features(batch)
+        x, hashed = self.features(batch)
         scored = self.scorer.score(x)
         if not self.classes:
             return {"prediction": scored}
         if self.balanced:
             assert self.priors is not None and self.model_dist is not None
             scored = correct_probabilities(scored, self.priors, self.model_dist)
-        index = labels_of(scored, x, threshold=self.threshold,
+        index = labels_of(scored, hashed, threshold=self.threshold,
                           priors=self.priors if self.scorer.ties_by_priors else None,
                           first_max=not self.scorer.ties_by_priors)
         labels = pc.take(pa.array(self.classes, pa.string()), pa.array(index, pa.int64()))
@@ -158,8 +172,10 @@ def _number(column: pa.Array, name: str) -> np.ndarray:
     return column.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)  # type: ignore[no-any-return]
 
 
-def _codes(column: pa.Array, name: str, known: pa.Array) -> np.ndarray:
-    """Per row, the level's index in the training domain; NaN for null and unseen levels."""
+def _codes(column: pa.Array, name: str, known: pa.Array) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per row, the level's index in the training domain, NaN for null and unseen levels; and,
+    where there are unseen levels, per row the number in-cluster H2O gives an unseen level
+    (NaN elsewhere), else None."""
     values = column.dictionary if pa.types.is_dictionary(column.type) else column
     kind = values.type
     if pa.types.is_integer(kind):  # levels that are numbers, matched by their text as H2O does
@@ -169,9 +185,19 @@ def _codes(column: pa.Array, name: str, known: pa.Array) -> np.ndarray:
         raise SchemaError(f"feature column '{name}' has type {column.type}; the model expects a category "
                           f"(one of {shown})")
     found = pc.index_in(values, value_set=known.cast(values.type))
+    fresh = found.null_count > values.null_count  # levels the model has not seen
     if pa.types.is_dictionary(column.type):
         found = pc.take(found, column.indices)
-    return found.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)  # type: ignore[no-any-return]
+        if fresh:
+            values = pc.take(values, column.indices)
+            fresh = found.null_count > values.null_count  # and rows that hold them
+    unseen = None
+    if fresh:
+        extra = pc.and_(pc.is_null(found), pc.is_valid(values))
+        levels = sorted(set(pc.filter(values, extra).to_pylist()))
+        number = pc.index_in(values, value_set=pa.array(levels, values.type))
+        unseen = pc.add(number.cast(pa.float64()), float(len(known))).fill_null(np.nan).to_numpy(zero_copy_only=False)
+    return found.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False), unseen
 
 
 def load(path: str, *, features: Sequence[str] | None = None, **_: Any) -> H2OMojoModel:
