@@ -180,6 +180,7 @@ class ModelSection(_Strict):
     trust: StrictBool | None = None
     features: list[StrictStr] | None = None
     device: StrictStr | None = None
+    signature: StrictStr | None = None
 
 
 class PipelineSection(_Strict):
@@ -197,6 +198,7 @@ class BatchSection(_Strict):
     overwrite: StrictBool | None = None
     engine: Engine | None = None
     master: StrictStr | None = None
+    remote: StrictStr | None = None
     spark_conf: dict[StrictStr, SparkValue] | None = None
     partition_by: list[StrictStr] | None = None
     catalog: StrictStr | None = None
@@ -216,6 +218,7 @@ class ServeModel(_Strict):
     trust: StrictBool | None = None
     features: list[StrictStr] | None = None
     device: StrictStr | None = None
+    signature: StrictStr | None = None
     steps: list[Step] = []
     max_batch_size: Count | None = None
     max_wait_ms: Millis | None = None
@@ -266,6 +269,7 @@ class StreamSection(_Strict):
     max_poll_interval_ms: Count | None = None
     engine: StreamEngine | None = None
     master: StrictStr | None = None
+    remote: StrictStr | None = None
     checkpoint: StrictStr | None = None
     trigger: StrictStr | None = None
 

@@ -55,6 +55,7 @@ def _model_options(parser: argparse.ArgumentParser, *, required: bool, several: 
     parser.add_argument("--flavor", help="override flavor detection (onnx, sklearn, skops, xgboost, "
                         "lightgbm, torchscript, torch_export, mlflow)")
     parser.add_argument("--features", type=_columns, help="input columns, in the model's order (comma list)")
+    parser.add_argument("--signature", help="a TensorFlow SavedModel's signature (default serving_default)")
     parser.add_argument("--trust-model", action="store_true", default=None,
                         help="allow formats that run code when loaded (pickle, MLflow)")
 
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--on-error", choices=ON_ERROR, help="rows with a null feature: fail (default), skip, null")
     batch.add_argument("--engine", choices=tuple(ENGINES), help="execution engine (default local)")
     batch.add_argument("--master", help="Spark master for --engine spark: local[N], spark://HOST:PORT, yarn, k8s://...")
+    batch.add_argument("--remote", help="--engine spark on a Spark Connect server: sc://HOST:PORT (default: $SPARK_REMOTE)")
     batch.add_argument("--spark-conf", action="append", type=_key_value, metavar="KEY=VALUE",
                        help="a Spark setting for --engine spark (repeatable)")
     batch.add_argument("--partition-by", type=_columns, help="--engine spark: partition the output by these columns")
@@ -144,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the consumer's max.poll.interval.ms (default 300000); a slow model never overruns it")
     stream.add_argument("--engine", choices=("local", "spark"), help="local (default) or spark (Structured Streaming)")
     stream.add_argument("--master", help="--engine spark: the Spark master (default local[*])")
+    stream.add_argument("--remote", help="--engine spark on a Spark Connect server: sc://HOST:PORT (default: $SPARK_REMOTE)")
     stream.add_argument("--checkpoint", help="--engine spark: checkpoint location (required there)")
     stream.add_argument("--trigger", help="--engine spark: processing-time trigger, e.g. '5 seconds' (default: as fast as possible)")
     stream.add_argument("--spec", help="job spec file with [model], [pipeline] and [stream]")
@@ -159,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.command == "inspect":
         info = _api.inspect_model(args.model, flavor=args.flavor, trust=bool(args.trust_model),
-                                  features=args.features)
+                                  features=args.features, signature=args.signature)
         if args.json:
             print(json.dumps(info, indent=2, default=str))
         else:
@@ -176,10 +179,10 @@ def _run(args: argparse.Namespace) -> int:
         args.input, args.output, model=args.model, flavor=args.flavor, trust=args.trust_model,
         features=args.features, keep=args.keep, workers=args.workers, batch_size=args.batch_size,
         input_format=args.input_format, on_error=args.on_error, overwrite=args.overwrite,
-        spec=args.spec, engine=args.engine, progress=not args.quiet, master=args.master,
+        spec=args.spec, engine=args.engine, progress=not args.quiet, master=args.master, remote=args.remote,
         spark_conf=dict(args.spark_conf or []), partition_by=args.partition_by, catalog=args.catalog,
         where=args.where, snapshot=args.snapshot, incremental=args.incremental, full=args.full,
-        staging=args.staging,
+        staging=args.staging, signature=args.signature,
     )
     if args.json:
         print(json.dumps(summary.to_dict()))
@@ -201,7 +204,7 @@ def _recipe(job: JobSpec, args: argparse.Namespace, *, on_error: str) -> Pipelin
     if not args.model and job.model.path is None:
         raise ConfigError(f"{args.command} needs a model (--model or [model] path in the spec)")
     return job.recipe(path=args.model, flavor=args.flavor, trust=args.trust_model, features=args.features,
-                      on_error=on_error)
+                      signature=args.signature, on_error=on_error)
 
 
 def _serve_config(args: argparse.Namespace) -> ServeConfig:
@@ -325,7 +328,7 @@ def _stream(args: argparse.Namespace) -> int:
            "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
            "commit_interval_ms": args.commit_interval_ms, "metrics_interval_s": args.metrics_interval,
            "max_poll_interval_ms": args.max_poll_interval_ms,
-           "metrics_port": args.metrics_port, "engine": args.engine, "master": args.master,
+           "metrics_port": args.metrics_port, "engine": args.engine, "master": args.master, "remote": args.remote,
            "checkpoint": args.checkpoint, "trigger": args.trigger}
     options = dump(merged(job.stream, cli, "stream"))
     missing = [k for k in ("bootstrap_servers", "input_topic", "output_topic") if not options.get(k)]
@@ -334,7 +337,7 @@ def _stream(args: argparse.Namespace) -> int:
         raise ConfigError("stream needs --model, --bootstrap-servers, --input-topic and --output-topic "
                           f"(missing: {', '.join(['model'] * no_model + missing)})")
     engine = options.pop("engine", "local")
-    spark_options = {k: options.pop(k) for k in ("master", "checkpoint", "trigger") if k in options}
+    spark_options = {k: options.pop(k) for k in ("master", "remote", "checkpoint", "trigger") if k in options}
     recipe = _recipe(job, args, on_error="fail")
     try:
         config = StreamConfig(recipe=recipe, **options)

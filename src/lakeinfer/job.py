@@ -67,6 +67,9 @@ class BatchJob:
     """Replace what the output holds."""
     master: str | None = None
     """The Spark master (``--engine spark``)."""
+    remote: str | None = None
+    """A Spark Connect server, ``sc://HOST:PORT`` (``--engine spark``); None: ``SPARK_REMOTE`` where
+    no master is given."""
     spark_conf: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """Spark settings (``--engine spark``): the spec's, then the caller's on top."""
     partition_by: tuple[str, ...] = ()
@@ -111,7 +114,7 @@ class BatchJob:
             recipe=recipe, input=section.input, output=section.output, engine=engine,
             keep=tuple(section.keep or ()), workers=section.workers,
             batch_size=section.batch_size or DEFAULT_BATCH_SIZE, input_format=section.input_format,
-            overwrite=bool(section.overwrite), master=section.master,
+            overwrite=bool(section.overwrite), master=section.master, remote=section.remote,
             spark_conf=MappingProxyType({k: str(v) for k, v in (section.spark_conf or {}).items()}),
             partition_by=tuple(section.partition_by or ()),
             tables=TableOptions(
