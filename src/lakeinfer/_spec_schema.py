@@ -180,7 +180,6 @@ class ModelSection(_Strict):
     trust: StrictBool | None = None
     features: list[StrictStr] | None = None
     device: StrictStr | None = None
-    signature: StrictStr | None = None
 
 
 class PipelineSection(_Strict):
@@ -218,7 +217,6 @@ class ServeModel(_Strict):
     trust: StrictBool | None = None
     features: list[StrictStr] | None = None
     device: StrictStr | None = None
-    signature: StrictStr | None = None
     steps: list[Step] = []
     max_batch_size: Count | None = None
     max_wait_ms: Millis | None = None

@@ -55,7 +55,6 @@ def _model_options(parser: argparse.ArgumentParser, *, required: bool, several: 
     parser.add_argument("--flavor", help="override flavor detection (onnx, sklearn, skops, xgboost, "
                         "lightgbm, torchscript, torch_export, mlflow)")
     parser.add_argument("--features", type=_columns, help="input columns, in the model's order (comma list)")
-    parser.add_argument("--signature", help="a TensorFlow SavedModel's signature (default serving_default)")
     parser.add_argument("--trust-model", action="store_true", default=None,
                         help="allow formats that run code when loaded (pickle, MLflow)")
 
@@ -162,7 +161,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.command == "inspect":
         info = _api.inspect_model(args.model, flavor=args.flavor, trust=bool(args.trust_model),
-                                  features=args.features, signature=args.signature)
+                                  features=args.features)
         if args.json:
             print(json.dumps(info, indent=2, default=str))
         else:
@@ -182,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
         spec=args.spec, engine=args.engine, progress=not args.quiet, master=args.master, remote=args.remote,
         spark_conf=dict(args.spark_conf or []), partition_by=args.partition_by, catalog=args.catalog,
         where=args.where, snapshot=args.snapshot, incremental=args.incremental, full=args.full,
-        staging=args.staging, signature=args.signature,
+        staging=args.staging,
     )
     if args.json:
         print(json.dumps(summary.to_dict()))
@@ -204,7 +203,7 @@ def _recipe(job: JobSpec, args: argparse.Namespace, *, on_error: str) -> Pipelin
     if not args.model and job.model.path is None:
         raise ConfigError(f"{args.command} needs a model (--model or [model] path in the spec)")
     return job.recipe(path=args.model, flavor=args.flavor, trust=args.trust_model, features=args.features,
-                      signature=args.signature, on_error=on_error)
+                      on_error=on_error)
 
 
 def _serve_config(args: argparse.Namespace) -> ServeConfig:
