@@ -28,6 +28,9 @@ FLAVORS: MappingProxyType[str, tuple[str, dict[str, Any]]] = MappingProxyType({
     "mlflow": ("mlflow", {}),
     "spark": ("sparkml", {}),
     "h2o": ("h2o", {}),
+    "tensorflow": ("tensorflow", {"keras": False}),
+    "keras": ("tensorflow", {"keras": True}),
+    "staged": ("staged", {}),
 })
 
 _BY_SUFFIX = {
@@ -41,6 +44,7 @@ _BY_SUFFIX = {
     ".pt": "torchscript",
     ".pth": "torchscript",
     ".lgb": "lightgbm",
+    ".keras": "keras",
 }
 
 
@@ -49,8 +53,12 @@ def detect_flavor(path: str) -> str:
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "MLmodel")):
             return "mlflow"
+        if os.path.isfile(os.path.join(path, "stages.json")):  # written by lakeinfer split
+            return "staged"
         if os.path.isdir(os.path.join(path, "metadata")) and os.path.isdir(os.path.join(path, "stages")):
             return "spark"
+        if os.path.exists(os.path.join(path, "saved_model.pb")):
+            return "tensorflow"
         raise ModelLoadError(
             f"{path} is a directory but neither an MLflow model (no MLmodel file) nor a Spark ML PipelineModel"
         )
@@ -88,12 +96,13 @@ def detect_flavor(path: str) -> str:
 
 def load_model(path: str | os.PathLike[str], *, flavor: str | None = None, trust: bool = False,
                features: Sequence[str] | None = None, threads: int | None = None,
-               device: str | None = None) -> Model:
+               device: str | None = None, signature: str | None = None) -> Model:
     """Load the model at ``path``.
 
     ``flavor`` overrides detection; ``trust`` allows formats that run code on load (pickle,
     MLflow); ``features`` names the input columns in the model's order; ``threads`` bounds the
-    framework's own thread pool (one worker process should not take every core).
+    framework's own thread pool (one worker process should not take every core); ``signature``
+    picks a TensorFlow SavedModel's signature.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -103,8 +112,9 @@ def load_model(path: str | os.PathLike[str], *, flavor: str | None = None, trust
         raise ConfigError(f"unknown flavor '{chosen}'; choose one of {', '.join(sorted(FLAVORS))}")
     module_name, fixed = FLAVORS[chosen]
     module = importlib.import_module(f"{__name__}.{module_name}")
+    chosen_signature = {} if signature is None else {"signature": signature}
     model: Model = module.load(path, trust=trust, features=features, threads=threads,
-                               device=device, **fixed)
+                               device=device, **chosen_signature, **fixed)
     return model
 
 
