@@ -119,6 +119,8 @@ class ModelRuntime:
         features, the model's number type for the others."""
         own = {t.name: t.dtype for t in self.model.signature.inputs}
         default = next(iter(own.values()), "float64")
+        # an input of K > 1 values per row read from the column of its name: a list column
+        vectors = {t.name for t in self.model.signature.inputs if len(t.shape) == 2 and t.shape[1] != 1}
         kinds = self.model.kinds
         fields = []
         for name in self.input_columns:
@@ -126,7 +128,8 @@ class ModelRuntime:
             if kinds.kind(name) != NUMBER or dtype in ("string", "object"):
                 fields.append(pa.field(name, pa.string()))
             else:
-                fields.append(pa.field(name, pa.from_numpy_dtype(np.dtype(dtype))))
+                kind = pa.from_numpy_dtype(np.dtype(dtype))
+                fields.append(pa.field(name, pa.list_(kind) if name in vectors else kind))
         return pa.schema(fields)
 
     def records(self, records: Sequence[Any], *, where: str = "records", keep: Sequence[str] = ()) -> pa.RecordBatch:
@@ -134,7 +137,8 @@ class ModelRuntime:
         features typed as numbers or strings as the model takes them, a missing one null; a
         pipeline that is the model alone gets its features (and ``keep``) only."""
         schema = self.input_schema()
-        types = {f.name: pa.string() if pa.types.is_string(f.type) else pa.float64() for f in schema}
+        types = {f.name: pa.string() if pa.types.is_string(f.type) else
+                 pa.list_(pa.float64()) if pa.types.is_list(f.type) else pa.float64() for f in schema}
         only = [*schema.names, *keep] if self.model_only else None
         return records_to_batch(records, where=where, types=types, only=only)
 

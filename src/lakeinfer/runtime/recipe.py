@@ -33,6 +33,7 @@ class PipelineRecipe:
     trust: bool = False
     features: tuple[str, ...] | None = None
     device: str | None = None
+    signature: str | None = None  # a TensorFlow SavedModel's signature (None: serving_default)
     on_error: str = "fail"
     steps: tuple[Any, ...] = (MODEL,)
 
@@ -60,7 +61,8 @@ class PipelineRecipe:
 
     def load_model(self, *, threads: int | None = None) -> Model:
         return load_model(self.model_path, flavor=self.flavor, trust=self.trust,
-                          features=self.features, threads=threads, device=self.device)
+                          features=self.features, threads=threads, device=self.device,
+                          signature=self.signature)
 
     def build(self, *, threads: int | None = None, model: Model | None = None) -> Pipeline:
         """The pipeline, loading the model unless one is given."""
@@ -106,6 +108,7 @@ class PipelineRecipe:
             "features": list(self.features) if self.features else None,
             "on_error": self.on_error,
             "steps": [MODEL if s == MODEL else _step_id(s) for s in self.steps],
+            **({"signature": self.signature} if self.signature is not None else {}),
         }
 
 

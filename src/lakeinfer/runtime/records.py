@@ -59,7 +59,13 @@ def records_to_batch(records: Sequence[Any], *, where: str = "records",
     for name in names:
         values = [record.get(name) for record in records]
         kind = types.get(name)
-        if kind is not None and not pa.types.is_string(kind):
+        if kind is not None and pa.types.is_list(kind):
+            for i, value in enumerate(values):
+                if value is not None and (not isinstance(value, list) or not all(
+                        v is None or isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
+                    raise RecordsError(f"{where}[{i}]: field '{name}' is {type(value).__name__}; "
+                                       "the model needs a list of numbers")
+        elif kind is not None and not pa.types.is_string(kind):
             for i, value in enumerate(values):
                 problem = field_problem(name, value)
                 if problem is not None:
