@@ -89,7 +89,9 @@ class TreeScorer(Scorer):
             self.forest: Forest = build_forest(trees, levels)
         except TreeFormatError as exc:
             raise ModelLoadError(f"H2O MOJO {mojo.path}: {exc}") from None
-        self.owners = np.asarray(owners, dtype=np.int64)
+        # the trees are in class order: each class's trees are one span
+        self.spans = [(owners.index(k), len(owners) - owners[::-1].index(k)) if k in owners else (0, 0)
+                      for k in range(per_group)]
         self.width = per_group
         if algo == "gbm":
             self.family = mojo.text("distribution")
@@ -101,13 +103,7 @@ class TreeScorer(Scorer):
                 raise ModelLoadError(f"H2O MOJO {mojo.path}: GBM link function '{self.link}' is not supported")
 
     def _sums(self, x: np.ndarray) -> np.ndarray:
-        values = self.forest.values(x)  # (trees, rows)
-        sums = np.zeros((len(x), self.width), dtype=np.float64)
-        for k in range(self.width):
-            mine = values[self.owners == k]
-            if len(mine):
-                sums[:, k] = mine.sum(axis=0)
-        return sums
+        return self.forest.sums(x, self.spans)
 
     def score(self, x: np.ndarray) -> np.ndarray:
         sums = self._sums(x)
