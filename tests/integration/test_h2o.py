@@ -30,7 +30,8 @@ from tests.serving import free_port, serving
 
 PLANS = ["basic", "free", "pro", "team"]
 REGIONS = ["asia", "eu", "us"]
-FEATURES = ["a", "b", "plan", "region"]
+CITIES = [f"city{i:02d}" for i in range(60)]  # more than 32 levels: bitsets with an offset and a length
+FEATURES = ["a", "b", "plan", "region", "city"]
 CLASSES = ["x", "y", "z"]
 
 
@@ -40,11 +41,15 @@ def make_frame(rows: int, seed: int, *, unseen: bool = False) -> pd.DataFrame:
     b = rng.integers(0, 50, rows).astype(np.float64)
     plan = rng.choice(PLANS + (["enterprise"] if unseen else []), rows).astype(object)
     region = rng.choice(REGIONS + (["mars"] if unseen else []), rows).astype(object)
+    city = rng.choice(CITIES + (["atlantis"] if unseen else []), rows).astype(object)
     a[rng.choice(rows, rows // 12, replace=False)] = np.nan
     plan[rng.choice(rows, rows // 12, replace=False)] = None
     region[rng.choice(rows, rows // 20, replace=False)] = None
-    score = np.nan_to_num(a) / 8 + (plan == "pro") - (region == "eu") + rng.normal(size=rows) * 0.6
-    frame = pd.DataFrame({"id": np.arange(rows, dtype=np.int64), "a": a, "b": b, "plan": plan, "region": region})
+    city[rng.choice(rows, rows // 25, replace=False)] = None
+    lucky = np.isin(city, CITIES[::3])
+    score = np.nan_to_num(a) / 8 + (plan == "pro") - (region == "eu") + lucky + rng.normal(size=rows) * 0.6
+    frame = pd.DataFrame({"id": np.arange(rows, dtype=np.int64), "a": a, "b": b, "plan": plan, "region": region,
+                          "city": city})
     frame["y"] = np.where(score > 0.3, "yes", "no")
     frame["k"] = np.array(CLASSES)[np.digitize(score + b / 40, [0.0, 1.2])]
     frame["r"] = np.nan_to_num(a) * 1.5 + b / 4 + (plan == "team") * 3 + rng.normal(size=rows)
@@ -67,7 +72,7 @@ def test_rows() -> pd.DataFrame:
 def _upload(h2o: Any, frame: pd.DataFrame, folder: Path, name: str) -> Any:
     path = folder / f"{name}.csv"
     frame.to_csv(path, index=False, na_rep="")
-    types = {c: "enum" for c in ("plan", "region", "y", "k")}
+    types = {c: "enum" for c in ("plan", "region", "city", "y", "k")}
     types.update({c: "numeric" for c in ("id", "a", "b", "r")})
     return h2o.upload_file(str(path), col_types=types, na_strings=[""])
 
@@ -98,7 +103,11 @@ def h2o_models(tmp_path_factory: pytest.TempPathFactory, test_rows: pd.DataFrame
             "drf_binomial": (H2ORandomForestEstimator(ntrees=10, max_depth=5, seed=1), "y"),
             "xrt_regression": (H2ORandomForestEstimator(ntrees=10, max_depth=5, seed=1,
                                                         histogram_type="Random"), "r"),
-            "glm_binomial": (H2OGeneralizedLinearEstimator(family="binomial", lambda_=0.001), "y"),
+            # H2O codes categories without their first level unless regularized (lambda > 0)
+            "glm_binomial": (H2OGeneralizedLinearEstimator(family="binomial", lambda_=0.0), "y"),
+            "glm_binomial_all_levels": (H2OGeneralizedLinearEstimator(family="binomial", lambda_=0.001), "y"),
+            "glm_skip_missing": (H2OGeneralizedLinearEstimator(family="binomial", lambda_=0.001,
+                                                               missing_values_handling="Skip"), "y"),
             "glm_multinomial": (H2OGeneralizedLinearEstimator(family="multinomial", lambda_=0.001), "k"),
             "glm_regression": (H2OGeneralizedLinearEstimator(family="gaussian"), "r"),
             "deeplearning": (H2ODeepLearningEstimator(hidden=[4], epochs=1, seed=1, reproducible=True), "r"),
@@ -122,7 +131,7 @@ def h2o_models(tmp_path_factory: pytest.TempPathFactory, test_rows: pd.DataFrame
 
 
 SCORED = ["gbm_binomial", "gbm_regression", "gbm_multinomial", "drf_multinomial", "drf_binomial",
-          "xrt_regression", "glm_binomial", "glm_multinomial", "glm_regression"]
+          "xrt_regression", "glm_binomial", "glm_binomial_all_levels", "glm_multinomial", "glm_regression"]
 
 
 def _compare(what: str, mojo: Mojo, predictions: Any, probabilities: Any = None) -> None:
@@ -138,7 +147,7 @@ def _compare(what: str, mojo: Mojo, predictions: Any, probabilities: Any = None)
 def _parquet(frame: pd.DataFrame, path: Path, *, dictionary: bool = False) -> Path:
     table = pa.Table.from_pandas(frame[["id", *FEATURES]], preserve_index=False)
     if dictionary:  # categories as Arrow dictionaries, their values in an order of their own
-        for name in ("plan", "region"):
+        for name in ("plan", "region", "city"):
             column = table.column(name).combine_chunks()
             values = sorted({v for v in column.to_pylist() if v is not None}, reverse=True)
             indices = pa.array([values.index(v) if v is not None else None for v in column.to_pylist()], pa.int32())
@@ -175,12 +184,49 @@ def test_batch_equals_h2o_predict(name: str, h2o_models: dict[str, Mojo], test_r
     assert _java_descendants(os.getpid()) == before  # lakeinfer started no JVM
 
 
+def test_glm_codings_both_covered(h2o_models: dict[str, Mojo]) -> None:
+    import zipfile
+
+    flags = {}
+    for name in ("glm_binomial", "glm_binomial_all_levels"):
+        with zipfile.ZipFile(h2o_models[name].path) as archive:
+            flags[name] = "use_all_factor_levels = true" in archive.read("model.ini").decode()
+    assert flags == {"glm_binomial": False, "glm_binomial_all_levels": True}
+
+
+def test_glm_without_mean_imputation_refuses_missing_values(h2o_models: dict[str, Mojo], test_rows: pd.DataFrame,
+                                                            tmp_path: Path) -> None:
+    """A GLM trained with missing_values_handling="Skip" cannot take a NA or an unseen level: a bad
+    record naming the column; skipped, the other rows equal H2O's predict."""
+    import zipfile
+
+    mojo = h2o_models["glm_skip_missing"]
+    with zipfile.ZipFile(mojo.path) as archive:
+        assert "mean_imputation = false" in archive.read("model.ini").decode()
+    data = _parquet(test_rows, tmp_path / "rows.parquet")
+    features = test_rows[FEATURES]
+    unseen = features["plan"].eq("enterprise") | features["region"].eq("mars") | features["city"].eq("atlantis")
+    bad = features.isna().any(axis=1) | unseen
+    first = int(np.flatnonzero(bad.to_numpy())[0])
+    with pytest.raises(lakeinfer.BadRecordError, match=rf"row {first}: feature column '\w+' (is null|is NaN|holds)"):
+        lakeinfer.batch(str(data), str(tmp_path / "refused"), model=str(mojo.path))
+    summary = lakeinfer.batch(str(data), str(tmp_path / "skipped"), model=str(mojo.path), keep=["id"],
+                              on_error="skip")
+    assert summary.rows_skipped == int(bad.sum())
+    scored = read_output(tmp_path / "skipped")
+    kept = np.flatnonzero(~bad.to_numpy())
+    assert scored["id"].tolist() == test_rows["id"].iloc[kept].tolist()
+    assert mojo.probability is not None
+    _compare("glm skip", Mojo(mojo.path, mojo.target, mojo.labels[kept], mojo.probability[kept]),
+             scored["prediction"], scored["probability"])
+
+
 def test_the_rows_include_ties_and_unseen_levels(h2o_models: dict[str, Mojo], test_rows: pd.DataFrame) -> None:
     """The tie-break (H2O's seeded draw) and unseen levels are exercised, not only possible."""
     p = h2o_models["drf_multinomial"].probability
     assert p is not None
     tied = (p == p.max(axis=1, keepdims=True)).sum(axis=1) > 1
-    unseen = test_rows["plan"].eq("enterprise") | test_rows["region"].eq("mars")
+    unseen = test_rows["plan"].eq("enterprise") | test_rows["region"].eq("mars") | test_rows["city"].eq("atlantis")
     assert tied.sum() >= 2 and (tied & unseen).any() and (tied & ~unseen).any()
 
 
@@ -212,7 +258,7 @@ def test_serve_equals_h2o_predict_without_a_jvm(h2o_models: dict[str, Mojo], tes
             # one row at a time, over the v2 protocol, strings as BYTES
             whole = [i for i, r in enumerate(records) if all(v is not None for v in r.values())]
             for i in whole[:3]:
-                inputs = [{"name": c, "shape": [1], "datatype": "BYTES" if c in ("plan", "region") else "FP64",
+                inputs = [{"name": c, "shape": [1], "datatype": "BYTES" if c in ("plan", "region", "city") else "FP64",
                            "data": [records[i][c]]} for c in FEATURES]
                 reply = httpx.post(f"{server.url}/v2/models/m/infer", json={"inputs": inputs}, timeout=30)
                 assert reply.status_code == 200, reply.text
