@@ -77,6 +77,7 @@ class H2OMojoModel(Model):
             categories={c: d for c, d in zip(self.columns, self.domains, strict=True) if d is not None},
             closed=frozenset(c for c, d in zip(self.columns, self.domains, strict=True)
                              if d is not None and glm_skips))
+        self._labels = pa.array(self.classes or (), pa.string())
         self._domain_arrays = [pa.array(d, pa.string()) if d is not None else None for d in self.domains]
         outputs = [TensorSpec("prediction", "string" if self.classes else "float64")]
         if self.classes:
@@ -144,7 +145,7 @@ class H2OMojoModel(Model):
         index = labels_of(scored, hashed, threshold=self.threshold,
                           priors=self.priors if self.scorer.ties_by_priors else None,
                           first_max=not self.scorer.ties_by_priors)
-        labels = pc.take(pa.array(self.classes, pa.string()), pa.array(index, pa.int64()))
+        labels = self._labels.take(pa.array(index, pa.int64()))
         return {"prediction": labels, "probability": scored}
 
 
@@ -169,7 +170,9 @@ def _number(column: pa.Array, name: str) -> np.ndarray:
         raise SchemaError(f"feature column '{name}' has type {column.type}; the model needs a number")
     if pa.types.is_dictionary(column.type):
         column = column.cast(kind)
-    return column.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)  # type: ignore[no-any-return]
+    if not pa.types.is_float64(kind):
+        column = column.cast(pa.float64())
+    return column.to_numpy(zero_copy_only=False)  # type: ignore[no-any-return]  (null: NaN)
 
 
 def _codes(column: pa.Array, name: str, known: pa.Array) -> tuple[np.ndarray, np.ndarray | None]:
@@ -196,8 +199,8 @@ def _codes(column: pa.Array, name: str, known: pa.Array) -> tuple[np.ndarray, np
         extra = pc.and_(pc.is_null(found), pc.is_valid(values))
         levels = sorted(set(pc.filter(values, extra).to_pylist()))
         number = pc.index_in(values, value_set=pa.array(levels, values.type))
-        unseen = pc.add(number.cast(pa.float64()), float(len(known))).fill_null(np.nan).to_numpy(zero_copy_only=False)
-    return found.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False), unseen
+        unseen = pc.add(number.cast(pa.float64()), float(len(known))).to_numpy(zero_copy_only=False)
+    return found.cast(pa.float64()).to_numpy(zero_copy_only=False), unseen  # null: NaN
 
 
 def load(path: str, *, features: Sequence[str] | None = None, **_: Any) -> H2OMojoModel:
