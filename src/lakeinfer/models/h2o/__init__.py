@@ -172,7 +172,8 @@ def _number(column: pa.Array, name: str) -> np.ndarray:
         column = column.cast(kind)
     if not pa.types.is_float64(kind):
         column = column.cast(pa.float64())
-    return column.to_numpy(zero_copy_only=False)  # type: ignore[no-any-return]  (null: NaN)
+    # a null becomes NaN
+    return column.to_numpy(zero_copy_only=False)  # type: ignore[no-any-return]
 
 
 def _codes(column: pa.Array, name: str, known: pa.Array) -> tuple[np.ndarray, np.ndarray | None]:
