@@ -22,9 +22,10 @@ from ...errors import ConfigError
 from .._base import TabularModel
 from .manifest import MANIFEST, Manifest, StageEntry, is_staged
 from .processes import StageDiedError, StageProcesses
+from .split import split_model, stage_table
 
 __all__ = ["MANIFEST", "Manifest", "StageDiedError", "StageEntry", "StagedModel", "is_staged", "load",
-           "stage_lines"]
+           "split_model", "stage_lines", "stage_table"]
 
 MIN_CHUNK_ROWS = 64  # a call is cut into micro-batches of at least this many rows, one per stage at most
 

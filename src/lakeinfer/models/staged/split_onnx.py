@@ -18,7 +18,8 @@ from ...errors import ConfigError
 
 __all__ = ["GraphCut", "cut_graph", "save_stage"]
 
-EXTERNAL_DATA_BYTES = 1_800_000_000  # a stage file over this keeps its weights in a .data file beside it
+EXTERNAL_MIN_BYTES = 64 * 1024  # a weight this large goes into the stage's .data file
+ALIGN = 64 * 1024  # its offset there: a multiple of the mapping granularity
 _NO_CUT_INSIDE = ("If", "Loop", "Scan")
 
 
@@ -199,11 +200,28 @@ def _stage_model(model: Any, part: list[Any], inputs: list[str], outputs: list[s
 
 
 def save_stage(stage: Any, path: str, weight_bytes: int) -> None:
-    """Write a stage file; a stage too large for one protobuf keeps its weights in ``<file>.data``."""
-    import onnx
+    """Write a stage file with its large weights in ``<file>.data`` beside it, each at an offset
+    aligned to 64 KiB: onnxruntime then maps the weights from the file instead of reading them
+    into a buffer and copying them again into its tensors, so the stage holds them once (and a
+    stage over 2 GB, the limit of one protobuf, can be written at all)."""
+    from onnx import TensorProto
 
-    if weight_bytes > EXTERNAL_DATA_BYTES:
-        onnx.save_model(stage, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=os.path.basename(path) + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(stage, path)
+    location = os.path.basename(path) + ".data"
+    offset = 0
+    with open(path + ".data", "wb") as data:
+        for tensor in stage.graph.initializer:
+            if not tensor.HasField("raw_data") or len(tensor.raw_data) < EXTERNAL_MIN_BYTES:
+                continue
+            offset = -(-offset // ALIGN) * ALIGN
+            data.seek(offset)
+            data.write(tensor.raw_data)
+            length = len(tensor.raw_data)
+            tensor.ClearField("raw_data")
+            tensor.data_location = TensorProto.EXTERNAL
+            del tensor.external_data[:]
+            for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            offset += length
+    with open(path, "wb") as fh:
+        fh.write(stage.SerializeToString())

@@ -30,8 +30,6 @@ POLL_S = 0.25  # how often an idle stage looks whether the command that started 
 def stage_main(index: int, count: int, folder: str, entry: dict[str, Any], threads: int, device: str | None,
                inbox: Any, outbox: Any, control: Any, parent: int) -> None:
     """Run stage ``index`` (0-based) of ``count`` until told to stop or the parent is gone."""
-    for q in (inbox, outbox, control):
-        q.cancel_join_thread()  # a stage that exits never waits for a reader that is gone
     name = f"stage {index + 1} of {count}"
     try:
         runner = load_runner(folder, StageEntry.from_dict(entry), threads=threads, device=device)
@@ -46,9 +44,11 @@ def stage_main(index: int, count: int, folder: str, entry: dict[str, Any], threa
             item = inbox.get(timeout=POLL_S)
         except queue.Empty:
             if os.getppid() != parent:  # the command is gone (killed): so is its pipeline
+                for q in (inbox, outbox, control):
+                    q.cancel_join_thread()  # exit without waiting for readers that are gone
                 return
             continue
-        if item is None:
+        if item is None:  # passed on before exiting: the process flushes its outbox as it exits
             outbox.put(None)
             return
         seq, tensors, error, busy = item
