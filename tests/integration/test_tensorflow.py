@@ -7,6 +7,8 @@ functional Keras model of a list-column input and a scalar input saved as ``.ker
 from __future__ import annotations
 
 import json
+import signal
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ import lakeinfer
 from lakeinfer.errors import SchemaError
 from lakeinfer.models import detect_flavor
 from tests.conftest import read_output, run_cli
+from tests.kafka_helpers import consume, create_topics, produce, stream_cli
 from tests.serving import free_port, serving
 
 ROWS, FILES = 1500, 4
@@ -275,3 +278,27 @@ def test_serve_rest_grpc_and_records_equal_tensorflow(built: Built, server: Any)
         if len(pids) == 2:
             break
     assert len(pids) == 2
+
+
+def test_stream_equals_tensorflow(built: Built, broker: str) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    source, sink, dlq = f"tf-in-{suffix}", f"tf-out-{suffix}", f"tf-dlq-{suffix}"
+    create_topics(broker, source, sink, dlq)
+    rows = built.table.slice(0, 300).select(["id", "vec", "scale"]).to_pylist()
+    rows[7]["vec"] = rows[7]["vec"][:3]  # a list of the wrong length: a dead letter, the rest scored
+    produce(broker, source, ((str(r["id"]).encode(), json.dumps(r).encode()) for r in rows))
+    proc = stream_cli("--model", built.functional, "--trust-model", "--bootstrap-servers", broker,
+                      "--input-topic", source, "--output-topic", sink, "--dead-letter-topic", dlq,
+                      "--keep", "id", "--group-id", f"g-{source}", "--exactly-once", "--transactional-id", f"t-{source}")
+    try:
+        got = consume(broker, sink, expect=299, timeout=90)
+        dead = consume(broker, dlq, expect=1, timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    outputs = sorted((json.loads(m.value()) for m in got), key=lambda o: o["id"])
+    ids = np.array([o["id"] for o in outputs])
+    assert len(outputs) == 299 and 7 not in ids, err[-3000:]
+    assert len(dead) == 1 and "vec" in dead[0].value().decode()
+    _check({k: [o[k] for o in outputs] for k in ("logits", "score")}, built.expected["functional"], ids)

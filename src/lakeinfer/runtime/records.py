@@ -20,11 +20,17 @@ def object_problem(record: Any) -> str | None:
     return f"must be a JSON object of field: value, not {type(record).__name__}"
 
 
-def field_problem(name: str, value: Any, *, category: bool = False) -> str | None:
-    """Why a record's ``value`` cannot be the feature ``name`` (a number, or a string where the
-    model takes a ``category``), or None; a null is a missing value, for the runtime's rule."""
+def field_problem(name: str, value: Any, *, category: bool = False, vector: bool = False) -> str | None:
+    """Why a record's ``value`` cannot be the feature ``name`` (a number, a string where the
+    model takes a ``category``, a list of numbers where it takes a ``vector``), or None; a null
+    is a missing value, for the runtime's rule."""
     if value is None:
         return None
+    if vector:
+        if isinstance(value, list) and not any(
+                isinstance(v, bool) or not (v is None or isinstance(v, int | float)) for v in value):
+            return None
+        return f"field '{name}' is {type(value).__name__}; the model needs a list of numbers"
     if category:
         if isinstance(value, str):
             return None
@@ -59,15 +65,9 @@ def records_to_batch(records: Sequence[Any], *, where: str = "records",
     for name in names:
         values = [record.get(name) for record in records]
         kind = types.get(name)
-        if kind is not None and pa.types.is_list(kind):
+        if kind is not None and not pa.types.is_string(kind):
             for i, value in enumerate(values):
-                if value is not None and (not isinstance(value, list) or not all(
-                        v is None or isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
-                    raise RecordsError(f"{where}[{i}]: field '{name}' is {type(value).__name__}; "
-                                       "the model needs a list of numbers")
-        elif kind is not None and not pa.types.is_string(kind):
-            for i, value in enumerate(values):
-                problem = field_problem(name, value)
+                problem = field_problem(name, value, vector=pa.types.is_list(kind))
                 if problem is not None:
                     raise RecordsError(f"{where}[{i}]: {problem}")
         try:

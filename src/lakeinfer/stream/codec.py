@@ -17,11 +17,12 @@ from ..runtime.records import field_problem, object_problem
 from .json_rows import json_rows
 
 
-def decode(values: Sequence[bytes | None], features: Sequence[str] | None, text: frozenset[str] = frozenset()
-           ) -> tuple[list[dict[str, Any]], list[int], dict[int, str]]:
+def decode(values: Sequence[bytes | None], features: Sequence[str] | None, text: frozenset[str] = frozenset(),
+           vectors: frozenset[str] = frozenset()) -> tuple[list[dict[str, Any]], list[int], dict[int, str]]:
     """(the parsed good records, their positions, {position: reason} for the bad ones).
 
-    With ``features`` (a pipeline that is the model alone), every feature must be a number.
+    With ``features`` (a pipeline that is the model alone), every feature must be a number (a
+    string for those in ``text``, a list of numbers for those in ``vectors``).
     """
     records: list[dict[str, Any]] = []
     good: list[int] = []
@@ -39,7 +40,7 @@ def decode(values: Sequence[bytes | None], features: Sequence[str] | None, text:
         if problem is not None:
             bad[i] = f"a message {problem}"
             continue
-        reason = _check(record, features, text) if features else None
+        reason = _check(record, features, text, vectors) if features else None
         if reason:
             bad[i] = reason
             continue
@@ -48,10 +49,11 @@ def decode(values: Sequence[bytes | None], features: Sequence[str] | None, text:
     return records, good, bad
 
 
-def _check(record: dict[str, Any], features: Sequence[str], text: frozenset[str] = frozenset()) -> str | None:
+def _check(record: dict[str, Any], features: Sequence[str], text: frozenset[str] = frozenset(),
+           vectors: frozenset[str] = frozenset()) -> str | None:
     # a missing or null feature is a missing value, judged by the runtime's one rule
     for name in features:
-        problem = field_problem(name, record.get(name), category=name in text)
+        problem = field_problem(name, record.get(name), category=name in text, vector=name in vectors)
         if problem is not None:
             return problem
     return None

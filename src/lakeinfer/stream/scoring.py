@@ -46,6 +46,7 @@ class MessageScorer:
         self.features = list(runtime.input_columns) if runtime.model_only else None
         self._schema = runtime.input_schema()
         self._text = frozenset(f.name for f in self._schema if pa.types.is_string(f.type))
+        self._vectors = frozenset(f.name for f in self._schema if pa.types.is_list(f.type))
         # parse may run on two threads at once (a lone batch on a model thread while the parse
         # thread finishes the backlog's last one): the types only gain entries, the same from either
         self._keep_types: dict[str, pa.DataType] = {}
@@ -90,7 +91,7 @@ class MessageScorer:
 
     def _records(self, values: list[Any]) -> Outcome:
         """Message by message: exact reasons for every bad one."""
-        records, good, bad = codec.decode(values, self.features, self._text)
+        records, good, bad = codec.decode(values, self.features, self._text, self._vectors)
         outputs: list[dict[str, Any]] = []
         if records:
             outputs, failed = self._score(records)
