@@ -21,10 +21,10 @@ def batch(input: str | None = None, output: str | None = None, *, model: str | P
           workers: int | None = None, batch_size: int | None = None, input_format: str | None = None,
           on_error: str | None = None, overwrite: bool | None = None, device: str | None = None,
           spec: str | JobSpec | None = None, engine: str | None = None, progress: bool = False,
-          unit_rows: int | None = None, master: str | None = None, remote: str | None = None, spark_conf: dict[str, str] | None = None,
+          unit_rows: int | None = None, ray_address: str | None = None, master: str | None = None, remote: str | None = None, spark_conf: dict[str, str] | None = None,
           partition_by: Sequence[str] | None = None, catalog: str | None = None, where: str | None = None,
           snapshot: str | int | None = None, incremental: bool | None = None, full: bool | None = None,
-          staging: str | None = None) -> BatchSummary:
+          staging: str | None = None, signature: str | None = None) -> BatchSummary:
     """Score ``input`` (a file, folder or glob; local or ``s3://``) into Parquet under ``output``.
 
     ``model`` is a path, or a :class:`PipelineRecipe` holding every model option (then ``flavor``,
@@ -50,18 +50,19 @@ def batch(input: str | None = None, output: str | None = None, *, model: str | P
         job = dataclasses.replace(job or JobSpec(), steps=list(steps))
     options = BatchJob.resolve(
         spec=job, model=model, progress=progress, unit_rows=unit_rows,
-        model_options={"flavor": flavor, "trust": trust, "features": features, "device": device},
+        model_options={"flavor": flavor, "trust": trust, "features": features, "device": device,
+                       "signature": signature},
         input=input, output=output, keep=None if keep is None else list(keep), workers=workers,
         batch_size=batch_size, input_format=input_format, on_error=on_error, overwrite=overwrite, engine=engine,
-        master=master, remote=remote, spark_conf=spark_conf, partition_by=None if partition_by is None else list(partition_by),
+        ray_address=ray_address, master=master, remote=remote, spark_conf=spark_conf, partition_by=None if partition_by is None else list(partition_by),
         catalog=catalog, where=where, snapshot=snapshot, incremental=incremental, full=full, staging=staging)
     return engines.run(options)
 
 
 def inspect_model(model: str, *, flavor: str | None = None, trust: bool = False,
-                  features: Sequence[str] | None = None) -> dict[str, Any]:
+                  features: Sequence[str] | None = None, signature: str | None = None) -> dict[str, Any]:
     """The model's flavor and signature as a plain dict."""
-    loaded = load_model(model, flavor=flavor, trust=trust, features=features)
+    loaded = load_model(model, flavor=flavor, trust=trust, features=features, signature=signature)
     info = loaded.describe()
     try:
         info["input_columns"] = list(loaded.input_columns)

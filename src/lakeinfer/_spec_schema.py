@@ -180,6 +180,7 @@ class ModelSection(_Strict):
     trust: StrictBool | None = None
     features: list[StrictStr] | None = None
     device: StrictStr | None = None
+    signature: StrictStr | None = None
 
 
 class PipelineSection(_Strict):
@@ -196,6 +197,7 @@ class BatchSection(_Strict):
     on_error: OnError | None = None
     overwrite: StrictBool | None = None
     engine: Engine | None = None
+    ray_address: StrictStr | None = None
     master: StrictStr | None = None
     remote: StrictStr | None = None
     spark_conf: dict[StrictStr, SparkValue] | None = None
@@ -217,6 +219,7 @@ class ServeModel(_Strict):
     trust: StrictBool | None = None
     features: list[StrictStr] | None = None
     device: StrictStr | None = None
+    signature: StrictStr | None = None
     steps: list[Step] = []
     max_batch_size: Count | None = None
     max_wait_ms: Millis | None = None

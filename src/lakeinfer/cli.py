@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import split as split_command
 from ._pipes import broken_pipe, stdout_closed
 from ._version import __version__
 from .engines import ENGINES
@@ -55,6 +56,7 @@ def _model_options(parser: argparse.ArgumentParser, *, required: bool, several: 
     parser.add_argument("--flavor", help="override flavor detection (onnx, sklearn, skops, xgboost, "
                         "lightgbm, torchscript, torch_export, mlflow)")
     parser.add_argument("--features", type=_columns, help="input columns, in the model's order (comma list)")
+    parser.add_argument("--signature", help="a TensorFlow SavedModel's signature (default serving_default)")
     parser.add_argument("--trust-model", action="store_true", default=None,
                         help="allow formats that run code when loaded (pickle, MLflow)")
 
@@ -81,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--batch-size", type=_positive, help=f"rows per model call (default {DEFAULT_BATCH_SIZE})")
     batch.add_argument("--on-error", choices=ON_ERROR, help="rows with a null feature: fail (default), skip, null")
     batch.add_argument("--engine", choices=tuple(ENGINES), help="execution engine (default local)")
+    batch.add_argument("--ray-address", help="--engine ray: the cluster to join (the GCS address `ray start --head` "
+                       "prints); default RAY_ADDRESS, else a private local Ray started for the job")
     batch.add_argument("--master", help="Spark master for --engine spark: local[N], spark://HOST:PORT, yarn, k8s://...")
     batch.add_argument("--remote", help="--engine spark on a Spark Connect server: sc://HOST:PORT (default: $SPARK_REMOTE)")
     batch.add_argument("--spark-conf", action="append", type=_key_value, metavar="KEY=VALUE",
@@ -153,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="print a model's flavor and signature")
     _model_options(inspect, required=True)
     inspect.add_argument("--json", action="store_true", help="print JSON")
+    split_command.add_parser(commands)
     return parser
 
 
@@ -161,12 +166,14 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.command == "inspect":
         info = _api.inspect_model(args.model, flavor=args.flavor, trust=bool(args.trust_model),
-                                  features=args.features)
+                                  features=args.features, signature=args.signature)
         if args.json:
             print(json.dumps(info, indent=2, default=str))
         else:
             _print_inspect(info)
         return 0
+    if args.command == "split":
+        return split_command.run(args)
     if args.command == "stream":
         return _stream(args)
     if args.command == "serve":
@@ -178,10 +185,10 @@ def _run(args: argparse.Namespace) -> int:
         args.input, args.output, model=args.model, flavor=args.flavor, trust=args.trust_model,
         features=args.features, keep=args.keep, workers=args.workers, batch_size=args.batch_size,
         input_format=args.input_format, on_error=args.on_error, overwrite=args.overwrite,
-        spec=args.spec, engine=args.engine, progress=not args.quiet, master=args.master, remote=args.remote,
+        spec=args.spec, engine=args.engine, progress=not args.quiet, ray_address=args.ray_address, master=args.master, remote=args.remote,
         spark_conf=dict(args.spark_conf or []), partition_by=args.partition_by, catalog=args.catalog,
         where=args.where, snapshot=args.snapshot, incremental=args.incremental, full=args.full,
-        staging=args.staging,
+        staging=args.staging, signature=args.signature,
     )
     if args.json:
         print(json.dumps(summary.to_dict()))
@@ -203,7 +210,7 @@ def _recipe(job: JobSpec, args: argparse.Namespace, *, on_error: str) -> Pipelin
     if not args.model and job.model.path is None:
         raise ConfigError(f"{args.command} needs a model (--model or [model] path in the spec)")
     return job.recipe(path=args.model, flavor=args.flavor, trust=args.trust_model, features=args.features,
-                      on_error=on_error)
+                      signature=args.signature, on_error=on_error)
 
 
 def _serve_config(args: argparse.Namespace) -> ServeConfig:

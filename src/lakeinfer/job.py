@@ -65,6 +65,8 @@ class BatchJob:
     """``parquet``, ``csv`` or ``jsonl``; None: from the file names."""
     overwrite: bool = False
     """Replace what the output holds."""
+    ray_address: str | None = None
+    """The Ray cluster to join (``--engine ray``); None: ``RAY_ADDRESS``, else a private local Ray."""
     master: str | None = None
     """The Spark master (``--engine spark``)."""
     remote: str | None = None
@@ -114,7 +116,7 @@ class BatchJob:
             recipe=recipe, input=section.input, output=section.output, engine=engine,
             keep=tuple(section.keep or ()), workers=section.workers,
             batch_size=section.batch_size or DEFAULT_BATCH_SIZE, input_format=section.input_format,
-            overwrite=bool(section.overwrite), master=section.master, remote=section.remote,
+            overwrite=bool(section.overwrite), ray_address=section.ray_address, master=section.master, remote=section.remote,
             spark_conf=MappingProxyType({k: str(v) for k, v in (section.spark_conf or {}).items()}),
             partition_by=tuple(section.partition_by or ()),
             tables=TableOptions(

@@ -80,10 +80,10 @@ def test_reading_ahead_and_in_line_write_the_same_parts(overlap: bool, workers: 
                                                         datasets: dict[str, Path], tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    from lakeinfer.engines import local
+    from lakeinfer.engines import units
 
     chosen: list[bool] = []
-    monkeypatch.setattr(local, "overlap_io", lambda *_: chosen.append(overlap) or overlap)
+    monkeypatch.setattr(units, "overlap_io", lambda *_: chosen.append(overlap) or overlap)
     out = tmp_path / "out"
     code = main(["batch", "--model", str(onnx_model.path), "--input", str(datasets["parquet"]), "--output", str(out),
                  "--keep", "id", "--workers", workers, "--batch-size", "100", *onnx_model.cli])

@@ -187,7 +187,7 @@ def test_unknown_keys_name_their_path(tmp_path: Path, text: str, expected: str) 
     ("[batch]\noverwrite = 'false'\n", "batch.overwrite: expected true or false, got 'false'"),
     ("[batch]\nkeep = 'id'\n", "batch.keep: expected a list, got 'id'"),
     ("[batch]\non_error = 'ignore'\n", "batch.on_error: expected 'fail', 'skip' or 'null', got 'ignore'"),
-    ("[batch]\nengine = 'dask'\n", "batch.engine: expected 'local' or 'spark', got 'dask'"),
+    ("[batch]\nengine = 'dask'\n", "batch.engine: expected 'local', 'spark' or 'ray', got 'dask'"),
     ("[model]\ntrust = 'yes'\n", "model.trust: expected true or false, got 'yes'"),
     ("[model]\nfeatures = ['a', 1]\n", "model.features[1]: expected a string, got 1"),
     ("model = 'm.onnx'\n", "model: expected a table/mapping, got 'm.onnx'"),
@@ -215,7 +215,7 @@ def test_wrong_types_are_refused(tmp_path: Path, text: str, expected: str) -> No
 
 def test_several_errors_on_one_line(tmp_path: Path) -> None:
     message = _error(tmp_path, "[model]\ncolour = 1\n[batch]\nworkers = 'two'\n")
-    assert message == ("model: unknown key 'colour' (known: path, flavor, trust, features, device); "
+    assert message == ("model: unknown key 'colour' (known: path, flavor, trust, features, device, signature); "
                        "batch.workers: expected an integer, got 'two'")
 
 

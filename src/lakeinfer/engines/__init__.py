@@ -23,6 +23,7 @@ __all__ = ["ENGINES", "BatchSummary", "Engine", "get_engine", "run"]
 ENGINES: MappingProxyType[str, str] = MappingProxyType({
     "local": "lakeinfer.engines.local",
     "spark": "lakeinfer.engines.spark",
+    "ray": "lakeinfer.engines.ray",
 })
 
 

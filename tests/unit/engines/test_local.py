@@ -10,7 +10,8 @@ import pyarrow.fs as pafs
 import pytest
 
 from lakeinfer.cpu import available_cores
-from lakeinfer.engines.local import overlap_io, plan_workers
+from lakeinfer.engines.local import plan_workers
+from lakeinfer.engines.units import overlap_io
 from lakeinfer.io.tables import Source
 from lakeinfer.runtime import PipelineRecipe
 
@@ -18,7 +19,8 @@ _PINNED = """
 import os
 import pyarrow.fs as pafs
 
-from lakeinfer.engines.local import overlap_io, plan_workers
+from lakeinfer.engines.local import plan_workers
+from lakeinfer.engines.units import overlap_io
 from lakeinfer.io.tables import Source
 from lakeinfer.cpu import available_cores
 from lakeinfer.runtime import PipelineRecipe

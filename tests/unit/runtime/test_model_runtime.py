@@ -419,7 +419,7 @@ def test_a_row_scored_alone_scores_as_among_others(tmp_path: Path) -> None:
 
 
 def test_scoring_closes_its_input_when_a_row_is_bad() -> None:
-    from lakeinfer.engines._worker import _scored
+    from lakeinfer.engines.unit_worker import _scored
     from lakeinfer.io.sources import Unit
 
     closed = threading.Event()

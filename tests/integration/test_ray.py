@@ -1,0 +1,264 @@
+"""``--engine ray`` on a real Ray: a private local Ray per command, and a ``ray start --head``
+cluster joined by address. Outputs equal the local engine's and the framework's; actors and the
+driver killed mid-job; every row exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import lakeinfer
+from tests.conftest import FEATURES, Trained, read_output, run_cli
+from tests.serving import free_port
+from tests.slow_model import SlowEcho
+
+ROOT = Path(__file__).resolve().parents[2]
+# this tree's lakeinfer, and tests.slow_model for the actors that unpickle the slow model
+PATHS = {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+RAY_PROCESSES = ("raylet", "gcs_server", "ray::")
+
+
+def _ray_processes() -> set[int]:
+    found = set()
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["name"] or "")
+        if any(mark in text for mark in RAY_PROCESSES):
+            found.add(proc.pid)
+    return found
+
+
+def _equal_to_local(out: Path, onnx_model: Trained, datasets: dict[str, Path], tmp_path: Path) -> None:
+    local = lakeinfer.batch(str(datasets["parquet"]), str(tmp_path / "local"), model=str(onnx_model.path),
+                            features=FEATURES, keep=["id"])
+    assert local.rows == 900
+    ours, theirs = read_output(out), read_output(tmp_path / "local")
+    np.testing.assert_array_equal(ours["id"], np.arange(900))
+    np.testing.assert_array_equal(ours["prediction"], onnx_model.labels)
+    np.testing.assert_array_equal(ours["prediction"], theirs["prediction"])
+    np.testing.assert_allclose(np.stack(ours["probability"]), onnx_model.probability, atol=1e-6)
+    np.testing.assert_allclose(np.stack(ours["probability"]), np.stack(theirs["probability"]), rtol=0, atol=1e-9)
+
+
+def test_cli_on_a_private_ray_equals_the_local_engine(onnx_model: Trained, datasets: dict[str, Path],
+                                                      tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    before = _ray_processes()
+    env = {"HOME": str(home), **{k: "" for k in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}}
+    result = run_cli("batch", "--engine", "ray", "--model", onnx_model.path, *onnx_model.cli, "--input",
+                     datasets["parquet"], "--output", tmp_path / "out", "--keep", "id", "--json", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["rows"] == 900 and summary["parts"] == 3
+    assert summary["model_loads"] == summary["workers"] >= 1  # once per actor
+    _equal_to_local(tmp_path / "out", onnx_model, datasets, tmp_path)
+    assert not (home / ".ray").exists()  # the private Ray's token lived in its own folder
+    assert _ray_processes() - before == set()  # it stopped every process it started
+
+
+@pytest.fixture(scope="module")
+def ray_here():  # type: ignore[no-untyped-def]
+    """A private Ray for this test process: jobs run through the API reuse it."""
+    from lakeinfer.engines.ray import ray_session
+
+    with ray_session(None) as ray:
+        yield ray
+
+
+def test_api_on_ray_every_input_format(ray_here, onnx_model: Trained, datasets: dict[str, Path],  # type: ignore[no-untyped-def]
+                                       tmp_path: Path) -> None:
+    for fmt in ("csv", "jsonl", "parquet"):
+        summary = lakeinfer.batch(str(datasets[fmt]), str(tmp_path / fmt), model=str(onnx_model.path),
+                                  features=FEATURES, keep=["id"], engine="ray", workers=2)
+        assert (summary.rows, summary.workers, summary.model_loads) == (900, 2, 2)
+        out = read_output(tmp_path / fmt)
+        np.testing.assert_array_equal(out["prediction"], onnx_model.labels)
+    _equal_to_local(tmp_path / "parquet", onnx_model, datasets, tmp_path)
+    again = lakeinfer.batch(str(datasets["parquet"]), str(tmp_path / "parquet"), model=str(onnx_model.path),
+                            features=FEATURES, keep=["id"], engine="ray")
+    assert again.parts_resumed == again.parts == 3 and again.model_loads == 0  # already done: nothing scored
+
+
+def test_as_many_actors_as_cpus_does_not_hang(ray_here, onnx_model: Trained,  # type: ignore[no-untyped-def]
+                                              datasets: dict[str, Path], tmp_path: Path) -> None:
+    cpus = int(ray_here.cluster_resources()["CPU"])
+    summary = lakeinfer.batch(str(datasets["parquet"]), str(tmp_path / "out"), model=str(onnx_model.path),
+                              features=FEATURES, keep=["id"], engine="ray", workers=cpus, unit_rows=100)
+    assert summary.rows == 900 and summary.workers == cpus
+
+
+def test_a_bad_row_is_named_with_its_file(ray_here, onnx_model: Trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "in"
+    data.mkdir()
+    frame = pd.DataFrame({"id": [0, 1, 2], **{f: [0.5, None, 1.0] if f == "f2" else [0.1, 0.2, 0.3] for f in FEATURES}})
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), data / "bad.parquet")
+    with pytest.raises(lakeinfer.BadRecordError, match=r"bad.parquet, row 1: feature column 'f2' is null"):
+        lakeinfer.batch(str(data), str(tmp_path / "out"), model=str(onnx_model.path), features=FEATURES,
+                        engine="ray")
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_iceberg_table_on_ray_equals_the_local_engine(ray_here, onnx_model: Trained, frame: pd.DataFrame,  # type: ignore[no-untyped-def]
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyiceberg.catalog import load_catalog
+
+    warehouse = tmp_path / "warehouse"
+    warehouse.mkdir()
+    props = {"type": "sql", "uri": f"sqlite:///{tmp_path / 'catalog.db'}", "warehouse": f"file://{warehouse}"}
+    for key, value in props.items():
+        monkeypatch.setenv(f"PYICEBERG_CATALOG__DEFAULT__{key.upper()}", value)
+    catalog = load_catalog("default", **props)
+    catalog.create_namespace("ns")
+    rows = pa.Table.from_pandas(frame[["id", *FEATURES]], preserve_index=False)
+    table = catalog.create_table("ns.src", schema=rows.schema)
+    table.append(rows.slice(0, 400))
+    table.append(rows.slice(400))
+    options = {"model": str(onnx_model.path), "features": FEATURES, "keep": ["id"]}
+    ray_run = lakeinfer.batch("iceberg:ns.src", "iceberg:ns.by_ray", engine="ray", **options)
+    local = lakeinfer.batch("iceberg:ns.src", "iceberg:ns.by_local", **options)
+    assert ray_run.rows == local.rows == 900 and ray_run.commit is not None
+    by_ray = catalog.load_table("ns.by_ray").scan().to_pandas().sort_values("id").reset_index(drop=True)
+    by_local = catalog.load_table("ns.by_local").scan().to_pandas().sort_values("id").reset_index(drop=True)
+    np.testing.assert_array_equal(by_ray["prediction"], onnx_model.labels)
+    np.testing.assert_array_equal(by_ray["prediction"], by_local["prediction"])
+    np.testing.assert_allclose(np.stack(by_ray["probability"]), np.stack(by_local["probability"]), rtol=0, atol=1e-9)
+    again = lakeinfer.batch("iceberg:ns.src", "iceberg:ns.by_ray", engine="ray", **options)
+    assert again.note == "already committed" and len(catalog.load_table("ns.by_ray").snapshots()) == 1
+
+
+@pytest.fixture(scope="module")
+def slow_job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """24 files of 50 rows and a model that takes 0.15 s a call: a job of a few seconds."""
+    root = tmp_path_factory.mktemp("slow")
+    data = root / "in"
+    data.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(24):
+        x = rng.normal(size=(50, len(FEATURES)))
+        pq.write_table(pa.table({"id": np.arange(i * 50, (i + 1) * 50), **{f: x[:, j] for j, f in enumerate(FEATURES)}}),
+                       data / f"part-{i:02d}.parquet")
+    model = root / "slow.joblib"
+    joblib.dump(SlowEcho(len(FEATURES), delay=0.15), model)
+    args = ["batch", "--engine", "ray", "--model", str(model), "--trust-model", "--features", ",".join(FEATURES),
+            "--input", str(data), "--keep", "id", "--workers", "2", "--json"]
+    return {"args": args, "files": 24, "rows": 1200}
+
+
+def _start(args: list[str], out: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, **PATHS, "RAY_ADDRESS": ""}
+    return subprocess.Popen([sys.executable, "-m", "lakeinfer", *args, "--output", str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _parts(out: Path) -> int:
+    return len(list(out.glob("part-*.parquet")))
+
+
+def _wait_for_parts(job: subprocess.Popen[str], out: Path, count: int) -> None:
+    deadline = time.monotonic() + 120
+    while _parts(out) < count:
+        assert job.poll() is None, job.communicate()
+        assert time.monotonic() < deadline, "the job wrote no parts"
+        time.sleep(0.05)
+
+
+def _exactly_once(out: Path, rows: int) -> None:
+    scored = read_output(out)
+    np.testing.assert_array_equal(scored["id"], np.arange(rows))  # every row, once
+
+
+def test_an_actor_killed_mid_job_is_replaced(slow_job: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    job = _start(slow_job["args"], out)
+    _wait_for_parts(job, out, 2)
+    actors = [p for p in psutil.Process(job.pid).children(recursive=True)
+              if "UnitActor" in " ".join(p.cmdline())]
+    assert actors, "no actor process found"
+    actors[0].send_signal(signal.SIGKILL)
+    killed_at = _parts(out)
+    stdout, stderr = job.communicate(timeout=180)
+    assert job.returncode == 0, stderr[-3000:]
+    assert killed_at < slow_job["files"], "the job finished before an actor could be killed"
+    summary = json.loads(stdout)
+    assert summary["rows"] == slow_job["rows"] and summary["workers"] == 2
+    assert summary["model_loads"] == 3  # the replacement loaded the model too
+    _exactly_once(out, slow_job["rows"])
+
+
+def test_the_driver_killed_mid_job_then_a_rerun_resumes(slow_job: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    before = _ray_processes()
+    job = _start(slow_job["args"], out)
+    _wait_for_parts(job, out, 3)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    done = _parts(out)
+    assert done < slow_job["files"], "the job finished before it could be killed"
+    deadline = time.monotonic() + 30
+    while _ray_processes() - before:  # the private Ray's processes end with their driver
+        assert time.monotonic() < deadline, "the private Ray outlived its driver"
+        time.sleep(0.1)
+    rerun = _start(slow_job["args"], out)
+    stdout, stderr = rerun.communicate(timeout=180)
+    assert rerun.returncode == 0, stderr[-3000:]
+    summary = json.loads(stdout)
+    assert summary["parts_resumed"] >= done and summary["rows"] == slow_job["rows"]
+    _exactly_once(out, slow_job["rows"])
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """``ray start --head`` on this machine, with its token in a folder of the test's own."""
+    root = tmp_path_factory.mktemp("cluster")
+    token = root / "token"
+    token.write_text("b" * 64)
+    port = free_port()
+    env = {**os.environ, **PATHS, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "HOME": str(root)}
+    env.pop("RAY_ADDRESS", None)
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    temp = Path("/tmp") / f"lkr-{port}"
+    started = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                              "--disable-usage-stats", f"--temp-dir={temp}"], env=env, capture_output=True, text=True,
+                             timeout=180)
+    assert started.returncode == 0, started.stderr[-3000:]
+    yield {"address": f"127.0.0.1:{port}", "env": env}
+    subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    subprocess.run(["rm", "-rf", str(temp)], check=False)
+
+
+def test_joins_a_ray_start_cluster_and_starts_no_ray_of_its_own(ray_cluster, onnx_model: Trained,  # type: ignore[no-untyped-def]
+                                                                datasets: dict[str, Path], tmp_path: Path) -> None:
+    heads = {p.pid for p in psutil.process_iter(["cmdline"]) if "gcs_server" in " ".join(p.info["cmdline"] or [])}
+    out = tmp_path / "out"
+    job = subprocess.Popen([sys.executable, "-m", "lakeinfer", "batch", "--engine", "ray", "--ray-address",
+                            ray_cluster["address"], "--model", str(onnx_model.path), *onnx_model.cli, "--input",
+                            str(datasets["parquet"]), "--output", str(out), "--keep", "id"],
+                           env=ray_cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started_here: set[int] = set()
+    while job.poll() is None:  # whatever the command starts is its own child
+        try:
+            children = psutil.Process(job.pid).children(recursive=True)
+            started_here |= {p.pid for p in children if "gcs_server" in " ".join(p.cmdline()) or "raylet" in p.name()}
+        except psutil.Error:  # the command or a child ended meanwhile
+            pass
+        time.sleep(0.05)
+    stdout, stderr = job.communicate()
+    assert job.returncode == 0, stderr[-3000:]
+    assert started_here == set(), "the command started a Ray of its own"
+    after = {p.pid for p in psutil.process_iter(["cmdline"]) if "gcs_server" in " ".join(p.info["cmdline"] or [])}
+    assert heads and after == heads  # the cluster's own head, still the only one
+    _equal_to_local(out, onnx_model, datasets, tmp_path)
