@@ -314,3 +314,113 @@ def test_kill_9_of_a_stage_fails_the_job_naming_it_and_the_rerun_gives_every_row
     labels, proba = onnxruntime_predict(model, pq.read_table(tmp_path / "in").to_pandas().sort_values("id")[FEATURES].to_numpy())
     np.testing.assert_array_equal(out["prediction"], labels)
     np.testing.assert_allclose(column(out, "probability"), proba, atol=FLOAT32_NET, rtol=0)
+
+
+# -- serve and stream -----------------------------------------------------------------------------
+def test_serve_answers_v2_with_the_unsplit_models_answers(mlp: dict[str, Any], X: pd.DataFrame) -> None:
+    import tritonclient.http as triton
+
+    rows = X.to_numpy()[:120]
+    unsplit = lakeinfer.load_model(str(mlp["path"])).predict(as_batch(rows))
+    with serving("--model", mlp[2], "--name", "mlp") as server:
+        client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+        assert client.is_server_ready() and client.is_model_ready("mlp")
+        meta = client.get_model_metadata("mlp")
+        assert [i["name"] for i in meta["inputs"]] == FEATURES
+        assert [o["name"] for o in meta["outputs"]] == ["prediction", "probability"]
+        for part in (rows, rows[:1]):
+            result = client.infer("mlp", column_tensors(triton, part, FEATURES))
+            np.testing.assert_array_equal(result.as_numpy("prediction"), mlp["labels"][:len(part)])
+            np.testing.assert_allclose(result.as_numpy("probability"), mlp["proba"][:len(part)], atol=FLOAT32_NET,
+                                       rtol=0)
+            np.testing.assert_allclose(result.as_numpy("probability"), column(unsplit, "probability")[:len(part)],
+                                       atol=FLOAT32_NET, rtol=0)
+        stages = stage_processes(psutil.Process(server.proc.pid))  # started by the first request
+        assert len(stages) == 2
+    assert server.proc.returncode == 0
+    assert_gone(stages)
+
+
+def test_stream_scores_every_record_as_the_unsplit_model(broker: str, mlp: dict[str, Any]) -> None:
+    from tests.kafka_helpers import consume, create_topics, produce, records, stream_cli
+
+    suffix = uuid.uuid4().hex[:8]
+    source, sink = f"in-{suffix}", f"out-{suffix}"
+    create_topics(broker, source, sink)
+    sent = records(300)
+    produce(broker, source, sent)
+    proc = stream_cli("--model", mlp[3], "--bootstrap-servers", broker, "--input-topic", source, "--output-topic",
+                      sink, "--keep", "id", "--group-id", f"g-{source}", "--exactly-once")
+    try:
+        got = consume(broker, sink, expect=300, timeout=90, settle=0.5)
+        command = psutil.Process(proc.pid)
+        stages = stage_processes(command)
+        assert len(stages) == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert_gone(stages)
+    by_id = {json.loads(m.value())["id"]: json.loads(m.value()) for m in got}
+    assert sorted(by_id) == list(range(300))
+    x = np.array([[json.loads(v)[f] for f in FEATURES] for _, v in sent])
+    labels, proba = onnxruntime_predict(mlp["path"], x)
+    unsplit = lakeinfer.load_model(str(mlp["path"])).predict(as_batch(x))
+    np.testing.assert_array_equal([by_id[i]["prediction"] for i in range(300)], labels)
+    np.testing.assert_allclose([by_id[i]["probability"] for i in range(300)], proba, atol=FLOAT32_NET, rtol=0)
+    np.testing.assert_allclose([by_id[i]["probability"] for i in range(300)], column(unsplit, "probability"),
+                               atol=FLOAT32_NET, rtol=0)
+
+
+# -- memory ----------------------------------------------------------------------------------------
+class PeakMemory:
+    """The peak resident memory of each stage process below this one, sampled until stopped."""
+
+    def __init__(self) -> None:
+        self.peak: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            for process in stage_processes():
+                try:
+                    self.peak[process.pid] = max(self.peak.get(process.pid, 0), process.memory_info().rss)
+                except psutil.NoSuchProcess:
+                    pass
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _stage_peaks(folder: Path, x: np.ndarray) -> list[int]:
+    """Each stage's peak resident memory through its load and the scoring of ``x`` in 64-row batches."""
+    model = lakeinfer.load_model(str(folder))
+    try:
+        with PeakMemory() as memory:
+            pids = model.stages.pids  # type: ignore[attr-defined]
+            for start in range(0, len(x), 64):
+                model.predict(as_batch(x[start: start + 64]))
+    finally:
+        model.close()  # type: ignore[attr-defined]
+    return [memory.peak[pid] for pid in pids]
+
+
+def test_each_stage_holds_its_share_of_the_weights(tmp_path: Path, X: pd.DataFrame) -> None:
+    # 8 hidden matrices of 16 MiB: each of 2 stages holds 4 of them, 64 MiB
+    heavy = residual_mlp(tmp_path / "heavy.onnx", hidden=2048, layers=9)
+    twin = residual_mlp(tmp_path / "twin.onnx", hidden=8, layers=9)  # the same graph, next to no weights
+    manifest = split_model(str(heavy), 2, str(tmp_path / "heavy-2"))
+    split_model(str(twin), 2, str(tmp_path / "twin-2"))
+    x = X.to_numpy()[:256]
+    heavy_peaks, twin_peaks = _stage_peaks(tmp_path / "heavy-2", x), _stage_peaks(tmp_path / "twin-2", x)
+    total = manifest.weight_bytes
+    for stage, held, base in zip(manifest.stages, heavy_peaks, twin_peaks, strict=True):
+        share = stage.weight_bytes / total
+        used = (held - base) / total
+        assert used <= share + 0.15, (stage.file, round(used, 3), round(share, 3))
