@@ -244,6 +244,18 @@ def test_cli_batch_worker_processes_no_jvm(h2o_models: dict[str, Mojo], test_row
     assert "java" not in result.stderr.lower()
 
 
+def test_spark_engine_equals_h2o_predict(h2o_models: dict[str, Mojo], test_rows: pd.DataFrame,
+                                         tmp_path: Path) -> None:
+    """Spark's mapInArrow runs the same flavor in its Python workers (Spark's JVM, none for the model)."""
+    data = _parquet(test_rows, tmp_path / "rows.parquet", dictionary=True)
+    for name in ("gbm_multinomial", "glm_binomial"):
+        mojo = h2o_models[name]
+        lakeinfer.batch(str(data), str(tmp_path / name), model=str(mojo.path), keep=["id"], engine="spark",
+                        master="local[1]")
+        scored = read_output(tmp_path / name)
+        _compare(f"{name} spark", mojo, scored["prediction"], scored["probability"])
+
+
 def test_serve_equals_h2o_predict_without_a_jvm(h2o_models: dict[str, Mojo], test_rows: pd.DataFrame) -> None:
     rows = test_rows[FEATURES].astype(object).where(test_rows[FEATURES].notna(), None)
     records = rows.to_dict(orient="records")
