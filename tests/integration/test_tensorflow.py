@@ -164,9 +164,10 @@ def test_flavors_are_detected_and_inspect_lists_the_signatures(built: Built) -> 
     assert [t["name"] for t in info["outputs"]] == ["proj", "total"]
     other = lakeinfer.inspect_model(built.module, trust=True, signature="other")
     assert other["input_columns"] == ["s", "x"] and [t["name"] for t in other["outputs"]] == ["length", "scaled"]
-    shown = run_cli("inspect", "--model", built.exported, "--trust-model")
-    assert shown.returncode == 0, shown.stderr
-    assert "keras_tensor: float32[N, 4]" in shown.stdout and "signature serve:" in shown.stdout
+    exported = lakeinfer.inspect_model(built.exported, trust=True)  # the lines `lakeinfer inspect` prints
+    assert exported["input_columns"] == ["keras_tensor"] and exported["extra"]["notes"] == [
+        "signature serve: keras_tensor: float32[N, 4] -> output_0: float32[N, 3]",
+        "signature serving_default (scored): keras_tensor: float32[N, 4] -> output_0: float32[N, 3]"]
     keras_info = lakeinfer.inspect_model(built.functional, trust=True)
     assert keras_info["flavor"] == "keras" and keras_info["input_columns"] == ["vec", "scale"]
     assert [t["name"] for t in keras_info["outputs"]] == ["logits", "score"]
@@ -193,6 +194,15 @@ def test_batch_in_worker_processes_equals_tensorflow(built: Built, case: str, tm
     assert summary["rows"] == ROWS * FILES and summary["workers"] == 2
     out = read_output(tmp_path / "out")
     _check(out, _expected(built, case), out["id"].to_numpy())
+
+
+def test_spark_engine_equals_tensorflow(built: Built, tmp_path: Path) -> None:
+    # TensorFlow is loaded in Spark's Python workers (forked by its daemon, which never imports it)
+    summary = lakeinfer.batch(str(built.data), str(tmp_path / "out"), model=built.module, trust=True, keep=["id"],
+                              engine="spark", master="local[1]")
+    assert summary.rows == ROWS * FILES
+    out = read_output(tmp_path / "out")
+    _check(out, built.expected["module"], out["id"].to_numpy())
 
 
 @pytest.mark.parametrize("attribute", ["module", "functional"])
