@@ -183,10 +183,11 @@ def test_batch_in_process_equals_tensorflow(built: Built, case: str, tmp_path: P
     _check(out, _expected(built, case), out["id"].to_numpy())
 
 
-@pytest.mark.parametrize("case", ["exported", "module", "functional"])
+@pytest.mark.parametrize("case", ["exported", "module-other", "functional"])
 def test_batch_in_worker_processes_equals_tensorflow(built: Built, case: str, tmp_path: Path) -> None:
-    attribute, _ = _options(case)
-    done = run_cli("batch", "--model", getattr(built, attribute), "--trust-model", "--input", built.data,
+    attribute, options = _options(case)
+    chosen = ["--signature", options["signature"]] if "signature" in options else []
+    done = run_cli("batch", "--model", getattr(built, attribute), *chosen, "--trust-model", "--input", built.data,
                    "--output", tmp_path / "out", "--keep", "id", "--workers", "2", "--batch-size", "700", "--json",
                    timeout=120)
     assert done.returncode == 0, done.stderr
