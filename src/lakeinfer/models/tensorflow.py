@@ -97,7 +97,12 @@ def _spec(name: str, dtype: Any, shape: Any) -> TensorSpec:
 
 def _dtype_name(dtype: Any) -> str:
     name = getattr(dtype, "name", str(dtype))
-    return "string" if name == "string" else str(np.dtype(name))
+    if name == "string":
+        return name
+    try:
+        return str(np.dtype(name))
+    except TypeError:  # bfloat16, complex, resource: named as TensorFlow names them; a column cannot feed them
+        return str(name)
 
 
 def _signature_specs(function: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
