@@ -86,6 +86,7 @@ def h2o_models(tmp_path_factory: pytest.TempPathFactory, test_rows: pd.DataFrame
         H2ODeepLearningEstimator,
         H2OGeneralizedLinearEstimator,
         H2OGradientBoostingEstimator,
+        H2OKMeansEstimator,
         H2ORandomForestEstimator,
     )
 
@@ -113,12 +114,21 @@ def h2o_models(tmp_path_factory: pytest.TempPathFactory, test_rows: pd.DataFrame
             "glm_regression": (H2OGeneralizedLinearEstimator(family="gaussian"), "r"),
             "gbm_poisson": (H2OGradientBoostingEstimator(ntrees=10, max_depth=3, seed=1, distribution="poisson"), "n"),
             "glm_poisson": (H2OGeneralizedLinearEstimator(family="poisson", lambda_=0.0), "n"),
-            "deeplearning": (H2ODeepLearningEstimator(hidden=[4], epochs=1, seed=1, reproducible=True), "r"),
+            # no numpy scorer: the JVM tier (h2o-genmodel.jar saved next to the MOJO)
+            "deeplearning": (H2ODeepLearningEstimator(hidden=[4], epochs=1, seed=1, reproducible=True), "y"),
+            "kmeans": (H2OKMeansEstimator(k=2, seed=1), None),
         }
         models: dict[str, Mojo] = {}
         for name, (estimator, target) in specs.items():
             estimator.train(x=FEATURES, y=target, training_frame=train)
-            path = Path(estimator.download_mojo(str(folder / f"{name}.zip")))
+            if name in ("deeplearning", "kmeans"):
+                (folder / name).mkdir()
+                path = Path(estimator.download_mojo(str(folder / name), get_genmodel_jar=True))
+                if target is None:
+                    models[name] = Mojo(path, "", np.empty(0), None)
+                    continue
+            else:
+                path = Path(estimator.download_mojo(str(folder / f"{name}.zip")))
             with warnings.catch_warnings():  # H2O warns of the test rows' unseen levels: there on purpose
                 warnings.filterwarnings("ignore", "Test/Validation dataset column")
                 predicted = estimator.predict(test).as_data_frame(use_multi_thread=True)
@@ -278,16 +288,36 @@ def test_serve_equals_h2o_predict_without_a_jvm(h2o_models: dict[str, Mojo], tes
             assert not [m for m in maps if "libjvm" in m]
 
 
-def test_unsupported_algorithm_is_refused_in_one_line(h2o_models: dict[str, Mojo], test_rows: pd.DataFrame,
-                                                      tmp_path: Path) -> None:
+def test_other_algorithms_on_the_jvm_tier(h2o_models: dict[str, Mojo], test_rows: pd.DataFrame,
+                                          tmp_path: Path) -> None:
+    """A DeepLearning MOJO has no numpy scorer: h2o-genmodel scores it, in a java process of the
+    worker's own, equal to H2O's predict."""
     mojo = h2o_models["deeplearning"]
-    with pytest.raises(lakeinfer.ModelLoadError, match=r"Deep Learning model \(algo 'deeplearning'\)"):
-        lakeinfer.inspect_model(str(mojo.path))
+    info = lakeinfer.inspect_model(str(mojo.path))
+    assert info["extra"]["algorithm"] == "deeplearning" and "java process" in info["extra"]["notes"][0]
+    data = _parquet(test_rows, tmp_path / "rows.parquet", dictionary=True)
+    lakeinfer.batch(str(data), str(tmp_path / "out"), model=str(mojo.path), keep=["id"], workers=1)
+    scored = read_output(tmp_path / "out")
+    _compare("deeplearning on the JVM tier", mojo, scored["prediction"], scored["probability"])
+
+
+def test_what_no_tier_scores_is_refused_in_one_line(h2o_models: dict[str, Mojo], test_rows: pd.DataFrame,
+                                                    tmp_path: Path) -> None:
     data = _parquet(test_rows, tmp_path / "rows.parquet")
-    result = run_cli("batch", "--model", mojo.path, "--input", data, "--output", tmp_path / "out")
+    kmeans = h2o_models["kmeans"]
+    with pytest.raises(lakeinfer.ModelLoadError, match=r"holds a K-means model \(algo 'kmeans'\).*a Clustering model"):
+        lakeinfer.inspect_model(str(kmeans.path))
+    # without a jar for h2o-genmodel the DeepLearning MOJO is refused, at load, in one line
+    mojo = h2o_models["deeplearning"]
+    missing = {"LAKEINFER_H2O_GENMODEL_JAR": str(tmp_path / "absent.jar")}
+    result = run_cli("batch", "--model", mojo.path, "--input", data, "--output", tmp_path / "out", env=missing)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Deep Learning" in lines[0] and "without a JVM" in lines[0], lines
+    assert len(lines) == 1 and "Deep Learning model (algo 'deeplearning')" in lines[0] \
+        and "absent.jar is not a file" in lines[0], lines
+    # the server refuses it at start-up, not per request
+    served = run_cli("serve", "--model", mojo.path, "--port", str(free_port()), env=missing, timeout=60)
+    assert served.returncode == 1 and served.stderr.strip().splitlines() == lines
 
 
 def test_inspect_shows_algorithm_domains_and_threshold(h2o_models: dict[str, Mojo]) -> None:

@@ -26,7 +26,7 @@ from ...errors import ModelLoadError, SchemaError
 from ...schema import Signature, TensorSpec, column_or_error
 from .._base import Model
 from .._frame import CATEGORY, FeatureKinds
-from ._mojo import Mojo, read_mojo
+from ._mojo import Mojo, Unsupported, read_mojo
 from ._score import Scorer, correct_probabilities, labels_of, make_scorer
 
 __all__ = ["H2OMojoModel", "load", "SUPPORTED"]
@@ -39,14 +39,12 @@ _ENCODINGS = ("AUTO", "Enum", "SortByResponse")
 class H2OMojoModel(Model):
     flavor = "h2o"
 
-    def __init__(self, path: str, *, features: Sequence[str] | None = None) -> None:
-        mojo = read_mojo(path)
+    def __init__(self, path: str, *, features: Sequence[str] | None = None, mojo: Mojo | None = None) -> None:
+        mojo = mojo or read_mojo(path)
         algo = mojo.text("algo", "?").lower()
         name = mojo.text("algorithm", algo)
         if algo not in SUPPORTED:
-            raise ModelLoadError(
-                f"H2O MOJO {path} holds a {name} model (algo '{algo}'), which lakeinfer cannot score "
-                f"without a JVM; it scores {', '.join(SUPPORTED)} MOJOs")
+            raise Unsupported(f"H2O MOJO {path}: algorithm '{algo}' is not supported")
         _refuse_unsupported(mojo, path)
         supervised = mojo.flag("supervised", True)
         count = mojo.integer("n_features", len(mojo.columns) - (1 if supervised else 0))
@@ -156,8 +154,8 @@ def _array(values: list[float] | None) -> np.ndarray | None:
 def _refuse_unsupported(mojo: Mojo, path: str) -> None:
     encoding = mojo.text("_genmodel_encoding", "AUTO")
     if encoding not in _ENCODINGS:
-        raise ModelLoadError(f"H2O MOJO {path}: categorical_encoding '{encoding}' is not supported "
-                             f"(lakeinfer scores {', '.join(_ENCODINGS)})")
+        raise Unsupported(f"H2O MOJO {path}: categorical_encoding '{encoding}' is not supported "
+                          f"(lakeinfer scores {', '.join(_ENCODINGS)})")
     for key in ("offset_column", "treatment_column"):
         if mojo.has(key):
             raise ModelLoadError(f"H2O MOJO {path}: models with an {key.replace('_', ' ')} "
@@ -204,5 +202,21 @@ def _codes(column: pa.Array, name: str, known: pa.Array) -> tuple[np.ndarray, np
     return found.cast(pa.float64()).to_numpy(zero_copy_only=False), unseen  # null: NaN
 
 
-def load(path: str, *, features: Sequence[str] | None = None, **_: Any) -> H2OMojoModel:
-    return H2OMojoModel(path, features=features)
+def load(path: str, *, features: Sequence[str] | None = None, **_: Any) -> Model:
+    """The MOJO at ``path``: scored in numpy where lakeinfer can, else by h2o-genmodel on the JVM
+    tier, else refused in one line naming the algorithm."""
+    mojo = read_mojo(path)
+    try:
+        return H2OMojoModel(path, features=features, mojo=mojo)
+    except Unsupported as exc:
+        reason = str(exc).removeprefix(f"H2O MOJO {path}: ")
+    from ._jvm import H2OJvmModel, jvm_refusal
+
+    algo = mojo.text("algo", "?").lower()
+    name = mojo.text("algorithm", algo)
+    refusal = jvm_refusal(mojo)
+    if refusal is not None:
+        extra = "" if reason.startswith("algorithm ") else f" ({reason})"
+        raise ModelLoadError(f"H2O MOJO {path} holds a {name} model (algo '{algo}'), which lakeinfer cannot "
+                             f"score without a JVM{extra}; nor on its JVM tier: {refusal}")
+    return H2OJvmModel(mojo, name, algo, features=features)

@@ -12,7 +12,11 @@ from dataclasses import dataclass, field
 
 from ...errors import ModelLoadError
 
-__all__ = ["Mojo", "read_mojo", "unescape_newlines"]
+__all__ = ["Mojo", "Unsupported", "read_mojo", "unescape_newlines"]
+
+
+class Unsupported(ModelLoadError):
+    """A MOJO (an algorithm, a link, an encoding) the numpy scorers do not cover."""
 
 
 def unescape_newlines(text: str) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import ModelLoadError
-from ._mojo import Mojo
+from ._mojo import Mojo, Unsupported
 from ._trees import Forest, TreeFormatError, build_forest, parse_tree
 
 __all__ = ["Scorer", "make_scorer", "labels_of"]
@@ -98,9 +98,12 @@ class TreeScorer(Scorer):
             self.link = mojo.text("link_function", _default_link(self.family))
             self.init_f = mojo.number("init_f", 0.0)
             if self.family == "custom":
-                raise ModelLoadError(f"H2O MOJO {mojo.path}: a GBM with a custom distribution is not supported")
+                raise Unsupported(f"H2O MOJO {mojo.path}: a GBM with a custom distribution is not supported")
+            if self.classes > 1 and self.family not in _GBM_CLASSIFIERS:
+                raise Unsupported(f"H2O MOJO {mojo.path}: GBM distribution '{self.family}' for a classifier "
+                                  "is not supported")
             if self.link not in _GBM_LINKS:
-                raise ModelLoadError(f"H2O MOJO {mojo.path}: GBM link function '{self.link}' is not supported")
+                raise Unsupported(f"H2O MOJO {mojo.path}: GBM link function '{self.link}' is not supported")
 
     def _sums(self, x: np.ndarray) -> np.ndarray:
         return self.forest.sums(x, self.spans)
@@ -126,8 +129,6 @@ class TreeScorer(Scorer):
                 for i in np.flatnonzero(np.abs(p[:, 1] - self.threshold) <= _NEAR):
                     p[i] = _softmax2(float(first[i]))
             return p  # type: ignore[no-any-return]
-        if self.classes > 1:
-            raise ModelLoadError(f"GBM distribution '{self.family}' for a classifier is not supported")
         return _GBM_LINKS[self.link](sums[:, 0] + self.init_f)
 
     def _drf(self, sums: np.ndarray) -> np.ndarray:
@@ -138,6 +139,9 @@ class TreeScorer(Scorer):
             return np.column_stack([p0, 1.0 - p0])
         total = sums.sum(axis=1, keepdims=True)
         return np.where(total > 0, sums / np.where(total > 0, total, 1.0), sums)
+
+
+_GBM_CLASSIFIERS = ("bernoulli", "quasibinomial", "modified_huber", "multinomial")
 
 
 def _softmax2(first: float) -> tuple[float, float]:
@@ -257,10 +261,10 @@ _GLM_LINKS = ("identity", "logit", "log", "inverse", "tweedie")
 def glm_scorer(mojo: Mojo) -> GlmScorer:
     family = mojo.text("family")
     if family in ("ordinal",):
-        raise ModelLoadError(f"H2O MOJO {mojo.path}: a GLM of family '{family}' is not supported")
+        raise Unsupported(f"H2O MOJO {mojo.path}: a GLM of family '{family}' is not supported")
     link = mojo.text("link", "family_default")
     if family != "multinomial" and link not in _GLM_LINKS:
-        raise ModelLoadError(f"H2O MOJO {mojo.path}: GLM link function '{link}' is not supported")
+        raise Unsupported(f"H2O MOJO {mojo.path}: GLM link function '{link}' is not supported")
     beta = np.asarray(mojo.numbers("beta") or [], dtype=np.float64)
     cats = mojo.integer("cats")
     offsets = np.asarray(mojo.numbers("cat_offsets") or [0], dtype=np.int64)
@@ -283,12 +287,12 @@ def glm_scorer(mojo: Mojo) -> GlmScorer:
 def make_scorer(mojo: Mojo, algo: str, features: int) -> Scorer:
     if algo in ("gbm", "drf"):
         if mojo.number("mojo_version") < 1.2:
-            raise ModelLoadError(f"H2O MOJO {mojo.path}: tree MOJO version {mojo.text('mojo_version')} is older "
+            raise Unsupported(f"H2O MOJO {mojo.path}: tree MOJO version {mojo.text('mojo_version')} is older "
                                  "than 1.20 and not supported; save the model again with a newer H2O")
         return TreeScorer(mojo, features, algo)
     if algo == "glm":
         return glm_scorer(mojo)
-    raise ModelLoadError(f"H2O MOJO {mojo.path}: algorithm '{algo}' is not supported")
+    raise Unsupported(f"H2O MOJO {mojo.path}: algorithm '{algo}' is not supported")
 
 
 # -- labels ---------------------------------------------------------------------------------------
