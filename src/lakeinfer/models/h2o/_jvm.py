@@ -31,7 +31,7 @@ from ...errors import ModelLoadError, PredictionError, SchemaError
 from ...schema import Signature, TensorSpec, column_or_error
 from .._base import Model
 from .._frame import CATEGORY, FeatureKinds
-from ._mojo import Mojo
+from ._mojo import Mojo, unescape_newlines
 
 __all__ = ["H2OJvmModel", "jvm_refusal"]
 
@@ -66,9 +66,12 @@ public class LakeinferMojoPipe {
     EasyPredictModelWrapper wrapper = new EasyPredictModelWrapper(new EasyPredictModelWrapper.Config()
         .setModel(model).setConvertUnknownCategoricalLevelsToNa(true).setConvertInvalidNumbersToNa(true));
     int n = Integer.parseInt(args[1]);
-    String[] names = model.getNames();
+    // a model trained with another categorical encoding takes the columns it was given
+    boolean original = model.getOrigNames() != null;
+    String[] names = original ? model.getOrigNames() : model.getNames();
     boolean[] category = new boolean[n];
-    for (int j = 0; j < n; j++) category[j] = model.getDomainValues(j) != null;
+    for (int j = 0; j < n; j++)
+      category[j] = (original ? model.getOrigDomainValues()[j] : model.getDomainValues(j)) != null;
     BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8), 1 << 16);
     Writer out = new BufferedWriter(new OutputStreamWriter(System.out, StandardCharsets.UTF_8), 1 << 16);
     out.write("ready\n");
@@ -171,11 +174,15 @@ class H2OJvmModel(Model):
         self.jar = jar
         count = mojo.integer("n_features", len(mojo.columns) - 1)
         own = tuple(mojo.columns[:count])
+        domains = mojo.domains[:count]
+        if mojo.has("_n_orig_names"):  # another categorical encoding: the columns before it
+            own, domains = _original_columns(mojo)
+            count = len(own)
         self.columns = tuple(features) if features else own
         if len(self.columns) != count:
             raise ModelLoadError(f"the H2O model takes {count} features ({', '.join(own)}); "
                                  f"{len(self.columns)} were named")
-        self.domains = tuple(mojo.domains[:count])
+        self.domains = tuple(domains)
         category = mojo.text("category")
         domain = mojo.domains[-1]
         classes = mojo.integer("n_classes", 1)
@@ -286,6 +293,25 @@ class H2OJvmModel(Model):
         parts = [a.rstrip("\n").split("\t") for a in answers]
         labels = pa.array(self.classes, pa.string()).take(pa.array([int(p[0]) for p in parts], pa.int64()))
         return {"prediction": labels, "probability": np.asarray([[float(v) for v in p[1:]] for p in parts])}
+
+
+def _lines(mojo: Mojo, name: str) -> list[str]:
+    raw = mojo.blob(name)
+    if raw is None:
+        raise ModelLoadError(f"H2O MOJO {mojo.path}: {name} is missing")
+    return [unescape_newlines(line.rstrip("\r")) for line in raw.decode("utf-8").split("\n")[:-1]]
+
+
+def _original_columns(mojo: Mojo) -> tuple[tuple[str, ...], list[tuple[str, ...] | None]]:
+    """The feature columns (and their levels) of a model trained with another categorical encoding,
+    as they were before it (the response is the last of them)."""
+    names = _lines(mojo, "_orig_names")[:mojo.integer("_n_orig_names")]
+    count = len(names) - 1
+    domains: list[tuple[str, ...] | None] = []
+    for j in range(count):
+        levels = mojo.integer(f"_m_orig_domain_values_{j}", 0)
+        domains.append(tuple(_lines(mojo, f"_orig_domain_values_{j}")[:levels]) if levels else None)
+    return tuple(names[:count]), domains
 
 
 def _tail(log: IO[bytes]) -> str:
