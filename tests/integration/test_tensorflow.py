@@ -281,10 +281,12 @@ def test_serve_rest_grpc_and_records_equal_tensorflow(built: Built, server: Any)
     predictions = answer.json()["predictions"]
     assert isinstance(predictions[0]["score"], float) and len(predictions[0]["logits"]) == 2
     _check({k: [p[k] for p in predictions] for k in ("logits", "score")}, built.expected["functional"], rows)
-    # both workers answer (no process hung on a TensorFlow it inherited)
+    # both workers score, each over a connection of its own (no process hung on a TensorFlow it inherited)
+    one = {"instances": instances[:1]}
     pids = set()
     for _ in range(200):
-        reply = httpx.get(f"{server.url}/v2/models/fn/ready")
+        reply = httpx.post(f"{server.url}/v1/models/fn/predict", json=one, timeout=30)
+        assert reply.status_code == 200 and reply.json()["predictions"] == predictions[:1], reply.text
         pids.add(reply.headers["x-lakeinfer-worker"])
         if len(pids) == 2:
             break
