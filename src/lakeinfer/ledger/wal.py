@@ -1,0 +1,180 @@
+"""The write-ahead log: where a served or streamed prediction's rows wait, on the local disk,
+until the committer has shipped them to the ledger table.
+
+A WAL folder holds segments (``<ns>-<pid>.wal``), each a run of frames appended by one writer
+process; a frame is ``MAGIC``, the payload's length and CRC-32, then the payload, an Arrow IPC
+stream of the rows of one request. The writer holds an exclusive ``flock`` on its open segment
+for as long as it writes there: the kernel releases it when the writer closes the segment or
+dies (kill -9 included), so a segment whose lock can be taken is final. A frame cut short by a
+kill fails its length or CRC check, and the reader stops before it: that request was never
+answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+__all__ = ["MAGIC", "SegmentRead", "WalWriter", "encode_frame", "is_final", "read_segment", "segments"]
+
+MAGIC = b"LKL1"
+HEADER = struct.Struct("<4sII")  # magic, payload length, CRC-32 of the payload
+SUFFIX = ".wal"
+ROTATE_BYTES = 16 << 20
+ROTATE_SECONDS = 60.0
+
+
+def encode_frame(batch: pa.RecordBatch) -> bytes:
+    """One frame holding ``batch`` (an Arrow IPC stream of its schema and rows)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    payload = sink.getvalue().to_pybytes()
+    return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+@dataclass(frozen=True)
+class SegmentRead:
+    """What a segment holds from an offset on: its whole frames' batches, where each ends."""
+
+    batches: list[pa.RecordBatch]
+    ends: list[int]
+    end: int
+
+
+def read_segment(path: str, offset: int) -> SegmentRead:
+    """The whole frames of ``path`` from ``offset``; a torn or partly written frame ends the read."""
+    batches: list[pa.RecordBatch] = []
+    ends: list[int] = []
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read()
+    at = 0
+    while at + HEADER.size <= len(data):
+        magic, length, crc = HEADER.unpack_from(data, at)
+        start, stop = at + HEADER.size, at + HEADER.size + length
+        if magic != MAGIC or stop > len(data):
+            break
+        payload = data[start:stop]
+        if zlib.crc32(payload) != crc:
+            break
+        with pa.ipc.open_stream(payload) as reader:
+            batches.append(reader.read_all().combine_chunks().to_batches()[0])
+        at = stop
+        ends.append(offset + at)
+    return SegmentRead(batches, ends, offset + at)
+
+
+def segments(folder: str) -> list[str]:
+    """The segment files of a WAL folder, oldest first."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return sorted(name for name in names if name.endswith(SUFFIX))
+
+
+def is_final(path: str) -> bool:
+    """True when no writer holds ``path``: it will not grow again."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the lock taken, if any
+    return True
+
+
+class WalWriter:
+    """One process's appender: frames written in groups (one ``write`` and ``fdatasync`` for all
+    the requests that arrive while the previous group is being written), each caller resumed once
+    its frame is on disk."""
+
+    def __init__(self, folder: str, *, sync: bool = True) -> None:
+        self.folder = folder
+        self.sync = sync
+        os.makedirs(folder, exist_ok=True)
+        self._fd: int | None = None
+        self._size = 0
+        self._opened = 0.0
+        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.rows = 0
+
+    def _open(self) -> int:
+        stamp = f"{time.time_ns():020d}-{os.getpid()}"
+        temporary = os.path.join(self.folder, f"{stamp}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        # locked before it gets its name: the committer never sees an unlocked open segment
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(temporary, os.path.join(self.folder, stamp + SUFFIX))
+        self._fd, self._size, self._opened = fd, 0, time.monotonic()
+        return fd
+
+    def _write(self, data: bytes) -> None:
+        """Runs on a thread: one group, in one segment (rotated first when full or old)."""
+        if self._fd is not None and (self._size >= ROTATE_BYTES or time.monotonic() - self._opened > ROTATE_SECONDS):
+            self._close_segment()
+        fd = self._fd if self._fd is not None else self._open()
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if self.sync:
+                os.fdatasync(fd)
+        except OSError:
+            self._close_segment()  # a segment with a torn frame takes no more: the next group starts a new one
+            raise
+        self._size += len(data)
+
+    def _close_segment(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    async def append(self, batch: pa.RecordBatch) -> None:
+        """Return once ``batch``'s rows are in the log (raises OSError when they cannot be)."""
+        frame = encode_frame(batch)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((frame, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        await future
+        self.rows += batch.num_rows
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            group, self._pending = self._pending, []
+            try:
+                await loop.run_in_executor(None, self._write, b"".join(frame for frame, _ in group))
+            except Exception as exc:
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for _, future in group:
+                    if not future.done():
+                        future.set_result(None)
+
+    def append_now(self, batch: pa.RecordBatch) -> None:
+        """``append`` for a caller without an event loop (the stream): returns once written."""
+        self._write(encode_frame(batch))
+        self.rows += batch.num_rows
+
+    def close(self) -> None:
+        """Close the open segment (its lock goes with it: the committer may ship it to the end)."""
+        self._close_segment()
+
