@@ -251,6 +251,11 @@ class ServeSection(_Strict):
     max_body_bytes: Count | None = None
     api_key_env: StrictStr | None = None
     access_log: StrictBool | None = None
+    engine: Literal["local", "ray"] | None = None
+    replicas: Count | None = None
+    min_replicas: Count | None = None
+    max_replicas: Count | None = None
+    ray_address: StrictStr | None = None
 
 
 class StreamSection(_Strict):

@@ -120,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--timeout-ms", type=float, help="per-request timeout, answered 504 (default 30000)")
     serve.add_argument("--max-body-bytes", type=_positive, help="largest request body, else 413 (default 16 MiB)")
     serve.add_argument("--api-key-env", help="environment variable holding the API key clients must send")
+    serve.add_argument("--engine", choices=("local", "ray"),
+                       help="local (default: uvicorn worker processes) or ray (Ray Serve replicas behind its proxy)")
+    serve.add_argument("--replicas", type=_positive, help="--engine ray: Ray Serve replicas (default 1)")
+    serve.add_argument("--min-replicas", type=_positive, help="--engine ray: autoscale from this many replicas")
+    serve.add_argument("--max-replicas", type=_positive, help="--engine ray: autoscale up to this many replicas")
+    serve.add_argument("--ray-address", help="--engine ray: the cluster to join (default RAY_ADDRESS, else a "
+                       "private local Ray)")
     serve.add_argument("--access-log", action="store_true", default=None,
                        help="log a line per request to stdout (uvicorn's access log; default off)")
     serve.add_argument("--spec", help="job spec file (TOML or YAML) with [model], [pipeline] and [serve], "
@@ -177,9 +184,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "stream":
         return _stream(args)
     if args.command == "serve":
+        config, hosting = _serve_config(args)
+        if hosting.pop("engine", "local") == "ray":
+            from .ray.serving import run_serve
+
+            run_serve(config, replicas=hosting.pop("replicas", 1), address=hosting.pop("ray_address", None),
+                      min_replicas=hosting.pop("min_replicas", None), max_replicas=hosting.pop("max_replicas", None))
+            return 0
+        if hosting:
+            from .errors import ConfigError
+
+            raise ConfigError(f"--{sorted(hosting)[0].replace('_', '-')} is for --engine ray")
         from .serve.server import run
 
-        run(_serve_config(args))
+        run(config)
         return 0
     summary = _api.batch(
         args.input, args.output, model=args.model, flavor=args.flavor, trust=args.trust_model,
@@ -213,7 +231,8 @@ def _recipe(job: JobSpec, args: argparse.Namespace, *, on_error: str) -> Pipelin
                       signature=args.signature, on_error=on_error)
 
 
-def _serve_config(args: argparse.Namespace) -> ServeConfig:
+def _serve_config(args: argparse.Namespace) -> tuple[ServeConfig, dict[str, Any]]:
+    """The server's configuration, and where it runs (the engine and its options)."""
     from ._spec_schema import dump, merged
     from .errors import ConfigError
     from .serve.config import ServeConfig
@@ -223,16 +242,20 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
            "workers": args.workers,
            "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "max_queue": args.max_queue,
            "timeout_ms": args.timeout_ms, "max_body_bytes": args.max_body_bytes, "api_key_env": args.api_key_env,
-           "access_log": args.access_log}
+           "access_log": args.access_log, "engine": args.engine, "replicas": args.replicas,
+           "min_replicas": args.min_replicas, "max_replicas": args.max_replicas, "ray_address": args.ray_address}
     options = dump(merged(job.serve, cli, "serve"))
     listed = options.pop("models", None)
+    hosting: dict[str, Any] = {k: options.pop(k) for k in ("engine", "replicas", "min_replicas", "max_replicas",
+                                                         "ray_address")
+               if k in options}
     given = [_named_model(value) for value in args.model or ()]
     try:
         if listed is not None or len(given) > 1:
             if options.get("name"):
                 raise ConfigError("--name is for a server of one model; with several, each is named "
                                   "(--model NAME=PATH or name in [[serve.models]])")
-            return ServeConfig(models=_served_models(job, args, listed, given), **options)
+            return ServeConfig(models=_served_models(job, args, listed, given), **options), hosting
         if given:
             name, args.model = given[0]
             if name and options.get("name") and options["name"] != name:
@@ -240,7 +263,7 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
             options["name"] = name or options.get("name")
         # a bad row fails its own request (400); it is never scored as null
         recipe = _recipe(job, args, on_error="fail")
-        return ServeConfig(recipe=recipe, **options)
+        return ServeConfig(recipe=recipe, **options), hosting
     except TypeError as exc:
         raise ConfigError(f"serve: {exc}") from None
 

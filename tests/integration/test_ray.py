@@ -73,7 +73,7 @@ def test_cli_on_a_private_ray_equals_the_local_engine(onnx_model: Trained, datas
 @pytest.fixture(scope="module")
 def ray_here():  # type: ignore[no-untyped-def]
     """A private Ray for this test process: jobs run through the API reuse it."""
-    from lakeinfer.engines.ray import ray_session
+    from lakeinfer.ray.session import ray_session
 
     with ray_session(None) as ray:
         yield ray
@@ -262,3 +262,81 @@ def test_joins_a_ray_start_cluster_and_starts_no_ray_of_its_own(ray_cluster, onn
     after = {p.pid for p in psutil.process_iter(["cmdline"]) if "gcs_server" in " ".join(p.info["cmdline"] or [])}
     assert heads and after == heads  # the cluster's own head, still the only one
     _equal_to_local(out, onnx_model, datasets, tmp_path)
+
+
+def _replicas() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if "ServeReplica:lakeinfer" in " ".join(proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+def test_ray_serve_answers_like_lakeinfer_serve_and_survives_a_killed_replica(onnx_model: Trained, X: Any) -> None:
+    import httpx
+    import tritonclient.http as triton
+
+    port = free_port()
+    before = _ray_processes()
+    server = subprocess.Popen([sys.executable, "-m", "lakeinfer", "serve", "--engine", "ray", "--replicas", "2",
+                               "--model", str(onnx_model.path), *onnx_model.cli, "--name", "rf", "--port", str(port)],
+                              env={**os.environ, **PATHS, "RAY_ADDRESS": ""}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while len(_replicas()) < 2 or not _ready(url):
+            assert server.poll() is None, server.communicate()
+            assert time.monotonic() < deadline, "Ray Serve did not become ready"
+            time.sleep(0.1)
+        rows = X.to_numpy(np.float32)
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+
+        def infer() -> tuple[np.ndarray, np.ndarray]:
+            tensor = triton.InferInput("x", list(rows.shape), "FP32")
+            tensor.set_data_from_numpy(rows)
+            result = client.infer("rf", [tensor])
+            return result.as_numpy("prediction"), result.as_numpy("probability")
+
+        labels, probability = infer()
+        np.testing.assert_array_equal(labels, onnx_model.labels)
+        np.testing.assert_allclose(probability, onnx_model.probability, atol=1e-6)
+        records = httpx.post(f"{url}/v1/models/rf/predict",
+                             json={"instances": [dict(zip(FEATURES, map(float, rows[0]), strict=True))]})
+        assert records.status_code == 200 and records.json()["predictions"][0]["prediction"] == onnx_model.labels[0]
+        assert httpx.post(f"{url}/v2/models/nope/infer", json={"inputs": []}).status_code == 404
+
+        victim = _replicas()[0]
+        victim.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        answered = 0
+        while answered < 20 or len([p for p in _replicas() if p.pid != victim.pid]) < 2:
+            assert time.monotonic() < deadline, "Ray Serve did not recover from a killed replica"
+            try:
+                labels, _ = infer()
+            except Exception:  # a request routed to the dying replica: the next ones are answered
+                continue
+            np.testing.assert_array_equal(labels, onnx_model.labels)
+            answered += 1
+        assert _ready(url)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.communicate()
+    assert server.returncode == 0
+    deadline = time.monotonic() + 30
+    while _ray_processes() - before:
+        assert time.monotonic() < deadline, "Ray Serve's processes outlived the command"
+        time.sleep(0.1)
+
+
+def _ready(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -28,22 +28,9 @@ def run(config: ServeConfig) -> None:
     if config.grpc_port is not None:
         require("grpc", "serve", "lakeinfer serve --grpc-port")
         require("google.protobuf", "serve", "lakeinfer serve --grpc-port")
-    config.api_key()  # fail now, not in every worker, if the key's variable is unset
     # a model or pipeline that cannot be built is a one-line error here, before any worker starts
-    flavors = []
-    loaded: dict[str, ModelRuntime] = {}
-    for model in config.models:
-        try:
-            # with the threads a lone worker gives it: a server of one worker keeps this runtime
-            runtime = ModelRuntime(model.recipe, tensor_input=True, threads=model_threads(1))
-            runtime.describe_outputs()
-        except LakeinferError as exc:
-            if len(config.models) == 1:
-                raise
-            raise LakeinferError(f"model '{model.name}': {exc}") from None
-        flavors.append(runtime.model.flavor)
-        loaded[model.name] = runtime
-        del runtime
+    loaded = check_models(config)
+    flavors = [runtime.model.flavor for runtime in loaded.values()]
     if config.workers is None:  # as the batch engine chooses (see models.default_processes); for
         # several models, the fewest any of them wants: a model that uses every core wants one process
         config.workers = min(default_processes(m.recipe.model_flavor)
@@ -77,6 +64,24 @@ def run(config: ServeConfig) -> None:
             uvicorn.run("lakeinfer.serve.app:app_from_env", factory=True, workers=config.workers, **options)
     finally:
         shutil.rmtree(state, ignore_errors=True)
+
+
+def check_models(config: ServeConfig) -> dict[str, ModelRuntime]:
+    """Every model built once here, by name, so that one that cannot be built is a one-line error
+    before any worker starts (with the threads a lone worker gives it: a server of one worker
+    keeps these runtimes); the API key's variable checked too."""
+    config.api_key()
+    loaded: dict[str, ModelRuntime] = {}
+    for model in config.models:
+        try:
+            runtime = ModelRuntime(model.recipe, tensor_input=True, threads=model_threads(1))
+            runtime.describe_outputs()
+        except LakeinferError as exc:
+            if len(config.models) == 1:
+                raise
+            raise LakeinferError(f"model '{model.name}': {exc}") from None
+        loaded[model.name] = runtime
+    return loaded
 
 
 def start_line(config: ServeConfig, flavors: list[str]) -> str:
