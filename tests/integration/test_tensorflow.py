@@ -197,6 +197,28 @@ def test_batch_in_worker_processes_equals_tensorflow(built: Built, case: str, tm
     _check(out, _expected(built, case), out["id"].to_numpy())
 
 
+def test_keras_sequential_and_dict_of_inputs_in_process(tmp_path: Path) -> None:
+    keras.utils.set_random_seed(11)
+    sequential = keras.Sequential([keras.Input((3,), name="x"), keras.layers.Dense(4, activation="relu"),
+                                   keras.layers.Dense(2, name="head")])
+    sequential.save(str(tmp_path / "sequential.keras"))  # a Sequential has no output_names: its last layer's
+    alpha, beta = keras.Input((1,), name="alpha"), keras.Input((2,), name="beta")
+    keyed = keras.Model({"alpha": alpha, "beta": beta},
+                        keras.layers.Dense(1, name="y")(keras.layers.Concatenate()([alpha, beta])))
+    keyed.save(str(tmp_path / "keyed.keras"))
+    rng = np.random.default_rng(5)
+    x, a, b = rng.normal(size=(50, 3)), rng.normal(size=(50, 1)), rng.normal(size=(50, 2))
+    table = pa.table({"id": np.arange(50), "x": pa.array(list(x)), "alpha": a[:, 0], "beta": pa.array(list(b))})
+    pq.write_table(table, tmp_path / "rows.parquet")
+    for name, want in (("sequential", {"head": sequential.predict(x.astype("float32"), verbose=0)}),
+                       ("keyed", {"y": keyed.predict({"alpha": a, "beta": b}, verbose=0)})):
+        lakeinfer.batch(str(tmp_path / "rows.parquet"), str(tmp_path / name), model=str(tmp_path / f"{name}.keras"),
+                        trust=True, keep=["id"])
+        out = read_output(tmp_path / name)
+        assert list(out.columns) == ["id", *want]
+        _check(out, want)
+
+
 def test_spark_engine_equals_tensorflow(built: Built, tmp_path: Path) -> None:
     # TensorFlow is loaded in Spark's Python workers (forked by its daemon, which never imports it)
     summary = lakeinfer.batch(str(built.data), str(tmp_path / "out"), model=built.module, trust=True, keep=["id"],

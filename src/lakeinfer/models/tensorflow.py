@@ -204,6 +204,20 @@ def _load_saved_model(path: str, tf: Any, signature: str | None, features: Seque
     return model
 
 
+def _output_names(model: Any) -> list[str]:
+    """A functional model's ``output_names`` (its output layers' names); for a Sequential, which
+    has none, the names of the layers that give its outputs."""
+    names = getattr(model, "output_names", None)
+    if names:
+        return [str(n) for n in names]
+    found = []
+    for i, tensor in enumerate(model.outputs):
+        history = getattr(tensor, "_keras_history", None)
+        operation = getattr(history, "operation", None)
+        found.append(str(getattr(operation, "name", f"output_{i}")))
+    return found if len(set(found)) == len(found) else [f"output_{i}" for i in range(len(found))]
+
+
 def _load_keras(path: str, tf: Any, signature: str | None, features: Sequence[str] | None) -> TensorFlowModel:
     if signature is not None:
         raise ConfigError(f"--signature is for a SavedModel folder; the Keras file {path} has one call")
@@ -214,17 +228,23 @@ def _load_keras(path: str, tf: Any, signature: str | None, features: Sequence[st
         raise ModelLoadError(f"cannot load Keras model {path}: {type(exc).__name__}: {exc}") from exc
     try:
         tensors = list(model.inputs)
-        names = list(model.output_names)
+        names = _output_names(model)
     except (AttributeError, ValueError) as exc:
         raise ModelLoadError(f"the Keras model {path} has no defined inputs (build it on keras.Input): {exc}") from exc
     inputs = tuple(_spec(t.name, t.dtype, t.shape) for t in tensors)
     if len({t.name for t in inputs}) != len(inputs):
         raise ModelLoadError(f"the Keras model {path} has two inputs of one name: {[t.name for t in inputs]}")
     order = [t.name for t in inputs]
+    structure = getattr(model, "input", None)
+    # a model built on a dict of inputs is called with that dict (a list would warn of its structure)
+    keyed = ({key: next(i for i, t in enumerate(tensors) if t is tensor) for key, tensor in structure.items()}
+             if isinstance(structure, dict) else None)
 
     @tf.function(input_signature=[tf.TensorSpec(t.shape, t.dtype) for t in tensors])
     def traced(*values: Any) -> dict[str, Any]:
-        result = model(list(values) if len(values) > 1 else values[0], training=False)
+        given: Any = {key: values[i] for key, i in keyed.items()} if keyed is not None else (
+            list(values) if len(values) > 1 else values[0])
+        result = model(given, training=False)
         if isinstance(result, Mapping):
             return dict(result)
         flat = list(result) if isinstance(result, list | tuple) else [result]
