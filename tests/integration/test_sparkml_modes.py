@@ -188,15 +188,15 @@ def test_model_saved_by_a_newer_spark(spark, models: dict[str, Path], tmp_path: 
     assert "stages (saved by Spark 4.3.0):" in shown.stdout
     assert "param 'pruneTree' not known to this reader, ignored" in shown.stdout
 
-    # Spark 4.2 itself cannot load it: its reason, both versions, and the way around it
+    # this Spark itself cannot load it: the Spark engine scores it with lakeinfer's reader, and says so
     rows = tmp_path / "rows.parquet"
     _test_rows().to_parquet(rows)
     on_spark = run_cli("batch", "--engine", "spark", "--master", "local[1]", "--model", newer, "--input", rows,
                        "--output", tmp_path / "out")
-    assert on_spark.returncode == 1
-    line = on_spark.stderr.strip().splitlines()[-1]
-    assert "Param pruneTree does not exist" in line and "saved by Spark 4.3.0, running Spark 4." in line, line
-    assert "leave out --engine spark" in line
+    assert on_spark.returncode == 0, on_spark.stderr
+    note = on_spark.stdout.strip().splitlines()[-1]
+    assert note.startswith("note: Spark cannot load the Spark ML model") and "Param pruneTree does not exist" in note
+    assert note.endswith("scored with lakeinfer's own reader of Spark ML models"), note
 
     refused = _saved_by_newer(models["linear"], tmp_path / "refused", stage="LogisticRegression",
                               param="calibrateMargins", explicit=True)

@@ -73,15 +73,26 @@ def _run(job: BatchJob, plan: table_job.TableJob, folder: OutputFolder | None, f
          start: float) -> BatchSummary:
     from ..spark import tables as lake
     from ..spark.scoring import score
-    from ..spark.session import batch_defaults, parquet_sample, read, session
+    from ..spark.session import batch_defaults, connect_remote, parquet_sample, read, session
 
     kinds = {ref.kind for ref in map(tables.parse_table, (job.input, job.output)) if ref is not None}
-    conf = {**batch_defaults(job.master), **job.spark_conf}
+    remote = connect_remote(job.master, job.remote)
+    if remote:  # a server's jars and extensions are its own: only the catalog's settings are the session's
+        conf = dict(job.spark_conf)
+        if "iceberg" in kinds and f"spark.sql.catalog.{job.tables.catalog}" not in conf:
+            conf = {**lake.catalog_conf(job.tables.catalog), **conf}
+    else:
+        conf = {**batch_defaults(job.master), **job.spark_conf}
+        if kinds:
+            conf = lake.lake_conf(kinds, job.tables.catalog, dict(job.spark_conf))
+    spark = session(job.master, conf, remote=remote, job=plan.job_id or _identity(fingerprint, job.output))
     if kinds:
-        conf = lake.lake_conf(kinds, job.tables.catalog, dict(job.spark_conf))
-    spark = session(job.master, conf)
-    if kinds:
-        lake.check_jars(spark, kinds, conf)
+        lake.check_jars(spark, kinds, conf, catalog=job.tables.catalog)
+    if remote and plan.out is not None:  # a killed run's write, interrupted just now, may have landed
+        committed = plan.committed()
+        if committed is not None:
+            assert plan.job_id is not None
+            return committed_summary(job.output, plan.job_id, committed, start)
     sample = None
     if tables.is_table(job.input):
         df = lake.read_table(spark, plan, job.input, catalog=job.tables.catalog, where=job.tables.where)
@@ -96,7 +107,7 @@ def _run(job: BatchJob, plan: table_job.TableJob, folder: OutputFolder | None, f
         if job.partition_by:
             writer = writer.partitionBy(*job.partition_by)
         writer.parquet(job.output)
-        rows_in, rows_out = stats[0].counts.value if stats else (spark.read.parquet(job.output).count(),) * 2
+        rows_in, rows_out = stats[0].rows if stats else (spark.read.parquet(job.output).count(),) * 2
         summary = _summary(job.output, rows_in, rows_out, stats, parts=folder.count_parts(), start=start)
         folder.record(fingerprint, summary.to_dict())
         return summary
@@ -107,10 +118,18 @@ def _run(job: BatchJob, plan: table_job.TableJob, folder: OutputFolder | None, f
     commit = plan.committed()
     if commit is None:  # the write returned without a commit carrying the job id: never report success
         raise errors.OutputError(f"the Spark job wrote to {job.output} but no commit carries job {plan.job_id}")
-    rows_in, rows_out = stats[0].counts.value if stats else (int(commit.get(tables.ROWS, 0)),) * 2
+    rows_in, rows_out = stats[0].rows if stats else (int(commit.get(tables.ROWS, 0)),) * 2
     summary = _summary(job.output, rows_in, rows_out, stats, parts=1, start=start)
     summary.job_id, summary.commit = plan.job_id, commit.get("snapshot", commit.get("version"))
     return summary
+
+
+def _identity(fingerprint: dict[str, Any], output: str) -> str:
+    """A folder job's name: its output and fingerprint."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps([output, fingerprint], sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _summary(output: str, rows_in: int, rows_out: int, stats: list[ScoreStats], *, parts: int,
@@ -118,4 +137,5 @@ def _summary(output: str, rows_in: int, rows_out: int, stats: list[ScoreStats], 
     # stats is empty for a Spark ML PipelineModel: Spark runs it natively, no Python worker loads it
     return BatchSummary(output=output, rows=rows_out, rows_skipped=rows_in - rows_out, parts=parts,
                         parts_resumed=0, workers=stats[0].workers if stats else 0, threads=1,
-                        model_loads=stats[0].model_loads if stats else 0, seconds=time.perf_counter() - start)
+                        model_loads=stats[0].model_loads if stats else 0, seconds=time.perf_counter() - start,
+                        remarks=[s.note for s in stats if s.note])

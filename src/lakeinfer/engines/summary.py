@@ -27,6 +27,7 @@ class BatchSummary:
     job_id: str | None = None  # a table output's: the id its commit carries
     commit: str | None = None  # the output table's snapshot id / version holding the predictions
     note: str | None = None  # "nothing new", "already committed": why nothing was written
+    remarks: list[str] = field(default_factory=list)  # how the job ran where that was not the usual way
     schema: pa.Schema | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -42,7 +43,8 @@ class BatchSummary:
                 f"{resumed} at {self.output} in {self.seconds:.1f}s ({self.rows_per_second:,.0f} rows/s, "
                 f"{_count(self.workers, 'worker')} x {_count(self.threads, 'thread')}, "
                 f"{_count(self.model_loads, 'model load')})"
-                + (f"; committed as {self.commit}" if self.commit else ""))
+                + (f"; committed as {self.commit}" if self.commit else "")
+                + "".join(f"\nnote: {remark}" for remark in self.remarks))
 
     def to_dict(self) -> dict[str, Any]:
         out = {**asdict(self), "rows_per_second": self.rows_per_second}

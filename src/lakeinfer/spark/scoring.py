@@ -1,10 +1,14 @@
-"""The pipeline over a Spark DataFrame through ``mapInArrow``, the iterator pattern.
+"""The pipeline over a Spark DataFrame through ``mapInArrow``, the iterator pattern, with Spark
+Connect APIs only, so that one path serves a classic session and a Spark Connect server alike.
 
-The model's bytes are broadcast once and written to one folder per model on each machine; each
-Python worker builds the pipeline once, keeping it in a process cache keyed by the model's digest
-and the recipe, so a model loads at most once per Python worker for the whole job (again only if
-Spark recycles the worker).
-Spark ML PipelineModels run natively with ``transform``.
+The model is added to the session once as a file artifact named by its digest and written to one
+folder per model on each machine; each Python worker builds the pipeline once, keeping it in a
+process cache keyed by the model's digest and the recipe, so a model loads at most once per Python
+worker for the whole job (again only if Spark recycles the worker). The counts (rows in and out,
+model loads, the workers that loaded it) come back through an :class:`~pyspark.sql.Observation`:
+each task ends its output with one row of counts, observed and then dropped.
+Spark ML PipelineModels run natively with ``transform``; one this Spark cannot load (saved by a
+newer Spark) is scored with lakeinfer's own reader inside ``mapInArrow``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import pyarrow as pa
 from .. import errors
 from ..models import detect_flavor
 from ..runtime import ModelRuntime, PipelineRecipe
-from .ship import model_on_disk, pack
+from .ship import add_artifact, artifact_bytes, model_on_disk
 
 __all__ = ["ScoreStats", "lakeinfer_error", "score"]
 
@@ -28,6 +32,9 @@ SAMPLE_ROWS = 64
 NO_BYTE_CAP = 2**31 - 1
 # per Python worker process: the recipe's key (model digest and every option) -> its runtime
 _CACHE: dict[str, ModelRuntime] = {}
+# the columns of each task's row of counts, null on every scored row
+LOADS, PID, ROWS_IN, ROWS_OUT = "__lakeinfer_loads", "__lakeinfer_pid", "__lakeinfer_rows_in", "__lakeinfer_rows_out"
+COUNTS = pa.schema([(LOADS, pa.int64()), (PID, pa.int64()), (ROWS_IN, pa.int64()), (ROWS_OUT, pa.int64())])
 
 
 def _pyspark() -> Any:
@@ -36,34 +43,32 @@ def _pyspark() -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class _Shipped:
-    """What each task receives: the recipe, the broadcast model bytes and the load counters."""
+    """What each task receives: the recipe and the name of the artifact holding the model."""
 
     recipe: PipelineRecipe
     digest: str
     key: str  # the model's digest and the whole recipe: two recipes over one file never share
     is_dir: bool
     name: str
-    payload: Any  # Broadcast[bytes]
-    loads: Any  # Accumulator[int]
-    pids: Any  # Accumulator[set[int]]
-    counts: Any  # Accumulator[list[int]]: rows in, rows out
+    artifact: str
     threads: int  # the model's own threads: the cores of one task (spark.task.cpus)
+    counted: bool  # each task adds its row of counts
 
 
-def _worker_runtime(shipped: _Shipped) -> ModelRuntime:
+def _worker_runtime(shipped: _Shipped) -> tuple[ModelRuntime, bool]:
+    """The worker's runtime for the recipe, and whether this call loaded it."""
     runtime = _CACHE.get(shipped.key)
-    if runtime is None:
-        local = model_on_disk(shipped.digest, shipped.name, shipped.is_dir, lambda: shipped.payload.value)
-        runtime = ModelRuntime(dataclasses.replace(shipped.recipe, model_path=local), threads=shipped.threads)
-        _CACHE[shipped.key] = runtime
-        shipped.loads.add(1)
-        shipped.pids.add({os.getpid()})
-    return runtime
+    if runtime is not None:
+        return runtime, False
+    local = model_on_disk(shipped.digest, shipped.name, shipped.is_dir, lambda: artifact_bytes(shipped.artifact))
+    runtime = ModelRuntime(dataclasses.replace(shipped.recipe, model_path=local), threads=shipped.threads)
+    _CACHE[shipped.key] = runtime
+    return runtime, True
 
 
 def _score_batches(batches: Iterator[pa.RecordBatch], shipped: _Shipped, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     try:
-        runtime = _worker_runtime(shipped)
+        runtime, loaded = _worker_runtime(shipped)
         rows_in = rows_out = 0
         for batch in batches:
             try:
@@ -75,47 +80,43 @@ def _score_batches(batches: Iterator[pa.RecordBatch], shipped: _Shipped, schema:
             out = scored.select(schema.names).cast(schema)
             rows_in += batch.num_rows
             rows_out += out.num_rows
+            if shipped.counted:
+                out = pa.RecordBatch.from_arrays(
+                    [*out.columns, *(pa.nulls(out.num_rows, f.type) for f in COUNTS)],
+                    schema=pa.schema([*schema, *COUNTS]))
             yield out
-        shipped.counts.add([rows_in, rows_out])
+        if shipped.counted:
+            counts = [pa.nulls(1, f.type) for f in schema] + [
+                pa.array([v], pa.int64()) for v in (int(loaded), os.getpid(), rows_in, rows_out)]
+            yield pa.RecordBatch.from_arrays(counts, schema=pa.schema([*schema, *COUNTS]))
     except errors.LakeinferError as exc:
         # the wire format crosses the JVM inside the task's error text; the driver finds it there
         raise RuntimeError(errors.wire_text(exc)) from None
 
 
-class _SetParam:
-    """Accumulates sets (the pids of the Python workers that loaded the model)."""
-
-    def zero(self, value: set[int]) -> set[int]:
-        return set()
-
-    def addInPlace(self, a: set[int], b: set[int]) -> set[int]:  # noqa: N802 (Spark's name)
-        a |= b
-        return a
-
-
-class _PairParam:
-    def zero(self, value: list[int]) -> list[int]:
-        return [0, 0]
-
-    def addInPlace(self, a: list[int], b: list[int]) -> list[int]:  # noqa: N802
-        return [a[0] + b[0], a[1] + b[1]]
-
-
 @dataclasses.dataclass
 class ScoreStats:
-    """Counters of one ``score`` call, read after the action that ran it."""
+    """Counters of one ``score`` call, read after the action that ran it (an Observation)."""
 
-    loads: Any
-    pids: Any
-    counts: Any
+    observation: Any
+    note: str | None = None  # how the model was scored where that is not the usual way
+
+    def _values(self) -> dict[str, Any]:
+        return dict(self.observation.get)
 
     @property
     def model_loads(self) -> int:
-        return int(self.loads.value)
+        return int(self._values().get("loads") or 0)
 
     @property
     def workers(self) -> int:
-        return len(self.pids.value)
+        return len(self._values().get("pids") or ())
+
+    @property
+    def rows(self) -> tuple[int, int]:
+        """Rows in, rows out."""
+        values = self._values()
+        return int(values.get("rows_in") or 0), int(values.get("rows_out") or 0)
 
 
 def _as_recipe(model: str | PipelineRecipe, options: dict[str, Any]) -> PipelineRecipe:
@@ -131,15 +132,25 @@ def score(df: Any, model: str | PipelineRecipe, *, keep: Sequence[str] = (), fea
     """``df`` scored by the model (a path or a :class:`PipelineRecipe`): ``keep`` columns, then the outputs.
 
     ``sample`` (rows shaped like ``df``'s) gives the output schema; by default a few rows of ``df``.
+    ``stats``, where given, gets the :class:`ScoreStats` of this call (not for a streaming ``df``).
 
-    A Spark ML PipelineModel folder runs natively through ``PipelineModel.load(...).transform``.
+    A Spark ML PipelineModel folder runs natively through ``PipelineModel.load(...).transform``;
+    one that this Spark cannot load is scored by lakeinfer's own reader, and ``stats`` notes it.
     """
     path = model.model_path if isinstance(model, PipelineRecipe) else model
-    if (flavor or (model.flavor if isinstance(model, PipelineRecipe) else None) or detect_flavor(path)) == "spark":
-        return _score_spark_ml(df, path, keep)
     recipe = _as_recipe(model, {"flavor": flavor, "trust": trust, "on_error": on_error,
                                 "features": tuple(features) if features else None,
                                 "steps": tuple(steps) if steps else None})
+    note = None
+    if (flavor or recipe.flavor or detect_flavor(path)) == "spark":
+        try:
+            return _score_spark_ml(df, path, keep)
+        except errors.ModelLoadError as exc:
+            if not _newer_spark(path, df.sparkSession.version):
+                raise
+            # a newer Spark's model: lakeinfer's reader refuses what it cannot compute the same way
+            note = f"{str(exc).split(' (saved by', 1)[0]}; scored with lakeinfer's own reader of Spark ML models"
+            recipe = dataclasses.replace(recipe, flavor="spark")
     spark = df.sparkSession
     if batch_size:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
@@ -154,21 +165,39 @@ def score(df: Any, model: str | PipelineRecipe, *, keep: Sequence[str] = (), fea
             [], schema=table.schema)
     schema = driver.output_schema(sample, keep)
     del driver
-    context = spark.sparkContext
-    from pyspark.accumulators import AccumulatorParam
-
-    set_param = type("SetParam", (_SetParam, AccumulatorParam), {})()
-    pair_param = type("PairParam", (_PairParam, AccumulatorParam), {})()
+    schema = pa.schema([f.with_nullable(True) for f in schema])  # a task's row of counts has no outputs
+    counted = stats is not None
     shipped = _Shipped(recipe=recipe, digest=recipe.digest, key=recipe.key, is_dir=os.path.isdir(path),
-                       name=os.path.basename(path.rstrip("/")), payload=context.broadcast(pack(path)),
-                       loads=context.accumulator(0), pids=context.accumulator(set(), set_param),
-                       counts=context.accumulator([0, 0], pair_param),
-                       threads=int(spark.conf.get("spark.task.cpus", "1") or 1))
-    if stats is not None:
-        stats.append(ScoreStats(shipped.loads, shipped.pids, shipped.counts))
+                       name=os.path.basename(path.rstrip("/")), artifact=add_artifact(spark, path, recipe.digest),
+                       threads=int(spark.conf.get("spark.task.cpus", "1") or 1), counted=counted)
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    return df.mapInArrow(lambda it: _score_batches(it, shipped, schema), from_arrow_schema(schema))
+    returned = pa.schema([*schema, *COUNTS]) if counted else schema
+    scored = df.mapInArrow(lambda it: _score_batches(it, shipped, schema), from_arrow_schema(returned))
+    if stats is None:
+        return scored
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    observation = Observation()
+    stats.append(ScoreStats(observation, note))
+    observed = scored.observe(
+        observation, F.sum(LOADS).alias("loads"), F.collect_set(F.when(F.col(LOADS) > 0, F.col(PID))).alias("pids"),
+        F.sum(ROWS_IN).alias("rows_in"), F.sum(ROWS_OUT).alias("rows_out"))
+    return observed.where(F.col(PID).isNull()).drop(*COUNTS.names)
+
+
+def _newer_spark(path: str, running: str) -> bool:
+    """Whether the model was saved by a Spark newer than the one running."""
+    from ..models.sparkml import read_meta
+
+    def version(text: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+
+    try:
+        return version(read_meta(path).spark_version) > version(running)
+    except (errors.LakeinferError, ValueError):
+        return False
 
 
 def _score_spark_ml(df: Any, path: str, keep: Sequence[str]) -> Any:

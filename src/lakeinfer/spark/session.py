@@ -5,14 +5,19 @@ from __future__ import annotations
 import os
 import re
 import sys
+import uuid
 from typing import Any
 
 from .. import errors
 from ..io.sources import InputFile, filesystem_for, list_input
 
 
-def session(master: str | None, conf: dict[str, str]) -> Any:
+def session(master: str | None, conf: dict[str, str], *, remote: str | None = None, job: str | None = None) -> Any:
+    """The command's session: a Spark Connect session on ``remote`` (``sc://HOST:PORT``; ``job``:
+    see :func:`remote_session`), else a classic one on ``master``."""
     errors.require("pyspark", "spark", "the Spark engine")
+    if remote:
+        return remote_session(remote, conf, job=job)
     import warnings
 
     from pyspark.sql import SparkSession
@@ -44,6 +49,101 @@ def session(master: str | None, conf: dict[str, str]) -> Any:
         spark = _start_with_packages(builder, packages)
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def connect_remote(master: str | None, remote: str | None) -> str | None:
+    """The Spark Connect server a command runs on: ``remote``, else ``$SPARK_REMOTE`` where no
+    master is given; None for a classic session."""
+    if master and remote:
+        raise errors.ConfigError(f"give --master {master} or --remote {remote}, not both: a classic session runs "
+                                 "on a master, a Spark Connect session on its server's")
+    return remote or (None if master else os.environ.get("SPARK_REMOTE") or None)
+
+
+def remote_session(remote: str, conf: dict[str, str], *, job: str | None = None) -> Any:
+    """A Spark Connect session on ``remote``: through ``DatabricksSession`` where databricks-connect
+    is installed, else pyspark's own client. ``conf`` is set on the session; a setting that the
+    server takes only when it starts (jars, extensions) is one line saying so.
+
+    A server keeps running what a client started after the client is gone (killed, its network
+    lost). So the session of ``job`` (a name of the job's identity) has an id derived from it, and
+    a rerun of the job joins that session and first interrupts whatever it still runs: a killed
+    run's write never lands beside its rerun's. A session closed since (stopped, expired) runs
+    nothing, and the rerun gets a new one.
+    """
+    try:
+        from pyspark.sql.connect.utils import check_dependencies
+
+        check_dependencies("lakeinfer")
+    except ImportError as exc:
+        missing = re.search(r"\] (\S+)", str(exc))
+        raise errors.MissingExtraError(missing.group(1) if missing else "grpcio-status", "spark",
+                                       "Spark Connect (--remote)") from None
+    _reachable(remote)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"pyspark\..*")
+    spark = _connect(_with_session(remote, job), fresh=False) if job else _connect(remote, fresh=False)
+    if job:
+        try:
+            spark.interruptAll()
+        except Exception as exc:
+            if "SESSION_CLOSED" not in str(exc):
+                raise
+            spark = _connect(_with_session(remote, f"{job}/{uuid.uuid4()}"), fresh=True)
+    for key, value in conf.items():
+        try:
+            if spark.conf.get(key, None) != value:
+                spark.conf.set(key, value)
+        except Exception as exc:
+            reason = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            raise errors.ConfigError(f"the Spark Connect server {remote} does not take {key} from a client "
+                                     f"({reason[:200]}): set it where the server starts (its --conf, "
+                                     "spark-defaults.conf or the cluster's settings)") from None
+    return spark
+
+
+def _connect(url: str, *, fresh: bool) -> Any:
+    try:
+        from databricks.connect import DatabricksSession  # type: ignore[import-not-found]
+
+        builder = DatabricksSession.builder.remote(url)
+    except ImportError:
+        from pyspark.sql import SparkSession
+
+        builder = SparkSession.builder.remote(url)
+    return builder.create() if fresh else builder.getOrCreate()
+
+
+def _with_session(remote: str, job: str) -> str:
+    """``remote`` with the session id of ``job`` (a user's own session_id is kept)."""
+    if "session_id=" in remote:
+        return remote
+    session_id = uuid.uuid5(uuid.NAMESPACE_URL, f"lakeinfer-job:{job}")
+    return f"{remote};session_id={session_id}" if "/;" in remote else f"{remote.rstrip('/')}/;session_id={session_id}"
+
+
+def _reachable(remote: str) -> None:
+    """One line at once where nothing listens at the server's address (the client itself
+    retries a refused connection for minutes)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(remote)
+    if parts.scheme != "sc":
+        raise errors.ConfigError(f"--remote {remote}: a Spark Connect address is sc://HOST:PORT")
+    host = parts.hostname or "localhost"
+    try:
+        port = parts.port or 15002
+        socket.create_connection((host, port), timeout=10).close()
+    except (OSError, ValueError) as exc:
+        raise errors.ConfigError(f"no Spark Connect server answers at {remote} ({exc}): start one "
+                                 "(sbin/start-connect-server.sh) or check the address") from None
+
+
+def is_remote(spark: Any) -> bool:
+    """Whether ``spark`` is a Spark Connect session (no SparkContext, no JVM on this side)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
 def batch_defaults(master: str | None) -> dict[str, str]:

@@ -1,7 +1,9 @@
-"""A model shipped to a cluster: packed once on the driver, placed once per model on each machine."""
+"""A model shipped to a cluster: packed once on the driver, added to the session as an artifact named
+by its digest (Spark Connect and classic alike), placed once per model on each machine."""
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import io
@@ -13,28 +15,75 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable
+from typing import Any
 
 from .. import errors
 from ..models import model_digest
 
-__all__ = ["model_on_disk", "pack"]
+__all__ = ["add_artifact", "artifact_bytes", "artifact_name", "model_on_disk", "pack"]
 
 PLACED = ".placed.json"  # beside the model in its folder: what was placed, to check a reuse against
 UNUSED_FOR_S = 7 * 24 * 3600  # a model's folder no job has used for this long is removed
 
 
 def pack(path: str) -> bytes:
-    """The model's bytes: a file as it is, a folder as an uncompressed zip."""
+    """The model's bytes: a file as it is, a folder as an uncompressed zip of its files in order,
+    without their times, so that one model always packs to the same bytes."""
     if os.path.isfile(path):
         with open(path, "rb") as fh:
             return fh.read()
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for root, _, names in os.walk(path):
-            for name in names:
-                full = os.path.join(root, name)
-                archive.write(full, os.path.relpath(full, path))
+        files = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+        for full in files:
+            entry = zipfile.ZipInfo(os.path.relpath(full, path), date_time=(1980, 1, 1, 0, 0, 0))
+            entry.external_attr = (os.stat(full).st_mode & 0o777) << 16
+            with open(full, "rb") as fh:
+                archive.writestr(entry, fh.read())
     return buffer.getvalue()
+
+
+def artifact_name(digest: str, name: str, is_dir: bool) -> str:
+    """The session artifact that carries a model: named by its digest, since a Spark Connect
+    session refuses a second artifact of one name with other bytes."""
+    return f"lakeinfer-{digest[:32]}-{name}{'.zip' if is_dir else ''}"
+
+
+_PACKED: dict[str, str] = {}  # artifact name -> the packed file this process shipped it from
+
+
+def add_artifact(spark: Any, path: str, digest: str) -> str:
+    """Ship the model at ``path`` to the session's workers as a file artifact; its name.
+
+    The same call serves Spark Connect (an upload to the server) and a classic session
+    (``addFile``, whose file server reads the packed file until the process exits).
+    """
+    is_dir = os.path.isdir(path)
+    name = artifact_name(digest, os.path.basename(path.rstrip("/")), is_dir)
+    packed = _PACKED.get(name)
+    if packed is None or not os.path.exists(packed):
+        folder = tempfile.mkdtemp(prefix="lakeinfer-ship-")
+        atexit.register(shutil.rmtree, folder, True)
+        packed = os.path.join(folder, name)
+        with open(packed, "wb") as fh:
+            fh.write(pack(path))
+        _PACKED[name] = packed
+    try:
+        spark.addArtifacts(packed, file=True)
+    except Exception as exc:
+        # this session holds the name already: the same model (its digest), maybe packed by an
+        # older lakeinfer; the worker checks what it unpacks against the digest either way
+        if not any(code in str(exc) for code in ("ARTIFACT_ALREADY_EXISTS", "DUPLICATED_ARTIFACT")):
+            raise
+    return name
+
+
+def artifact_bytes(name: str) -> bytes:
+    """In a Python worker: the bytes of the session artifact ``name``."""
+    from pyspark import SparkFiles
+
+    with open(SparkFiles.get(name), "rb") as fh:
+        return fh.read()
 
 
 def model_on_disk(digest: str, name: str, is_dir: bool, data: Callable[[], bytes],

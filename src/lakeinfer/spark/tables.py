@@ -21,7 +21,8 @@ from .. import errors
 from ..io import tables
 from ..io.table_job import TableJob
 
-__all__ = ["catalog_conf", "check_jars", "jars_conf", "lake_conf", "packages", "read_table", "write_table"]
+__all__ = ["catalog_conf", "check_jars", "jars_conf", "lake_conf", "packages", "read_table", "server_lacks",
+           "write_table"]
 
 # Versions built for Spark 4.1 (the project's Spark, see the README): Iceberg's runtime exists for
 # 4.1 (not 4.2) and delta-spark 4.2.0 is compiled against Spark 4.1.0.
@@ -105,12 +106,42 @@ def lake_conf(kinds: set[str], catalog: str, user: dict[str, str]) -> dict[str, 
     return {**conf, **user}
 
 
-def check_jars(spark: Any, kinds: set[str], conf: dict[str, str]) -> None:
-    """One clear line when the session lacks a table kind's jars (a session started elsewhere),
-    and the catalog's settings on a session that already runs."""
-    loader = spark.sparkContext._jvm.java.lang.Thread.currentThread().getContextClassLoader()
+def server_lacks(kind: str, coordinates: list[str], reason: str) -> errors.ConfigError:
+    """The one line for a Spark Connect server without a connector: what to install there."""
+    return errors.ConfigError(
+        f"the Spark Connect server has no {kind} connector ({reason}): a client cannot add jars to a running "
+        f"server; start it with --packages {','.join(coordinates)} (on Databricks: a runtime that ships "
+        f"{kind}, or the jars as cluster libraries)")
+
+
+def _probe(spark: Any, kind: str, catalog: str) -> None:
+    """On Spark Connect (no JVM on this side): ask the server to use the connector, and name it
+    when the server lacks it."""
+    try:
+        if kind == "iceberg":
+            spark.sql(f"SHOW NAMESPACES IN `{catalog}`").collect()
+        else:
+            spark.read.format("delta").load("/lakeinfer-probe-of-the-delta-connector").schema  # noqa: B018
+    except Exception as exc:
+        text = str(exc)
+        if any(code in text for code in ("CATALOG_PLUGIN_CLASS_NOT_FOUND", "DATA_SOURCE_NOT_FOUND",
+                                         "ClassNotFoundException")):
+            cls = _ICEBERG_CLASS if kind == "iceberg" else _DELTA_CLASS
+            raise server_lacks(kind, packages({kind}), f"{cls} is missing") from None
+        if kind == "iceberg":
+            raise
+
+
+def check_jars(spark: Any, kinds: set[str], conf: dict[str, str], *, catalog: str = "default") -> None:
+    """One clear line when the session lacks a table kind's jars (a session started elsewhere, a
+    Spark Connect server), and the catalog's settings on a session that already runs."""
+    from .session import is_remote
+
+    remote = is_remote(spark)
+    if not remote:
+        loader = spark.sparkContext._jvm.java.lang.Thread.currentThread().getContextClassLoader()
     for kind, cls in (("iceberg", _ICEBERG_CLASS), ("delta", _DELTA_CLASS)):
-        if kind not in kinds:
+        if kind not in kinds or remote:
             continue
         try:
             spark.sparkContext._jvm.java.lang.Class.forName(cls, True, loader)
@@ -126,6 +157,9 @@ def check_jars(spark: Any, kinds: set[str], conf: dict[str, str]) -> None:
             elif current != value:
                 raise errors.ConfigError(f"the Spark session already has {key}={current}, not {value} as the "
                                          "pyiceberg configuration says; use a new session")
+    if remote:
+        for kind in sorted(kinds):
+            _probe(spark, kind, catalog)
 
 
 def _ident(catalog: str, name: str) -> str:
