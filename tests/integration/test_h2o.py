@@ -117,11 +117,13 @@ def h2o_models(tmp_path_factory: pytest.TempPathFactory, test_rows: pd.DataFrame
             # no numpy scorer: the JVM tier (h2o-genmodel.jar saved next to the MOJO)
             "deeplearning": (H2ODeepLearningEstimator(hidden=[4], epochs=1, seed=1, reproducible=True), "y"),
             "kmeans": (H2OKMeansEstimator(k=2, seed=1), None),
+            "gbm_one_hot": (H2OGradientBoostingEstimator(ntrees=5, max_depth=3, seed=1,
+                                                         categorical_encoding="one_hot_explicit"), "k"),
         }
         models: dict[str, Mojo] = {}
         for name, (estimator, target) in specs.items():
             estimator.train(x=FEATURES, y=target, training_frame=train)
-            if name in ("deeplearning", "kmeans"):
+            if name in ("deeplearning", "kmeans", "gbm_one_hot"):
                 (folder / name).mkdir()
                 path = Path(estimator.download_mojo(str(folder / name), get_genmodel_jar=True))
                 if target is None:
@@ -290,15 +292,17 @@ def test_serve_equals_h2o_predict_without_a_jvm(h2o_models: dict[str, Mojo], tes
 
 def test_other_algorithms_on_the_jvm_tier(h2o_models: dict[str, Mojo], test_rows: pd.DataFrame,
                                           tmp_path: Path) -> None:
-    """A DeepLearning MOJO has no numpy scorer: h2o-genmodel scores it, in a java process of the
-    worker's own, equal to H2O's predict."""
-    mojo = h2o_models["deeplearning"]
-    info = lakeinfer.inspect_model(str(mojo.path))
-    assert info["extra"]["algorithm"] == "deeplearning" and "java process" in info["extra"]["notes"][0]
+    """A DeepLearning MOJO, and a GBM of one-hot encoded categories, have no numpy scorer:
+    h2o-genmodel scores them, in a java process of the worker's own, equal to H2O's predict."""
     data = _parquet(test_rows, tmp_path / "rows.parquet", dictionary=True)
-    lakeinfer.batch(str(data), str(tmp_path / "out"), model=str(mojo.path), keep=["id"], workers=1)
-    scored = read_output(tmp_path / "out")
-    _compare("deeplearning on the JVM tier", mojo, scored["prediction"], scored["probability"])
+    for name in ("deeplearning", "gbm_one_hot"):
+        mojo = h2o_models[name]
+        info = lakeinfer.inspect_model(str(mojo.path))
+        assert "java process" in info["extra"]["notes"][0]
+        assert sorted(c["name"] for c in info["extra"]["columns"]) == sorted(FEATURES)  # before any encoding
+        lakeinfer.batch(str(data), str(tmp_path / name), model=str(mojo.path), keep=["id"], workers=1)
+        scored = read_output(tmp_path / name)
+        _compare(f"{name} on the JVM tier", mojo, scored["prediction"], scored["probability"])
 
 
 def test_what_no_tier_scores_is_refused_in_one_line(h2o_models: dict[str, Mojo], test_rows: pd.DataFrame,
