@@ -66,7 +66,9 @@ class H2OMojoModel(Model):
         self.threshold = mojo.number("default_threshold", 0.5)
         self.priors = _array(mojo.numbers("prior_class_distrib"))
         self.model_dist = _array(mojo.numbers("model_class_distrib"))
-        self.balanced = mojo.flag("balance_classes") and self.priors is not None and self.model_dist is not None
+        # trees undo the class balancing of training (h2o-genmodel's GLM scorers do not)
+        self.balanced = (algo != "glm" and mojo.flag("balance_classes") and self.priors is not None
+                         and self.model_dist is not None)
         # a GLM without mean imputation cannot take a missing value or an unseen level
         glm_skips = algo == "glm" and not getattr(self.scorer, "impute", True)
         self.handles_missing = not glm_skips
