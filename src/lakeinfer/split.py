@@ -16,6 +16,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     split.add_argument("--flavor", choices=("onnx", "xgboost", "lightgbm"), help="override flavor detection")
     split.add_argument("--features", type=lambda v: [c.strip() for c in v.split(",") if c.strip()],
                        help="input columns, in the model's order (default: the names the model holds)")
+    split.add_argument("--devices", type=lambda v: [d.strip() for d in v.split(",") if d.strip()],
+                       help="where each stage runs: cpu or cuda:N, one for all or one per stage (default cpu); "
+                       "the model option device overrides it")
     split.add_argument("--overwrite", action="store_true", help="replace an existing staged model folder")
     split.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
@@ -26,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from .models.staged.split import split_model, stage_table
 
     manifest = split_model(args.model, args.stages, args.output, features=args.features, flavor=args.flavor,
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, devices=args.devices)
     if args.json:
         print(json.dumps(asdict(manifest), default=list))
     else:

@@ -427,3 +427,32 @@ def test_each_stage_holds_its_share_of_the_weights(tmp_path: Path, X: pd.DataFra
         share = stage.weight_bytes / total
         used = (held - base) / total
         assert used <= share + 0.15, (stage.file, round(used, 3), round(share, 3))
+
+
+# -- devices -----------------------------------------------------------------------------------------
+def test_devices_place_each_stage_and_a_missing_provider_fails_loudly(mlp: dict[str, Any], X: pd.DataFrame,
+                                                                      tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    result = run_cli("split", "--model", mlp["path"], "--stages", "2", "--output", tmp_path / "gpu",
+                     "--devices", "cpu,cuda:0")
+    assert result.returncode == 0, result.stderr
+    assert Manifest.read(str(tmp_path / "gpu")).devices == ("cpu", "cuda:0")
+    model = lakeinfer.load_model(str(tmp_path / "gpu"))
+    batch = as_batch(X.to_numpy()[:100])
+    try:
+        if "CUDAExecutionProvider" in ort.get_available_providers():  # stage 2 on the GPU
+            got = model.predict(batch)
+            np.testing.assert_array_equal(column(got, "prediction"), mlp["labels"][:100])
+            np.testing.assert_allclose(column(got, "probability"), mlp["proba"][:100], atol=FLOAT32_NET, rtol=0)
+        else:  # no CUDA here: stage 2 refuses to load, in one line that names it and the fix
+            with pytest.raises(lakeinfer.ConfigError, match=r"^stage 2 of 2: device cuda:0: .*onnxruntime-gpu"):
+                model.predict(batch)
+    finally:
+        model.close()  # type: ignore[attr-defined]
+    # the model option overrides the folder's placement
+    override = lakeinfer.load_model(str(tmp_path / "gpu"), device="cpu")
+    try:
+        np.testing.assert_array_equal(column(override.predict(batch), "prediction"), mlp["labels"][:100])
+    finally:
+        override.close()  # type: ignore[attr-defined]

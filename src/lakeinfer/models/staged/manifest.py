@@ -76,6 +76,8 @@ class Manifest:
     stages: tuple[StageEntry, ...]
     format: int = FORMAT
     notes: tuple[str, ...] = field(default=())
+    #: where each stage runs unless the model's ``device`` option says otherwise (None: the CPU)
+    devices: tuple[str, ...] | None = None
 
     @property
     def weight_bytes(self) -> int:
@@ -97,6 +99,7 @@ class Manifest:
         data = {k: v for k, v in asdict(self).items() if k != "stages"}
         data["features"] = list(self.features) if self.features is not None else None
         data["notes"] = list(self.notes)
+        data["devices"] = list(self.devices) if self.devices is not None else None
         data["stages"] = [s.to_dict() for s in self.stages]
         with open(os.path.join(folder, MANIFEST), "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2)
@@ -118,6 +121,7 @@ class Manifest:
                 input_name=str(data["input_name"]), input_dtype=str(data["input_dtype"]),
                 width=data.get("width"), handles_missing=bool(data["handles_missing"]),
                 output_names=dict(data["output_names"]), stages=stages, notes=tuple(data.get("notes", ())),
+                devices=tuple(data["devices"]) if data.get("devices") else None,
             )
         except ModelLoadError:
             raise

@@ -22,14 +22,21 @@ SPLITTABLE = ("onnx", "xgboost", "lightgbm")
 
 
 def split_model(model: str, stages: int, output: str, *, features: Sequence[str] | None = None,
-                flavor: str | None = None, overwrite: bool = False) -> Manifest:
+                flavor: str | None = None, overwrite: bool = False,
+                devices: Sequence[str] | None = None) -> Manifest:
     """Split ``model`` into ``stages`` stages under the folder ``output``; the manifest written.
 
+    ``devices``: where each stage runs by default (``cpu``, ``cuda:N``), one for all or one per stage.
     The folder is written beside its final place and renamed when complete, so a failed split
     leaves nothing that looks like a staged model.
     """
     if stages < 1:
         raise ConfigError(f"--stages must be at least 1, not {stages}")
+    if devices is not None and len(devices) not in (1, stages):
+        raise ConfigError(f"{len(devices)} devices given for {stages} stages: name one, or one per stage")
+    for device in devices or ():
+        if device != "cpu" and not (device.startswith("cuda") and device[4:] in ("", *(f":{i}" for i in range(64)))):
+            raise ConfigError(f"unknown device '{device}': use cpu or cuda:N")
     chosen = flavor or detect_flavor(model)
     if chosen not in SPLITTABLE:
         raise ConfigError(f"cannot split a {chosen} model: lakeinfer splits ONNX graphs, XGBoost and LightGBM "
@@ -54,6 +61,7 @@ def split_model(model: str, stages: int, output: str, *, features: Sequence[str]
             input_dtype=np.dtype(loaded.input_dtype).name,
             width=loaded.width, handles_missing=loaded.handles_missing, output_names=output_names,
             stages=tuple(entries),
+            devices=tuple(devices) * (stages if len(devices) == 1 else 1) if devices else None,
         )
         manifest.write(work)
         if os.path.exists(output):
