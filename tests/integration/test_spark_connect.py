@@ -1,8 +1,8 @@
 """The Spark engine on a real Spark Connect server (started from pyspark's own jars, once for the
 module): the same answers as ``--master local[2]`` and the framework, the model shipped as an
 artifact named by its digest and loaded once per Python worker, the folder's record, Iceberg
-tables with incremental runs and a killed client's rerun, a newer Spark's PipelineModel, and one
-line for a connector the server lacks.
+tables with incremental runs and a killed client's rerun, Structured Streaming from Kafka, a newer
+Spark's PipelineModel, and one line for a connector the server lacks.
 
 Every job runs in a ``lakeinfer`` process of its own: a Spark Connect client marks its whole
 process as a Connect one, which the classic sessions of other test modules must not see.
@@ -26,11 +26,14 @@ import joblib
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from lakeinfer.models import model_digest
 from lakeinfer.spark import tables as spark_tables
+from lakeinfer.stream.spark import _connector
 from tests.conftest import FEATURES, Trained, read_output, run_cli
+from tests.kafka_helpers import consume, create_topics, produce, records, stream_cli
 from tests.serving import free_port
 from tests.slow_model import SlowEcho
 
@@ -44,7 +47,7 @@ PYTHONPATH = os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTH
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """A Spark Connect server on local[2] with the Iceberg jars (not Delta's), and a pyiceberg
+    """A Spark Connect server on local[2] with the Iceberg and Kafka jars (not Delta's), and a pyiceberg
     SQL catalog on SQLite that the CLI and the server share."""
     from pyiceberg.catalog import load_catalog
     from pyspark.find_spark_home import _find_spark_home
@@ -61,7 +64,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
          "org.apache.spark.sql.connect.service.SparkConnectServer", "--master", "local[2]",
          "--conf", f"spark.connect.grpc.binding.port={port}", "--conf", "spark.ui.enabled=false",
          "--conf", "spark.sql.shuffle.partitions=4",
-         "--packages", ",".join(spark_tables.packages({"iceberg"})),
+         "--packages", ",".join([*spark_tables.packages({"iceberg"}), _connector()]),
          "--conf", "spark.sql.extensions=org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "PYSPARK_PYTHON": sys.executable, "PYTHONPATH": PYTHONPATH})
@@ -300,3 +303,29 @@ def test_a_connector_the_server_lacks_is_one_line(server: dict[str, Any], onnx_m
                      onnx_model.path, *onnx_model.cli, "--input", datasets["parquet"], "--output", tmp_path / "o")
     assert nobody.returncode == 1 and "no Spark Connect server answers at" in nobody.stderr
     assert len(nobody.stderr.strip().splitlines()) == 1
+
+
+def test_structured_streaming_from_kafka(server: dict[str, Any], broker: str, onnx_model: Trained,
+                                         tmp_path: Path) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    source, sink = f"in-{suffix}", f"out-{suffix}"
+    create_topics(broker, source, sink)
+    sent = records(300)
+    produce(broker, source, sent)
+    proc = stream_cli("--engine", "spark", "--remote", server["url"], "--checkpoint", tmp_path / "checkpoint",
+                      "--trigger", "1 second", "--model", onnx_model.path, *onnx_model.cli,
+                      "--bootstrap-servers", broker, "--input-topic", source, "--output-topic", sink, "--keep", "id")
+    got = consume(broker, sink, expect=300, timeout=180, settle=2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    values = {json.loads(m.value())["id"]: json.loads(m.value()) for m in got}
+    assert sorted(values) == list(range(300)), err[-3000:]
+    assert all(m.key() == str(json.loads(m.value())["id"]).encode() for m in got)
+    table = pa.Table.from_pylist([json.loads(v) for _, v in sent])
+    pq.write_table(table, tmp_path / "rows.parquet")
+    local = run_cli("batch", "--model", onnx_model.path, *onnx_model.cli, "--input", tmp_path / "rows.parquet",
+                    "--output", tmp_path / "out", "--keep", "id")
+    assert local.returncode == 0, local.stderr
+    batch = read_output(tmp_path / "out")
+    assert [values[i]["prediction"] for i in range(300)] == batch["prediction"].tolist()

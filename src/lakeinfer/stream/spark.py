@@ -1,5 +1,6 @@
 """``lakeinfer stream --engine spark``: Spark Structured Streaming with the Kafka source and sink,
-the model applied through the Spark engine's path (mapInArrow, a model load per Python worker).
+the model applied through the Spark engine's path (mapInArrow, a model load per Python worker), on
+a classic session (``--master``) or a Spark Connect server (``--remote``) through the same APIs.
 
 Delivery: Spark's Kafka source replays from the checkpoint, and its Kafka sink is at-least-once:
 after a failure, outputs of the last micro-batch may be written again. Rows that cannot be scored
@@ -10,19 +11,42 @@ the local engine's (`lakeinfer stream` without --engine spark).
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import threading
 from typing import Any
 
 from ..errors import ConfigError
 from ..spark.scoring import score
-from ..spark.session import session
+from ..spark.session import connect_remote, session
 from .kafka import StreamConfig
 
 # The connector of each Spark minor whose dependencies all resolve from Maven Central: its
 # spark-token-provider-kafka-0-10 exists for 4.1.1 but not for 4.1.0, 4.1.2 or 4.1.3. Connectors
 # keep to Spark's public API within a minor, so 4.1.1 serves every 4.1.x.
 KAFKA_CONNECTORS = {"4.0": "4.0.0", "4.1": "4.1.1", "4.2": "4.2.0"}
+
+
+def _json_schema(values: list[str | None]) -> Any:
+    """Spark's schema of JSON records, from the records themselves (read here: a Spark Connect
+    client has no RDD to give ``spark.read.json``); a value that is not a JSON object is left out."""
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    records = []
+    for value in values:
+        try:
+            record = json.loads(value) if value else None
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    try:
+        schema = pa.Table.from_pylist(records).schema
+    except (pa.ArrowException, TypeError, ValueError):  # values of mixed types in one field: as text
+        schema = pa.schema([(name, pa.string()) for name in dict.fromkeys(k for r in records for k in r)])
+    return from_arrow_schema(pa.schema([f if not pa.types.is_null(f.type) else f.with_type(pa.string())
+                                        for f in schema]))
 
 
 def _connector() -> str:
@@ -36,19 +60,33 @@ def _connector() -> str:
     return f"org.apache.spark:spark-sql-kafka-0-10_2.13:{version}"
 
 
-def run_spark_stream(config: StreamConfig, *, master: str | None = None, checkpoint: str | None = None,
-                     trigger: str | None = None) -> None:
+def run_spark_stream(config: StreamConfig, *, master: str | None = None, remote: str | None = None,
+                     checkpoint: str | None = None, trigger: str | None = None) -> None:
     if not checkpoint:
         raise ConfigError("stream --engine spark needs --checkpoint DIR (where Spark keeps offsets and state)")
     from pyspark.sql import functions as F
 
-    spark = session(master or "local[*]", {"spark.jars.packages": _connector(),
-                                           "spark.sql.shuffle.partitions": "4"})
+    remote = connect_remote(master, remote)
+    if remote:  # the server has its jars; a killed client's query of this checkpoint is stopped first
+        spark = session(None, {"spark.sql.shuffle.partitions": "4"}, remote=remote, job=f"stream:{checkpoint}")
+        for query in spark.streams.active:
+            query.stop()
+    else:
+        spark = session(master or "local[*]", {"spark.jars.packages": _connector(),
+                                               "spark.sql.shuffle.partitions": "4"})
     kafka = {"kafka.bootstrap.servers": config.bootstrap_servers}
     recipe = dataclasses.replace(config.recipe, on_error="null")
     # the records' JSON schema, from the messages already on the topic (features as doubles)
     seen = spark.read.format("kafka").options(**kafka).option("subscribe", config.input_topic).load().limit(200)
-    inferred = spark.read.json(seen.select(F.col("value").cast("string")).rdd.map(lambda r: r[0])).schema
+    try:
+        values = seen.select(F.col("value").cast("string")).toArrow().column(0).to_pylist()
+    except Exception as exc:
+        if remote and "DATA_SOURCE_NOT_FOUND" in str(exc):
+            from ..spark.tables import server_lacks
+
+            raise server_lacks("kafka", [_connector()], "no data source 'kafka'") from None
+        raise
+    inferred = _json_schema(values)
     model = recipe.load_model()
     features = list(model.input_columns)
     from pyspark.sql.types import DoubleType, StructField, StructType
