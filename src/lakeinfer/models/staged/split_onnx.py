@@ -73,12 +73,18 @@ def _macs(node: Any, weights: dict[str, Any], shapes: dict[str, Sequence[Any]]) 
     return size if node.op_type in ("MatMul", "Gemm", "Conv", "ConvTranspose", "MatMulInteger", "Einsum") else 0.0
 
 
-def _value_infos(model: Any) -> tuple[dict[str, Any], dict[str, Sequence[Any]]]:
+def _value_infos(model: Any, source: str) -> tuple[dict[str, Any], dict[str, Sequence[Any]]]:
     """Every tensor's ValueInfoProto the graph declares or shape inference finds, and its dims."""
+    import tempfile
+
     import onnx
 
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    except ValueError:  # over 2 GB in memory: inferred from the file, its weights left where they are
+        with tempfile.TemporaryDirectory() as work:
+            onnx.shape_inference.infer_shapes_path(source, os.path.join(work, "inferred.onnx"))
+            inferred = onnx.load(os.path.join(work, "inferred.onnx"), load_external_data=False).graph
     except Exception:  # an op onnx cannot infer: the declared types only
         inferred = model.graph
     infos: dict[str, Any] = {}
@@ -100,7 +106,7 @@ def cut_graph(model: Any, stages: int, *, source: str) -> list[GraphCut]:
     graph = model.graph
     nodes = list(graph.node)
     weights = {t.name: t for t in graph.initializer}
-    infos, shapes = _value_infos(model)
+    infos, shapes = _value_infos(model, source)
     # each weight counts once, at the first node that reads it; a Constant node's value is a weight too
     seen: set[str] = set()
     node_bytes, node_macs = [], []
