@@ -28,7 +28,7 @@ from ..runtime import ModelRuntime
 from . import v2
 from .config import ServeConfig
 from .dataplane import DataPlane, ModelPlane
-from .envelope import Answered, Envelope, Hook
+from .envelope import Answered, Envelope, Hook, Scored
 from .metrics import CONTENT_TYPE
 from .openapi import DOCS_PAGE, openapi_document
 from .rest_infer import KEY_HOW, STATUS_CODE, InferFirst, InferRoute, given_key
@@ -52,6 +52,10 @@ def create_app(config: ServeConfig, *, runtimes: Mapping[str, ModelRuntime] | No
     plane = DataPlane(config, runtimes=runtimes, api_key=config.api_key())
     envelope = plane.envelope
     envelope.hooks.extend(hooks)
+    if config.ledger is not None:  # the prediction ledger: each scored request's rows kept before it is answered
+        from ..ledger.serving import ServeLedger
+
+        envelope.recorders.append(ServeLedger(config, lambda name: plane.model(name).input_schema))
     timeout = config.timeout_ms / 1000.0
     worker = str(os.getpid())
     grpc_server = None
@@ -71,7 +75,7 @@ def create_app(config: ServeConfig, *, runtimes: Mapping[str, ModelRuntime] | No
                 start = time.perf_counter()
                 name = request.path_params.get("name", "")
                 model = name if name in plane.models else ""  # a label per served model, not per name asked
-                exchange: dict[str, Any] = {}
+                exchange: dict[str, Any] = {"start": start}
                 request.state.exchange = exchange
                 try:
                     if envelope.keyed and not public:
@@ -145,11 +149,15 @@ def create_app(config: ServeConfig, *, runtimes: Mapping[str, ModelRuntime] | No
         batch = _records(body, model)
         out = await model.infer(batch, timeout, rows="instances[{row}]")
         request.state.exchange.update(inputs=batch, outputs=out)
-        return JSONResponse({"predictions": out.to_pylist()})
+        answer: dict[str, Any] = {"predictions": out.to_pylist()}
+        if envelope.recorders:  # before the answer is encoded and sent
+            answer["id"] = envelope.new_id(None)
+            await envelope.before_answer(Scored("rest", "predict", model.name, answer["id"], request.state.exchange["start"], batch, out))
+        return JSONResponse(answer)
 
     @endpoint("metrics")
     async def metrics(request: Request) -> Response:
-        return Response(plane.metrics.render(), media_type=CONTENT_TYPE)
+        return Response(plane.metrics.render() + envelope.metrics_text(), media_type=CONTENT_TYPE)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document(plane.names))
@@ -167,6 +175,7 @@ def create_app(config: ServeConfig, *, runtimes: Mapping[str, ModelRuntime] | No
             await grpc_server.stop(config.timeout_ms / 1000.0 + 1)
         await loading
         await plane.close()  # uvicorn has let the requests in flight finish; drain the queue too
+        envelope.close()
 
     routes = [
         Route("/v2", server_metadata),

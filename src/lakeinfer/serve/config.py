@@ -53,6 +53,10 @@ class ServeConfig:
     api_key_env: str | None = None
     access_log: bool = False
     state_dir: str | None = None
+    ledger: str | None = None  # the prediction ledger's table (iceberg:NS.TABLE or delta:PATH); see docs/ledger.md
+    ledger_wal: str | None = None  # where its rows wait to be shipped (default .lakeinfer-ledger/<table>)
+    ledger_interval: float = 5.0  # seconds between the ledger's commits
+    catalog: str | None = None  # the pyiceberg catalog of an iceberg: ledger (default: default)
 
     def __post_init__(self) -> None:
         if self.recipe is not None:

@@ -221,7 +221,7 @@ class DataPlane:
             await plane.load()
 
     def ready(self) -> bool:
-        return all(plane.ready() for plane in self.models.values())
+        return all(plane.ready() for plane in self.models.values()) and self.envelope.ready()
 
     def index(self) -> list[dict[str, str]]:
         """The v2 repository index: each model's name, version and state (and why, if unavailable)."""

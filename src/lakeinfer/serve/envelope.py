@@ -1,6 +1,8 @@
 """One request path for every transport (REST infer, the records endpoint, the other REST
 endpoints, gRPC): the API key, the body limit, errors to status codes, metrics, and the hook point
-where cross-cutting work attaches (every answered request passes :meth:`Envelope.answered`).
+where cross-cutting work attaches (every answered request passes :meth:`Envelope.answered`;
+every scored request passes :meth:`Envelope.before_answer` before its answer is encoded and sent,
+where a recorder such as the prediction ledger keeps its rows).
 
 An error's status lives on the error (``status``, a kind); :data:`STATUS` is the one table that
 maps each kind to its HTTP status and its gRPC code.
@@ -14,7 +16,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
 
@@ -24,8 +26,8 @@ if TYPE_CHECKING:
     from .config import ServeConfig
     from .metrics import Metrics
 
-__all__ = ["STATUS", "Answered", "BodyTooLarge", "Envelope", "Failure", "Hook", "ModelUnavailable",
-           "Unauthorized", "UnknownModel"]
+__all__ = ["STATUS", "Answered", "BodyTooLarge", "Envelope", "Failure", "Hook", "ModelUnavailable", "Recorder",
+           "Scored", "Unauthorized", "UnknownModel"]
 
 log = logging.getLogger("lakeinfer.serve")
 
@@ -93,6 +95,36 @@ class Answered:
 Hook = Callable[[Answered], None]
 
 
+@dataclass(frozen=True)
+class Scored:
+    """A request scored and not yet answered, as a recorder sees it."""
+
+    transport: str  # "rest" or "grpc"
+    endpoint: str  # "infer" or "predict"
+    model: str
+    request_id: str | None
+    started: float  # time.perf_counter() when the request arrived
+    inputs: pa.RecordBatch
+    outputs: pa.RecordBatch
+
+
+class Recorder(Protocol):
+    """What must hold a scored request before it is answered (the prediction ledger): a
+    recorder that raises fails the request (its status, e.g. a 503), and no answer is sent."""
+
+    assigns_ids: bool  # requests without an id get one (returned in the answer)
+
+    def new_id(self) -> str: ...
+
+    async def before_answer(self, scored: Scored) -> None: ...
+
+    def ready(self) -> bool: ...
+
+    def metrics_text(self) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
 class Envelope:
     """The request path's shared part, one per worker process; transports call it."""
 
@@ -103,6 +135,7 @@ class Envelope:
         self.metrics = metrics
         self._key = api_key.encode() if api_key else None
         self.hooks: list[Hook] = []
+        self.recorders: list[Recorder] = []
 
     @property
     def keyed(self) -> bool:
@@ -144,6 +177,29 @@ class Envelope:
         elif kind == "unauthenticated":
             headers["WWW-Authenticate"] = "Bearer"
         return Failure(status, code, message, headers)
+
+    def new_id(self, given: str | None) -> str | None:
+        """A request's id: ``given``, else one a recorder assigns (None when none needs one)."""
+        if given or not self.recorders:
+            return given
+        return next((r.new_id() for r in self.recorders if r.assigns_ids), None)
+
+    async def before_answer(self, scored: Scored) -> None:
+        """A scored request, before its answer is encoded and sent: each recorder keeps it."""
+        for recorder in self.recorders:
+            await recorder.before_answer(scored)
+
+    def ready(self) -> bool:
+        """Whether every recorder can take requests (part of the server's readiness)."""
+        return all(recorder.ready() for recorder in self.recorders)
+
+    def metrics_text(self) -> bytes:
+        """The recorders' own lines for ``/metrics``."""
+        return b"".join(recorder.metrics_text() for recorder in self.recorders)
+
+    def close(self) -> None:
+        for recorder in self.recorders:
+            recorder.close()
 
     def answered(self, answer: Answered) -> None:
         """Every answered request: its metrics, then each hook (a failing hook is logged, never the

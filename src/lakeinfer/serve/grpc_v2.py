@@ -24,7 +24,7 @@ from ..errors import LakeinferError
 from . import proto, v2
 from .config import ServeConfig
 from .dataplane import DataPlane, ModelPlane
-from .envelope import Answered
+from .envelope import Answered, Scored
 from .v2 import DATATYPES, ProtocolError
 
 log = logging.getLogger("lakeinfer.serve")
@@ -179,7 +179,7 @@ class GrpcServer:
             name = getattr(request, "model_name", None) or getattr(request, "name", "")
             model = name if name in self.plane.models else ""  # a label per served model, not per name asked
             context.set_trailing_metadata(((WORKER_METADATA, self.worker),))
-            exchange: dict[str, Any] = {}
+            exchange: dict[str, Any] = {"start": start}
             failed = None
             try:
                 if envelope.keyed and not public:
@@ -228,5 +228,9 @@ class GrpcServer:
         remaining = context.time_remaining()
         timeout = self.timeout if remaining is None else min(self.timeout, remaining)
         out = await plane.infer(batch, timeout)
-        exchange.update(inputs=batch, outputs=out, request_id=request.id or None)
-        return encode_infer(out, names, model_name=plane.name, request_id=request.id)
+        request_id = request.id or self.envelope.new_id(None) or ""
+        exchange.update(inputs=batch, outputs=out, request_id=request_id or None)
+        if self.envelope.recorders:  # before the answer is encoded and sent
+            await self.envelope.before_answer(Scored("grpc", "infer", plane.name, request_id or None, exchange["start"],
+                                                     batch, out))
+        return encode_infer(out, names, model_name=plane.name, request_id=request_id)

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import InputError
 from .dataplane import DataPlane
-from .envelope import STATUS, Answered
+from .envelope import STATUS, Answered, Scored
 from .v2 import HEADER_LENGTH, ProtocolError, decode_request, encode_response, requested_outputs
 
 __all__ = ["KEY_HOW", "InferFirst", "InferRoute", "given_key", "infer_target"]
@@ -72,7 +72,7 @@ class InferRoute:
         try:
             if self.envelope.keyed:
                 self.envelope.check_key(given_key(headers), KEY_HOW)
-            status, body, extra = await self._infer(name, headers, receive, exchange)
+            status, body, extra = await self._infer(name, headers, receive, exchange, start)
         except Exception as exc:
             failed = self.envelope.failure(exc, scope["path"])
             status = failed.status
@@ -87,7 +87,7 @@ class InferRoute:
                                         exchange.request_id))
 
     async def _infer(self, name: str, headers: list[tuple[bytes, bytes]], receive: Receive,
-                     exchange: _Exchange) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+                     exchange: _Exchange, start: float) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         model = self.plane.model(name)
         model.admit()
         body, header_length = await self._body(headers, receive)
@@ -95,8 +95,12 @@ class InferRoute:
         chosen = requested_outputs(payload, model.output_schema.names)
         out = await model.infer(batch, self.timeout_ms / 1000.0)
         request_id = payload.get("id")
+        if request_id is None and self.envelope.recorders:
+            request_id = self.envelope.new_id(None)
         exchange.inputs, exchange.outputs = batch, out
         exchange.request_id = None if request_id is None else str(request_id)
+        if self.envelope.recorders:  # before the answer is encoded and sent
+            await self.envelope.before_answer(Scored("rest", "infer", model.name, exchange.request_id, start, batch, out))
         response, blobs = encode_response(out, chosen, model_name=model.name, request_id=request_id)
         head = _dumps(response)
         if not blobs:

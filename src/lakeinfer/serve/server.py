@@ -40,6 +40,12 @@ def run(config: ServeConfig) -> None:
     check_port(config.host, config.port)
     if config.grpc_port is not None:
         check_port(config.host, config.grpc_port, "--grpc-port")
+    committer = None
+    if config.ledger is not None:  # one committer, here, for every worker's WAL (docs/ledger.md)
+        from ..ledger.serving import check, start_committer
+
+        check(config)
+        committer = start_committer(config)
     state = tempfile.mkdtemp(prefix="lakeinfer-serve-")
     config.state_dir = state
     os.environ[CONFIG_ENV] = config.to_env()
@@ -63,6 +69,8 @@ def run(config: ServeConfig) -> None:
         else:
             uvicorn.run("lakeinfer.serve.app:app_from_env", factory=True, workers=config.workers, **options)
     finally:
+        if committer is not None:
+            committer.close()  # the workers have drained: what they logged goes to the table now
         shutil.rmtree(state, ignore_errors=True)
 
 
