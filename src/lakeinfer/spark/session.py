@@ -18,6 +18,8 @@ def session(master: str | None, conf: dict[str, str], *, remote: str | None = No
     errors.require("pyspark", "spark", "the Spark engine")
     if remote:
         return remote_session(remote, conf, job=job)
+    # pyspark's builder would take $SPARK_REMOTE over the master: the caller chose a classic session
+    os.environ.pop("SPARK_REMOTE", None)
     import warnings
 
     from pyspark.sql import SparkSession

@@ -42,7 +42,7 @@ def _json_schema(values: list[str | None]) -> Any:
         if isinstance(record, dict):
             records.append(record)
     try:
-        schema = pa.Table.from_pylist(records).schema
+        schema = pa.schema(list(pa.array(records, pa.struct([]) if not records else None).type))  # every key
     except (pa.ArrowException, TypeError, ValueError):  # values of mixed types in one field: as text
         schema = pa.schema([(name, pa.string()) for name in dict.fromkeys(k for r in records for k in r)])
     return from_arrow_schema(pa.schema([f if not pa.types.is_null(f.type) else f.with_type(pa.string())
