@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib
 import os
 import shutil
 import socket
@@ -33,6 +34,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -72,8 +74,8 @@ def _train(folder: Path) -> tuple[Path, Path]:
     here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     sys.modules.pop("h2o", None)
-    import h2o
-    from h2o.estimators import H2OGradientBoostingEstimator
+    h2o: Any = importlib.import_module("h2o")
+    gbm: Any = importlib.import_module("h2o.estimators").H2OGradientBoostingEstimator
 
     h2o.init(port=_free_port(), nthreads=-1, max_mem_size="2G", verbose=False)
     h2o.no_progress()
@@ -81,7 +83,7 @@ def _train(folder: Path) -> tuple[Path, Path]:
         csv = folder / "train.csv"
         _table(np.random.default_rng(1), 50_000, 0).to_pandas().to_csv(csv, index=False)
         train = h2o.upload_file(str(csv), col_types={"plan": "enum", "region": "enum", "label": "enum"})
-        model = H2OGradientBoostingEstimator(ntrees=50, max_depth=5, seed=5)
+        model = gbm(ntrees=50, max_depth=5, seed=5)
         model.train(x=["plan", "region", *NUMBERS], y="label", training_frame=train)
         target = folder / "mojo"
         model.download_mojo(str(target), get_genmodel_jar=True)

@@ -127,13 +127,14 @@ def h2o_models(tmp_path_factory: pytest.TempPathFactory, test_rows: pd.DataFrame
                 (folder / name).mkdir()
                 path = Path(estimator.download_mojo(str(folder / name), get_genmodel_jar=True))
                 if target is None:
-                    models[name] = Mojo(path, "", np.empty(0), None)
+                    models[name] = Mojo(path, "", np.empty(0), None)  # refused: nothing to compare
                     continue
             else:
                 path = Path(estimator.download_mojo(str(folder / f"{name}.zip")))
             with warnings.catch_warnings():  # H2O warns of the test rows' unseen levels: there on purpose
                 warnings.filterwarnings("ignore", "Test/Validation dataset column")
                 predicted = estimator.predict(test).as_data_frame(use_multi_thread=True)
+            assert target is not None
             if target in ("r", "n"):
                 models[name] = Mojo(path, target, predicted["predict"].to_numpy(np.float64), None)
             else:
@@ -252,7 +253,7 @@ def test_cli_batch_worker_processes_no_jvm(h2o_models: dict[str, Mojo], test_row
     for name in ("gbm_binomial", "drf_multinomial", "glm_binomial"):
         mojo = h2o_models[name]
         out = tmp_path / name
-        result = run_cli("batch", "--model", mojo.path, "--input", data, "--output", out, "--keep", "id",
+        result = run_cli("batch", "--model", str(mojo.path), "--input", str(data), "--output", str(out), "--keep", "id",
                          "--workers", "2", "--quiet")
         assert result.returncode == 0, result.stderr
         scored = read_output(out)
@@ -314,13 +315,14 @@ def test_what_no_tier_scores_is_refused_in_one_line(h2o_models: dict[str, Mojo],
     # without a jar for h2o-genmodel the DeepLearning MOJO is refused, at load, in one line
     mojo = h2o_models["deeplearning"]
     missing = {"LAKEINFER_H2O_GENMODEL_JAR": str(tmp_path / "absent.jar")}
-    result = run_cli("batch", "--model", mojo.path, "--input", data, "--output", tmp_path / "out", env=missing)
+    result = run_cli("batch", "--model", str(mojo.path), "--input", str(data), "--output", str(tmp_path / "out"),
+                     env=missing)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Deep Learning model (algo 'deeplearning')" in lines[0] \
         and "absent.jar is not a file" in lines[0], lines
     # the server refuses it at start-up, not per request
-    served = run_cli("serve", "--model", mojo.path, "--port", str(free_port()), env=missing, timeout=60)
+    served = run_cli("serve", "--model", str(mojo.path), "--port", str(free_port()), env=missing, timeout=60)
     assert served.returncode == 1 and served.stderr.strip().splitlines() == lines
 
 
@@ -337,7 +339,7 @@ def test_inspect_shows_algorithm_domains_and_threshold(h2o_models: dict[str, Moj
     assert (extra["algorithm"], extra["mojo_version"], extra["default_threshold"]) == ("gbm", "1.40", threshold)
     assert extra["columns"][:2] == [{"name": "a", "domain": None}, {"name": "b", "domain": None}]
     assert {c["name"]: c["domain"] for c in extra["columns"]}["plan"] == PLANS
-    shown = run_cli("inspect", "--model", mojo.path)
+    shown = run_cli("inspect", "--model", str(mojo.path))
     assert shown.returncode == 0, shown.stderr
     assert "flavor:   h2o" in shown.stdout and f"  plan: category {PLANS}" in shown.stdout
     assert f">= {threshold!r}" in shown.stdout and "MOJO version 1.40" in shown.stdout
