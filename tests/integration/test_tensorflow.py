@@ -7,7 +7,10 @@ functional Keras model of a list-column input and a scalar input saved as ``.ker
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +31,7 @@ from lakeinfer.errors import SchemaError
 from lakeinfer.models import detect_flavor
 from tests.conftest import read_output, run_cli
 from tests.kafka_helpers import consume, create_topics, produce, stream_cli
-from tests.serving import free_port, serving
+from tests.serving import ROOT, Server, free_port
 
 ROWS, FILES = 1500, 4
 ATOL = 1e-6
@@ -257,11 +260,20 @@ def test_bad_values_follow_the_missing_value_rule(built: Built, tmp_path: Path) 
 
 @pytest.fixture(scope="module")
 def server(built: Built):  # type: ignore[no-untyped-def]
-    grpc_port = free_port()
-    with serving("--model", f"mod={built.module}", "--model", f"seq={built.exported}", "--model",
-                 f"fn={built.functional}", "--trust-model", "--workers", "2", "--grpc-port", grpc_port) as running:
+    port, grpc_port = free_port(), free_port()
+    command = [sys.executable, "-m", "lakeinfer", "serve", "--port", str(port), "--model", f"mod={built.module}",
+               "--model", f"seq={built.exported}", "--model", f"fn={built.functional}", "--trust-model",
+               "--workers", "2", "--grpc-port", str(grpc_port)]
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    running = Server(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      env={**os.environ, "PYTHONPATH": path}), port)
+    try:
+        # three models loaded by the parent and by each of two workers: slow on a busy machine
+        running.wait("/v2/health/ready", timeout=240)
         running.grpc_port = grpc_port  # type: ignore[attr-defined]
         yield running
+    finally:
+        running.stop()
 
 
 def _inputs(module: Any, arrays: dict[str, np.ndarray], datatypes: dict[str, str]) -> list[Any]:
