@@ -256,6 +256,10 @@ class ServeSection(_Strict):
     min_replicas: Count | None = None
     max_replicas: Count | None = None
     ray_address: StrictStr | None = None
+    ledger: StrictStr | None = None
+    ledger_interval: Positive | None = None
+    ledger_wal: StrictStr | None = None
+    catalog: StrictStr | None = None
 
 
 class StreamSection(_Strict):
@@ -278,6 +282,10 @@ class StreamSection(_Strict):
     remote: StrictStr | None = None
     checkpoint: StrictStr | None = None
     trigger: StrictStr | None = None
+    ledger: StrictStr | None = None
+    ledger_interval: Positive | None = None
+    ledger_wal: StrictStr | None = None
+    catalog: StrictStr | None = None
 
 
 def _table(value: Any) -> Any:

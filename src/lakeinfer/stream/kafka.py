@@ -60,6 +60,10 @@ class StreamConfig:
     idle_exit_s: float | None = None  # stop after this long without messages (benchmarks, tests)
     metrics_port: int | None = None  # serve Prometheus metrics on 127.0.0.1:PORT
     commit_interval_ms: float = 100.0  # while catching up a backlog: at most this long between commits
+    ledger: str | None = None  # log every output to this table, exactly once (docs/ledger.md)
+    ledger_wal: str | None = None  # where its rows wait (default .lakeinfer-ledger/<table>)
+    ledger_interval: float = 5.0  # seconds between ledger commits
+    catalog: str | None = None  # the pyiceberg catalog of an iceberg: ledger
 
 
 @dataclasses.dataclass
@@ -106,6 +110,11 @@ class KafkaScorer:
         self._model_threads = min(available_cores(), MODEL_THREADS) if concurrent else 1
         self.runtime = ModelRuntime(config.recipe, threads=1 if concurrent else own_threads())
         self._scorer = MessageScorer(self.runtime, config.keep)
+        self.ledger: Any = None  # with --ledger, its WAL writer (ledger/streaming.py)
+        if config.ledger is not None:
+            from ..ledger.streaming import StreamLedger
+
+            self.ledger = self._scorer.ledger = StreamLedger(config.ledger, config.ledger_wal, self.runtime, config.keep)
         self.stats = StreamStats()
         self._stop = threading.Event()
         self._parser = ThreadPoolExecutor(1, thread_name_prefix="lakeinfer-parse")
@@ -303,6 +312,8 @@ class KafkaScorer:
             self._produce(c.dead_letter_topic, m.key(), codec.dead_letter(m.value(), reason, m.topic(),
                                                                           m.partition(), m.offset()),
                           headers=[("lakeinfer.error", reason.encode())])
+        if self.ledger is not None:  # in the WAL before the commit; shipped once Kafka has it
+            self.ledger.log(messages, outcome.good, outcome.rows, batch.arrived)
         self._next_offsets(messages)
         if not self._uncommitted:
             self._first_uncommitted = time.monotonic()
@@ -396,4 +407,8 @@ def run(config: StreamConfig) -> StreamStats:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, scorer.stop)
     logging.basicConfig(level=os.environ.get("LAKEINFER_LOG", "WARNING"), format="%(message)s")
+    if config.ledger is not None:  # with its committer beside the loop
+        from ..ledger.streaming import run_logged
+
+        return run_logged(scorer, config)
     return scorer.run()

@@ -28,6 +28,7 @@ class Outcome:
     good: list[int]
     encoded: list[bytes]
     bad: dict[int, str]
+    rows: pa.RecordBatch | None = None  # with a ledger: the good messages' features, kept fields, outputs
 
 
 @dataclasses.dataclass
@@ -50,6 +51,7 @@ class MessageScorer:
         # parse may run on two threads at once (a lone batch on a model thread while the parse
         # thread finishes the backlog's last one): the types only gain entries, the same from either
         self._keep_types: dict[str, pa.DataType] = {}
+        self.ledger: object = None  # a stream's ledger: when set, outcomes carry their rows (Outcome.rows)
 
     def parse(self, messages: Sequence[Any]) -> Parsed:
         values = [m.value() for m in messages]
@@ -87,7 +89,13 @@ class MessageScorer:
                     bad[good[i]] = reason
             encoded = [e for e, reason in zip(encoded, result.errors, strict=True) if reason is None]
             good = [g for g, reason in zip(good, result.errors, strict=True) if reason is None]
-        return Outcome(good, encoded, bad)
+        if not self.ledger:
+            return Outcome(good, encoded, bad)
+        rows = _joined(table.select([*self.features, *(k for k in self.keep if k not in self.features)]),
+                       result.outputs)
+        if result.errors is not None:
+            rows = rows.filter(pa.array([reason is None for reason in result.errors]))
+        return Outcome(good, encoded, bad, rows)
 
     def _records(self, values: list[Any]) -> Outcome:
         """Message by message: exact reasons for every bad one."""
@@ -99,7 +107,11 @@ class MessageScorer:
                 bad[good[position]] = reason
             keep = [i for i in range(len(records)) if i not in failed]
             records, good = [records[i] for i in keep], [good[i] for i in keep]
-        return Outcome(good, codec.encode(records, outputs, self.keep), bad)
+        rows = None
+        if self.ledger and records:
+            rows = _joined(pa.Table.from_batches([self.runtime.records(records, keep=self.keep)]),
+                           pa.RecordBatch.from_pylist(outputs))
+        return Outcome(good, codec.encode(records, outputs, self.keep), bad, rows)
 
     def _score(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int, str]]:
         """Outputs of the good records (in order) and {position: reason} of records the model refused."""
@@ -137,6 +149,14 @@ class MessageScorer:
             else:
                 outputs.extend(result.outputs.to_pylist())
         return outputs, failed
+
+
+def _joined(inputs: pa.Table, outputs: pa.RecordBatch) -> pa.RecordBatch:
+    """The inputs' columns, then the outputs', as one batch (a ledger's rows)."""
+    batch = inputs.combine_chunks().to_batches()
+    columns = list(batch[0].columns) if batch else [pa.nulls(0, f.type) for f in inputs.schema]
+    return pa.RecordBatch.from_arrays([*columns, *outputs.columns], names=[*inputs.column_names,
+                                                                         *outputs.schema.names])
 
 
 def _split(result: Scored) -> tuple[list[dict[str, Any]], dict[int, str]]:
