@@ -1,0 +1,140 @@
+"""Serving on Ray Serve: `lakeinfer serve --engine ray` against a hand-written Ray Serve deployment.
+
+Both serve the same XGBoost booster file (50 trees, 30 features, binary:logistic) with 2 replicas
+behind Ray Serve's HTTP proxy, each on a private local Ray, and answer the same one-row v2
+request ([1, 30] FP32) with the same outputs (prediction and probability):
+
+  lakeinfer   `lakeinfer serve --engine ray --replicas 2` (its adaptive batcher in each replica)
+  handmade    a `@serve.deployment` class as a performance-aware Ray user writes it: the booster
+              loaded once per replica (nthread 1), `@serve.batch(max_batch_size=64,
+              batch_wait_timeout_s=0.002)` around one predict call per batch, the v2 JSON parsed
+              and answered with orjson
+
+For 1 and 64 connections (hey) it prints req/s, p50 and p99 and the ratio (target >= 1.5x req/s
+at 64 connections).
+
+    python bench/serve_ray.py               # 8 s per point
+    python bench/serve_ray.py --seconds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from serve import body, free_port, hey, train  # noqa: E402  (the serving bench's own parts)
+
+HANDMADE = r'''
+import signal, sys, threading
+import numpy as np, orjson, ray, xgboost as xgb
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response
+
+path, port = sys.argv[1], int(sys.argv[2])
+
+
+@serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 1}, max_ongoing_requests=256)
+class Model:
+    def __init__(self):
+        self.booster = xgb.Booster(model_file=path)
+        self.booster.set_param({"nthread": 1})
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def predict(self, rows: list[np.ndarray]) -> list[tuple[int, list[float]]]:
+        p = self.booster.inplace_predict(np.vstack(rows))
+        return [(int(v > 0.5), [float(1 - v), float(v)]) for v in p]
+
+    async def __call__(self, request: Request) -> Response:
+        payload = orjson.loads(await request.body())
+        tensor = payload["inputs"][0]
+        label, probability = await self.predict(np.asarray(tensor["data"], dtype=np.float32).reshape(1, -1))
+        return Response(orjson.dumps({"model_name": "xgboost", "outputs": [
+            {"name": "prediction", "shape": [1], "datatype": "INT64", "data": [label]},
+            {"name": "probability", "shape": [1, 2], "datatype": "FP64", "data": probability}]}),
+            media_type="application/json")
+
+
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+serve.start(http_options={"host": "127.0.0.1", "port": port})
+serve.run(Model.bind(), route_prefix="/v2/models/xgboost/infer")
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+while not stop.wait(0.5):
+    pass
+serve.shutdown()
+ray.shutdown()
+'''
+
+
+def start(kind: str, model: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    if kind == "lakeinfer":
+        cmd = [sys.executable, "-m", "lakeinfer", "serve", "--engine", "ray", "--replicas", "2", "--model", str(model),
+               "--name", "xgboost", "--port", str(port)]
+    else:
+        env["RAY_AUTH_MODE"] = "disabled"
+        cmd = [sys.executable, "-c", HANDMADE, str(model), str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v2/models/xgboost/infer"
+    deadline = time.monotonic() + 180
+    answered = 0
+    while time.monotonic() < deadline:
+        try:
+            ok = httpx.post(url, content=body(), headers={"Content-Type": "application/json"}, timeout=5).status_code == 200
+        except httpx.TransportError:
+            ok = False
+        answered = answered + 1 if ok else 0
+        if answered == 40:  # both replicas up
+            return proc, url
+        if not ok:
+            time.sleep(0.3)
+    stop(proc)
+    raise SystemExit(f"{kind} did not come up")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-ray-"))
+    model = train(work)["xgboost"]
+    body_file = work / "body.json"
+    body_file.write_bytes(body())
+    results: dict[tuple[str, int], tuple[float, float, float]] = {}
+    for kind in ("lakeinfer", "handmade"):
+        proc, url = start(kind, model)
+        try:
+            for connections in (1, 64):
+                results[(kind, connections)] = hey(url, connections, args.seconds, body_file)
+        finally:
+            stop(proc)
+    print("server      conns      req/s    p50 ms    p99 ms")
+    for (kind, connections), (rps, p50, p99) in results.items():
+        print(f"{kind:10s} {connections:6d} {rps:10,.0f} {p50:9.1f} {p99:9.1f}")
+    ratio = results[("lakeinfer", 64)][0] / results[("handmade", 64)][0]
+    print(f"lakeinfer / handmade at 64 connections: {ratio:.2f}x req/s (target >= 1.5)")
+
+
+if __name__ == "__main__":
+    main()
