@@ -34,7 +34,8 @@ TREES = 1e-6
 
 # -- models ---------------------------------------------------------------------------------------
 def residual_mlp(path: Path, *, hidden: int, layers: int, classes: int = 3, seed: int = 0) -> Path:
-    """An MLP whose hidden layers add their input back (residual connections), as ONNX."""
+    """An MLP whose hidden layers add their input back (residual connections), and whose head also
+    takes the first layer's output (a long skip connection, which crosses every cut), as ONNX."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -56,7 +57,8 @@ def residual_mlp(path: Path, *, hidden: int, layers: int, classes: int = 3, seed
                   helper.make_node("Relu", [f"a{i}"], [f"r{i}"]),
                   helper.make_node("Add", [f"r{i}", previous], [f"h{i}"])]  # the skip connection
         previous = f"h{i}"
-    nodes += [helper.make_node("MatMul", [previous, weight("Wout", (hidden, classes))], ["logits"], name="head"),
+    nodes.append(helper.make_node("Add", [previous, "h0"], ["skip"]))
+    nodes += [helper.make_node("MatMul", ["skip", weight("Wout", (hidden, classes))], ["logits"], name="head"),
               helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
               helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0)]
     graph = helper.make_graph(
@@ -136,8 +138,9 @@ def test_split_writes_balanced_stages_and_inspect_shows_them(mlp: dict[str, Any]
             assert before.outputs == after.inputs
         shares = [s.cost_share for s in manifest.stages]
         assert max(shares) - min(shares) < 0.3, shares
-    # a cut inside a residual block: the skip connection crosses it as a second tensor
-    assert any(len(s.outputs) > 1 for count in (2, 3) for s in Manifest.read(str(mlp[count])).stages[:-1])
+    # the long skip connection crosses every cut as a second tensor
+    for count in (2, 3):
+        assert all(len(s.outputs) == 2 and "h0" in s.outputs for s in Manifest.read(str(mlp[count])).stages[:-1])
     info = lakeinfer.inspect_model(str(mlp[3]))
     assert info["flavor"] == "staged" and info["input_columns"] == FEATURES
     assert [o["name"] for o in info["outputs"]] == ["prediction", "probability"]
