@@ -12,10 +12,11 @@ __all__ = ["CONCURRENT_FLAVORS", "THREADED_FLAVORS", "available_cores", "default
 # Flavors whose runtime scores a batch on its own thread pool with the GIL released: one
 # process using every core beats one process per core (they would share nothing, not even
 # the CPU caches that hold the model).
-THREADED_FLAVORS = frozenset({"onnx", "xgboost", "lightgbm", "torchscript", "torch_export"})
+THREADED_FLAVORS = frozenset({"onnx", "xgboost", "lightgbm", "torchscript", "torch_export", "tensorflow", "keras",
+                              "staged"})
 # Flavors whose predict may run on several threads at once over one loaded model (onnxruntime's
 # Run is thread-safe): several single-threaded calls in flight beat one call on a thread pool.
-CONCURRENT_FLAVORS = frozenset({"onnx"})
+CONCURRENT_FLAVORS = frozenset({"onnx", "staged"})
 
 
 def available_cores() -> int:
