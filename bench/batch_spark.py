@@ -14,6 +14,12 @@ each variant runs `--repeat` times, the rounds interleaved, and its best round c
   (4) pbu         pyspark.ml.functions.predict_batch_udf (the model once per Python worker)
   (5) mapInArrow  a hand-written mapInArrow that loads the model once per partition
 
+With ``--connect`` the same job runs against a Spark Connect server (started once here, from
+pyspark's own jars, on local[2] with the same settings) through a client process per round:
+
+  lakeinfer       `python -m lakeinfer batch --engine spark --remote sc://...` (the real CLI)
+  (5) mapInArrow  the same hand-written mapInArrow over a Spark Connect session
+
 The hand-written variants are written as a user would write them: onnxruntime with its default
 options, Spark's default Arrow batch size. Every variant gets the same Spark settings (local[2],
 4g driver memory) and the same model file. It prints rows/s and the ratio of lakeinfer to the best
@@ -22,6 +28,7 @@ command on this machine wrote (README, "Spark performance"); on a machine withou
 round writes it and runs about 4 s longer, so take the best of two rounds there.
 
     python bench/batch_spark.py [--rows 2000000] [--repeat 2] [--variants lakeinfer,mapInArrow] [--dir DIR]
+    python bench/batch_spark.py --connect [--rows 2000000] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from batch_local import FEATURES, make_input, train_models  # noqa: E402
 MASTER = "local[2]"
 CONF = {"spark.driver.memory": "4g"}
 HAND_WRITTEN = ["series", "iterator", "broadcast", "pbu", "mapInArrow"]
+REMOTE = "LAKEINFER_BENCH_REMOTE"  # the Spark Connect server of a --connect run, for every variant's process
 SCALAR, SCALAR_ITER = 200, 204  # PythonEvalType: pandas UDFs over several columns (varargs need it named)
 
 
@@ -56,11 +64,15 @@ def hand_written(variant: str, model: str, data: str, out: str) -> None:
     from pyspark.sql.functions import pandas_udf
     from pyspark.sql.types import ArrayType, DoubleType, LongType, StructField, StructType
 
-    builder = SparkSession.builder.master(MASTER).appName(f"bench-{variant}")
-    for key, value in CONF.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
+    remote = os.environ.get(REMOTE)
+    if remote:  # a Spark Connect session: the server has its own settings
+        spark = SparkSession.builder.remote(remote).getOrCreate()
+    else:
+        builder = SparkSession.builder.master(MASTER).appName(f"bench-{variant}")
+        for key, value in CONF.items():
+            builder = builder.config(key, value)
+        spark = builder.getOrCreate()
+        spark.sparkContext.setLogLevel("ERROR")
     df = spark.read.parquet(data)
     out_type = StructType([StructField("prediction", LongType()), StructField("probability", ArrayType(DoubleType()))])
     features = [F.col(f) for f in FEATURES]
@@ -132,13 +144,16 @@ def hand_written(variant: str, model: str, data: str, out: str) -> None:
     else:
         raise SystemExit(f"unknown variant {variant}")
     result.write.mode("overwrite").parquet(out)
-    spark.stop()
+    if not remote:
+        spark.stop()
 
 
 def command(variant: str, model: Path, data: Path, out: Path) -> list[str]:
     if variant == "lakeinfer":
         conf = [a for key, value in CONF.items() for a in ("--spark-conf", f"{key}={value}")]
-        return [sys.executable, "-m", "lakeinfer", "batch", "--engine", "spark", "--master", MASTER, *conf,
+        remote = os.environ.get(REMOTE)
+        where = ["--remote", remote] if remote else ["--master", MASTER, *conf]
+        return [sys.executable, "-m", "lakeinfer", "batch", "--engine", "spark", *where,
                 "--model", str(model), "--input", str(data), "--output", str(out), "--keep", "id", "--overwrite",
                 "--quiet"]
     return [sys.executable, __file__, "--run", variant, str(model), str(data), str(out)]
@@ -159,6 +174,35 @@ def run(variant: str, model: Path, data: Path, out: Path, rows: int) -> float:
     return rows / elapsed
 
 
+def start_connect_server(work: Path) -> subprocess.Popen[bytes]:
+    """A Spark Connect server on a free port of 127.0.0.1; its address goes to every variant."""
+    import socket
+
+    from pyspark.find_spark_home import _find_spark_home
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = [a for key, value in {**CONF, "spark.ui.enabled": "false",
+                                 "spark.connect.grpc.binding.port": str(port)}.items() for a in ("--conf", f"{key}={value}")]
+    log = open(work / "connect-server.log", "wb")  # noqa: SIM115 (the server's whole life)
+    proc = subprocess.Popen([os.path.join(_find_spark_home(), "bin", "spark-submit"), "--class",
+                             "org.apache.spark.sql.connect.service.SparkConnectServer", "--master", MASTER, *conf],
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYSPARK_PYTHON": sys.executable})
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the Spark Connect server did not start: see {work / 'connect-server.log'}") from None
+            time.sleep(0.2)
+    os.environ[REMOTE] = f"sc://127.0.0.1:{port}"
+    return proc
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2_000_000)
@@ -166,6 +210,8 @@ def main() -> None:
     parser.add_argument("--models", default="random_forest,mlp")
     parser.add_argument("--repeat", type=int, default=2, help="rounds; each variant's best round counts")
     parser.add_argument("--dir", help="work folder, kept between runs (default: a temporary one)")
+    parser.add_argument("--connect", action="store_true",
+                        help="run lakeinfer and mapInArrow against a Spark Connect server started here")
     parser.add_argument("--run", nargs=4, metavar=("VARIANT", "MODEL", "INPUT", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
@@ -179,8 +225,15 @@ def main() -> None:
     if not all(p.exists() for p in models.values()):
         models = {k: v for k, v in train_models(work).items() if k in models}
     variants = args.variants.split(",")
-    print(f"Spark {MASTER}, {args.rows:,} rows, Parquet in and out, a fresh process per variant "
-          f"(start-up included); {os.cpu_count()} cores")
+    server = None
+    if args.connect:
+        variants = [v for v in variants if v in ("lakeinfer", "mapInArrow")]
+        server = start_connect_server(work)
+        print(f"Spark Connect server on {MASTER}, {args.rows:,} rows, Parquet in and out, a fresh client "
+              f"process per variant (its start-up included, the server's not); {os.cpu_count()} cores")
+    else:
+        print(f"Spark {MASTER}, {args.rows:,} rows, Parquet in and out, a fresh process per variant "
+              f"(start-up included); {os.cpu_count()} cores")
     results: dict[str, dict[str, float]] = {}
     for name, model in models.items():
         print(f"\n{name}:\n  {'variant':<12}{'rows/s (best)':>14}  each run")
@@ -197,6 +250,9 @@ def main() -> None:
             best = max(others, key=rates.__getitem__)
             print(f"  lakeinfer / best hand-written ({best}): {rates['lakeinfer'] / rates[best]:.2f}x", flush=True)
     print(json.dumps(results))
+    if server is not None:
+        server.terminate()
+        server.wait(timeout=60)
     if not args.dir:
         shutil.rmtree(work, ignore_errors=True)
 
