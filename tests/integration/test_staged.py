@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import psutil
@@ -341,8 +342,14 @@ def test_serve_answers_v2_with_the_unsplit_models_answers(mlp: dict[str, Any], X
                                        rtol=0)
             np.testing.assert_allclose(result.as_numpy("probability"), column(unsplit, "probability")[:len(part)],
                                        atol=FLOAT32_NET, rtol=0)
-        stages = stage_processes(psutil.Process(server.proc.pid))  # started by the first request
-        assert len(stages) == 2
+        stages = sorted(stage_processes(psutil.Process(server.proc.pid)), key=lambda p: (p.create_time(), p.pid))
+        assert len(stages) == 2  # started by the first request
+        stages[0].send_signal(signal.SIGKILL)  # a dead stage: the request fails with 503, naming it
+        assert_gone(stages)
+        answer = httpx.post(f"{server.url}/v2/models/mlp/infer", timeout=30, json={"inputs": [
+            {"name": f, "shape": [1], "datatype": "FP64", "data": [0.5]} for f in FEATURES]})
+        assert answer.status_code == 503, answer.text
+        assert f"stage 1 of 2 (pid {stages[0].pid}) died (signal 9)" in answer.json()["error"]
     assert server.proc.returncode == 0
     assert_gone(stages)
 
