@@ -1,6 +1,6 @@
 """One model, every mode, the same rows: generated tables (nulls, NaN, +-Infinity, empty and one-row
 batches, narrow and wide) through the local engine (in-process and worker processes), the Spark
-engine, the server (v2 and records) and the Kafka stream. Every mode must give the framework's own
+engine, the Ray engine, the server (v2 and records) and the Kafka stream. Every mode must give the framework's own
 predictions for the good rows and the same verdict, naming the same column, for every bad row."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lakeinfer
+from lakeinfer.ray.session import ray_session
 from lakeinfer.spark.scoring import score
 from lakeinfer.spark.session import session
 from tests.conftest import FEATURES, Trained, read_output
@@ -78,12 +79,14 @@ def _expected(model: Trained, table: pa.Table, verdicts: list[str | None]) -> tu
 
 
 class Modes:
-    """The long-lived parts: a Spark session, a server, a broker with a running scorer."""
+    """The long-lived parts: a Spark session, a Ray, a server, a broker with a running scorer."""
 
     def __init__(self, model: Trained, folder: Path, broker: str) -> None:
         self.model = model
         self.folder = folder
         self.spark = session("local[1]", {"spark.sql.shuffle.partitions": "1"})
+        self._ray_cm = ray_session(None)  # a private Ray that every Ray job of the module joins
+        self._ray_cm.__enter__()
         self._server_cm = serving("--model", model.path, *model.cli, "--name", "rf")
         self.server: Server = self._server_cm.__enter__()
         self.broker = broker
@@ -131,6 +134,7 @@ class Modes:
         self.stream.communicate(timeout=60)
         self._server_cm.__exit__(None, None, None)
         self.spark.stop()
+        self._ray_cm.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +185,14 @@ def test_every_mode_gives_the_same_answers(modes: Modes, tmp_path: Path, example
         scored = read_output(out)
         _check(f"local x{workers}", scored["prediction"].astype(object).where(scored["prediction"].notna(), None)
                .tolist(), _as_lists(scored["probability"].tolist()), verdicts, labels, proba)
+    # the Ray engine: its actors score the same units
+    out = tmp_path / f"ray-{tag}"
+    summary = lakeinfer.batch(str(data), str(out), model=str(model.path), features=FEATURES, keep=["id"],
+                              on_error="null", workers=2, batch_size=batch_size, unit_rows=1, engine="ray")
+    assert summary.rows == table.num_rows
+    scored = read_output(out)
+    _check("ray", scored["prediction"].astype(object).where(scored["prediction"].notna(), None).tolist(),
+           _as_lists(scored["probability"].tolist()), verdicts, labels, proba)
     # ... and `fail` names the first bad row and its column, as every other mode must
     if bad:
         with pytest.raises(lakeinfer.BadRecordError) as caught:
