@@ -31,6 +31,9 @@ MIN_CHUNK_ROWS = 64  # a call is cut into micro-batches of at least this many ro
 # ... and of at most this many: a net's activations for a thousand rows stay in the cache (scored
 # as 8,192-row micro-batches, a residual MLP ran at half the rows/s)
 MAX_CHUNK_ROWS = 1024
+# ... and of at most this many bytes crossing a boundary: each stage holds a few micro-batches
+# (one scoring, two waiting, one being sent), which beside its weights should stay small
+MESSAGE_BYTES = 4 << 20
 
 
 def stage_lines(manifest: Manifest) -> list[str]:
@@ -76,6 +79,9 @@ class StagedModel(TabularModel):
         self.devices = _devices(device or (",".join(manifest.devices) if manifest.devices else None), count)
         #: threads per stage: the cores shared out between the stages
         self.stage_threads = max(1, available_cores() // count)
+        crossing = [s.sent_bytes_per_row for s in manifest.stages[:-1] if s.sent_bytes_per_row]
+        #: the most rows in one micro-batch
+        self.chunk_rows = max(MIN_CHUNK_ROWS, min(MAX_CHUNK_ROWS, MESSAGE_BYTES // max(crossing, default=1)))
         self._start_lock = threading.Lock()
         self._stages: StageProcesses | None = None
 
@@ -100,7 +106,7 @@ class StagedModel(TabularModel):
     def _predict_array(self, x: Any, batch: pa.RecordBatch) -> dict[str, Any]:
         stages = self.stages
         rows = len(x)
-        parts = max(1, min(len(self.manifest.stages), rows // MIN_CHUNK_ROWS), math.ceil(rows / MAX_CHUNK_ROWS))
+        parts = max(1, min(len(self.manifest.stages), rows // MIN_CHUNK_ROWS), math.ceil(rows / self.chunk_rows))
         size = math.ceil(rows / parts)
         name = self.manifest.input_name
         chunks = [{name: np.ascontiguousarray(x[i: i + size])} for i in range(0, rows, size)]

@@ -43,6 +43,8 @@ class StageEntry:
     covers: str = ""
     #: the last stage of a tree ensemble: how the summed raw scores become the outputs
     merge: dict[str, Any] | None = None
+    #: bytes per row of what the stage sends on (None: not known), which sizes the micro-batches
+    sent_bytes_per_row: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -52,7 +54,7 @@ class StageEntry:
         return cls(file=str(data["file"]), kind=str(data["kind"]), inputs=tuple(data["inputs"]),
                    outputs=tuple(data["outputs"]), weight_bytes=int(data["weight_bytes"]),
                    cost_share=float(data["cost_share"]), covers=str(data.get("covers", "")),
-                   merge=data.get("merge"))
+                   merge=data.get("merge"), sent_bytes_per_row=data.get("sent_bytes_per_row"))
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ def _write_stages(flavor: str, model: str, stages: int, folder: str,
         save_stage(cut.model, os.path.join(folder, file), cut.weight_bytes)
         entries.append(StageEntry(file=file, kind="onnx", inputs=cut.received, outputs=cut.sent,
                                   weight_bytes=cut.weight_bytes, cost_share=round(cut.cost_share, 4),
-                                  covers=cut.covers))
+                                  covers=cut.covers, sent_bytes_per_row=cut.sent_bytes_per_row))
     return entries, cuts[0].received[0], output_names
 
 

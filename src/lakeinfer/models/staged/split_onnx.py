@@ -33,6 +33,7 @@ class GraphCut:
     weight_bytes: int
     cost_share: float
     covers: str
+    sent_bytes_per_row: int | None = None
 
 
 def _tensor_bytes(tensor: Any) -> int:
@@ -155,8 +156,22 @@ def cut_graph(model: Any, stages: int, *, source: str) -> list[GraphCut]:
         stage_bytes = sum(_tensor_bytes(weights[n]) for n in weights if n in used)
         stage_bytes += sum(node_bytes[i] for i in range(first, last + 1) if nodes[i].op_type == "Constant")
         result.append(GraphCut(stage_model, tuple(received), tuple(sent), stage_bytes, sum(cost[first: last + 1]),
-                               f"nodes {first + 1}-{last + 1} of {len(nodes)}"))
+                               f"nodes {first + 1}-{last + 1} of {len(nodes)}", _row_bytes(sent, infos, shapes)))
     return result
+
+
+def _row_bytes(names: Sequence[str], infos: dict[str, Any], shapes: dict[str, Sequence[Any]]) -> int | None:
+    """Bytes per row of the tensors ``names`` (None where a shape beyond the rows is not known)."""
+    import onnx
+
+    total = 0
+    for name in names:
+        dims = shapes.get(name)
+        if dims is None or not dims or any(not isinstance(d, int) or d <= 0 for d in dims[1:]):
+            return None
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(infos[name].type.tensor_type.elem_type).itemsize
+        total += itemsize * int(math.prod(dims[1:]))
+    return total
 
 
 def _balanced(legal: list[int], cost: list[float], stages: int, crossing: dict[int, int]) -> list[int]:
