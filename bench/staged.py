@@ -172,6 +172,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--seconds", type=float, default=5.0, help="per serve point")
     parser.add_argument("--stages", default="2,3")
+    parser.add_argument("--repeat", type=int, default=2, help="batch runs per model, interleaved; the fastest counts")
     parser.add_argument("--no-serve", action="store_true")
     args = parser.parse_args()
 
@@ -199,14 +200,20 @@ def main() -> None:
         manifests[count] = split_model(str(model), count, str(work / f"mlp-{count}"))
         models[f"{count} stages"] = work / f"mlp-{count}"
 
-    base = None
+    best: dict[str, dict[str, object]] = {}
+    for _ in range(args.repeat):  # interleaved, so a busy spell of the machine hits every model alike
+        for name, path in models.items():
+            result = batch(path, data, work / f"out-{name.replace(' ', '-')}")
+            summary = result["summary"]
+            result["rate"] = summary["rows"] / summary["seconds"]  # type: ignore[index,operator]
+            if name not in best or result["rate"] > best[name]["rate"]:  # type: ignore[operator]
+                best[name] = result
+    base = best["unsplit"]["rate"]
     print("\n| model | rows/s | vs unsplit | command RSS | stage RSS (MiB) | stage weight share | stage busy | bytes/row moved |")
     print("|---|---|---|---|---|---|---|---|")
     for name, path in models.items():
-        result = batch(path, data, work / f"out-{name.replace(' ', '-')}")
-        summary = result["summary"]
-        rate = summary["rows"] / summary["seconds"]  # type: ignore[index,operator]
-        base = base or rate
+        result = best[name]
+        rate = result["rate"]
         count = int(name.split()[0]) if name != "unsplit" else 0
         shares = ([f"{s.weight_bytes / manifests[count].weight_bytes:.2f}" for s in manifests[count].stages]
                   if count else ["1.00"])
@@ -215,6 +222,7 @@ def main() -> None:
               f"{' / '.join(f'{r / 2**20:,.0f}' for r in result['stage_rss']) or '-'} | {' / '.join(shares)} | "  # type: ignore[attr-defined]
               f"{' / '.join(f'{b:.2f}' for b in result['stage_busy']) or '-'} | "  # type: ignore[attr-defined]
               f"{' / '.join(f'{m:,}' for m in moved) or '-'} |")
+    print(f"(load average {os.getloadavg()[0]:.1f} at the end)")
     if args.no_serve:
         return
     print("\n| model | connections | req/s | p50 ms | p99 ms |")
