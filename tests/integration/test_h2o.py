@@ -343,3 +343,31 @@ def test_inspect_shows_algorithm_domains_and_threshold(h2o_models: dict[str, Moj
     assert shown.returncode == 0, shown.stderr
     assert "flavor:   h2o" in shown.stdout and f"  plan: category {PLANS}" in shown.stdout
     assert f">= {threshold!r}" in shown.stdout and "MOJO version 1.40" in shown.stdout
+
+
+def test_stream_equals_h2o_predict_without_a_jvm(h2o_models: dict[str, Mojo], test_rows: pd.DataFrame,
+                                                  broker: str) -> None:
+    import json
+    import uuid
+
+    from tests.kafka_helpers import consume, create_topics, produce, stream_cli
+
+    mojo = h2o_models["drf_multinomial"]
+    rows = test_rows[["id", *FEATURES]].astype(object).where(test_rows[["id", *FEATURES]].notna(), None)
+    suffix = uuid.uuid4().hex[:8]
+    source, target, dead = f"h2o-in-{suffix}", f"h2o-out-{suffix}", f"h2o-dlq-{suffix}"
+    create_topics(broker, source, target, dead, partitions=2)
+    produce(broker, source, [(str(r["id"]).encode(), json.dumps(r).encode()) for r in rows.to_dict(orient="records")])
+    stream = stream_cli("--model", mojo.path, "--bootstrap-servers", broker, "--input-topic", source,
+                        "--output-topic", target, "--dead-letter-topic", dead, "--group-id", f"g-{suffix}",
+                        "--keep", "id", "--exactly-once")
+    try:
+        out = consume(broker, target, expect=len(rows), settle=0.5)
+        assert not _java_descendants(stream.pid)
+    finally:
+        stream.terminate()
+        stream.communicate(timeout=60)
+    by_id = {json.loads(m.value())["id"]: json.loads(m.value()) for m in out}
+    assert sorted(by_id) == rows["id"].tolist()  # every row once, none to the dead letters
+    ordered = [by_id[i] for i in rows["id"].tolist()]
+    _compare("stream", mojo, [o["prediction"] for o in ordered], [o["probability"] for o in ordered])
