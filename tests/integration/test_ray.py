@@ -340,3 +340,32 @@ def _ready(url: str) -> bool:
         return httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_staged_model_on_ray_runs_each_stage_in_an_actor(ray_here, datasets: dict[str, Path], X: Any,  # type: ignore[no-untyped-def]
+                                                           tmp_path: Path) -> None:
+    from lakeinfer.models.staged import split_model
+    from lakeinfer.models.staged.ray_stages import RayStages
+    from tests.integration.test_staged import as_batch, column, onnxruntime_predict, residual_mlp
+
+    path = residual_mlp(tmp_path / "mlp.onnx", hidden=32, layers=4)
+    labels, proba = onnxruntime_predict(path, X.to_numpy())
+    split_model(str(path), 2, str(tmp_path / "mlp-2"), devices=["ray"])
+    summary = lakeinfer.batch(str(datasets["parquet"]), str(tmp_path / "out"), model=str(tmp_path / "mlp-2"),
+                              keep=["id"], engine="ray", batch_size=300)
+    assert summary.rows == len(X) and summary.workers == 1  # one feeder; the stages hold the CPUs
+    out = read_output(tmp_path / "out")
+    np.testing.assert_array_equal(out["prediction"], labels)
+    np.testing.assert_allclose(column(out, "probability"), proba, atol=1e-5, rtol=0)
+
+    model = lakeinfer.load_model(str(tmp_path / "mlp-2"))
+    try:
+        got = model.predict(as_batch(X.to_numpy()))
+        stages = model.stages  # type: ignore[attr-defined]
+        assert isinstance(stages, RayStages)
+        # each stage an actor of its own, in Ray's worker processes, not a process this one started
+        assert len(set(stages.pids)) == 2 and os.getpid() not in stages.pids
+        assert not {p.pid for p in psutil.Process().children()} & set(stages.pids)
+        np.testing.assert_array_equal(column(got, "prediction"), labels)
+    finally:
+        model.close()  # type: ignore[attr-defined]

@@ -55,6 +55,17 @@ ENGINE = RayEngine()
 
 
 
+def stages_on_ray(recipe: PipelineRecipe) -> bool:
+    """Whether the recipe's model is a staged model whose stages run as Ray actors (device ray)."""
+    if recipe.model_flavor != "staged":
+        return False
+    from ..models.staged import Manifest
+    from ..models.staged.ray_stages import on_ray
+
+    devices = recipe.device.split(",") if recipe.device else list(Manifest.read(recipe.model_path).devices or [])
+    return on_ray([d.strip() for d in devices])
+
+
 class UnitActor:
     """A Ray actor: the model loaded once, in its constructor; then one unit per call."""
 
@@ -77,10 +88,12 @@ class RayRunner(UnitRunner):
         self.ray = ray
         self.recipe = recipe
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        self.workers = max(1, min(workers or cpus, units or 1))
+        # a model whose stages are Ray actors of their own: they hold the CPUs, a unit actor only feeds them
+        staged = stages_on_ray(recipe)
+        self.workers = max(1, min(workers or (1 if staged else cpus), units or 1))
         self.scorers = self.workers
         self.threads = 1
-        self._actor_class = ray.remote(UnitActor).options(num_cpus=1, max_restarts=0)
+        self._actor_class = ray.remote(UnitActor).options(num_cpus=0 if staged else 1, max_restarts=0)
         # started now: their model loads overlap the driver's checks
         self.actors = [self._new_actor() for _ in range(self.workers)]
 

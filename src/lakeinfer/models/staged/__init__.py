@@ -22,6 +22,7 @@ from ...errors import ConfigError
 from .._base import TabularModel
 from .manifest import MANIFEST, Manifest, StageEntry, is_staged
 from .processes import StageDiedError, StageProcesses
+from .ray_stages import RayStages, on_ray
 from .split import split_model, stage_table
 
 __all__ = ["MANIFEST", "Manifest", "StageDiedError", "StageEntry", "StagedModel", "is_staged", "load",
@@ -83,15 +84,16 @@ class StagedModel(TabularModel):
         #: the most rows in one micro-batch
         self.chunk_rows = max(MIN_CHUNK_ROWS, min(MAX_CHUNK_ROWS, MESSAGE_BYTES // max(crossing, default=1)))
         self._start_lock = threading.Lock()
-        self._stages: StageProcesses | None = None
+        self._stages: StageProcesses | RayStages | None = None
 
     @property
-    def stages(self) -> StageProcesses:
+    def stages(self) -> StageProcesses | RayStages:
         """The running stages, started on first use (a failed group is not restarted: the error stays)."""
         with self._start_lock:
             if self._stages is None:
-                stages = StageProcesses(self.path, self.manifest, threads=[self.stage_threads] * len(self.manifest.stages),
-                                        devices=self.devices)
+                group = RayStages if on_ray(self.devices) else StageProcesses  # device ray: each stage an actor
+                stages = group(self.path, self.manifest, threads=[self.stage_threads] * len(self.manifest.stages),
+                               devices=self.devices)
                 stages.start()
                 weakref.finalize(self, stages.close)
                 self._stages = stages

@@ -26,7 +26,8 @@ def split_model(model: str, stages: int, output: str, *, features: Sequence[str]
                 devices: Sequence[str] | None = None) -> Manifest:
     """Split ``model`` into ``stages`` stages under the folder ``output``; the manifest written.
 
-    ``devices``: where each stage runs by default (``cpu``, ``cuda:N``), one for all or one per stage.
+    ``devices``: where each stage runs by default (``cpu``, ``cuda:N``, ``ray`` for a Ray actor), one for
+    all or one per stage.
     The folder is written beside its final place and renamed when complete, so a failed split
     leaves nothing that looks like a staged model.
     """
@@ -35,8 +36,10 @@ def split_model(model: str, stages: int, output: str, *, features: Sequence[str]
     if devices is not None and len(devices) not in (1, stages):
         raise ConfigError(f"{len(devices)} devices given for {stages} stages: name one, or one per stage")
     for device in devices or ():
-        if device != "cpu" and not (device.startswith("cuda") and device[4:] in ("", *(f":{i}" for i in range(64)))):
-            raise ConfigError(f"unknown device '{device}': use cpu or cuda:N")
+        local = device.removeprefix("ray:") if device.startswith("ray:") else device  # ray[:DEVICE]: a Ray actor
+        if device != "ray" and local != "cpu" and not (local.startswith("cuda")
+                                                       and local[4:] in ("", *(f":{i}" for i in range(64)))):
+            raise ConfigError(f"unknown device '{device}': use cpu, cuda:N or ray (a Ray actor)")
     chosen = flavor or detect_flavor(model)
     if chosen not in SPLITTABLE:
         raise ConfigError(f"cannot split a {chosen} model: lakeinfer splits ONNX graphs, XGBoost and LightGBM "
