@@ -108,6 +108,10 @@ def assert_gone(processes: list[psutil.Process], timeout: float = 10) -> None:
     assert not alive, f"stage processes survived: {[p.pid for p in alive]}"
 
 
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+
+
 @pytest.fixture(autouse=True)
 def no_stage_survives() -> Iterator[None]:
     yield
@@ -169,10 +173,28 @@ def test_a_graph_without_a_legal_cut_is_refused_in_one_line(tmp_path: Path) -> N
 # -- batch and the Python API ---------------------------------------------------------------------
 def test_batch_cli_two_stages_equals_unsplit_and_onnxruntime(mlp: dict[str, Any], datasets: dict[str, Path],
                                                              frame: pd.DataFrame, tmp_path: Path) -> None:
-    for name, model in (("staged", mlp[2]), ("unsplit", mlp["path"])):
-        result = run_cli("batch", "--model", model, "--input", datasets["parquet"], "--output", tmp_path / name,
-                         "--keep", "id", "--batch-size", "256")
-        assert result.returncode == 0, result.stderr
+    result = run_cli("batch", "--model", mlp["path"], "--input", datasets["parquet"], "--output",
+                     tmp_path / "unsplit", "--keep", "id", "--batch-size", "256")
+    assert result.returncode == 0, result.stderr
+    job = subprocess.Popen([sys.executable, "-m", "lakeinfer", "batch", "--model", str(mlp[2]), "--input",
+                            str(datasets["parquet"]), "--output", str(tmp_path / "staged"), "--keep", "id",
+                            "--batch-size", "256"], stderr=subprocess.PIPE, text=True, env=_env())
+    seen: dict[int, psutil.Process] = {}
+    try:  # the command's stage processes, noted while it runs, must end with it
+        command = psutil.Process(job.pid)
+        while job.poll() is None:
+            try:
+                seen.update((p.pid, p) for p in stage_processes(command))
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.02)
+        _, err = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0, err
+    assert len(seen) == 2
+    assert_gone(list(seen.values()))
     staged, unsplit = read_output(tmp_path / "staged"), read_output(tmp_path / "unsplit")
     assert staged["id"].tolist() == frame["id"].tolist()
     np.testing.assert_array_equal(staged["prediction"], mlp["labels"])
@@ -283,8 +305,7 @@ def test_kill_9_of_a_stage_fails_the_job_naming_it_and_the_rerun_gives_every_row
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "in" / f"part-{i:02d}.parquet")
     args = [sys.executable, "-m", "lakeinfer", "batch", "--model", str(tmp_path / "wide-2"), "--input",
             str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--keep", "id", "--batch-size", "500", "--quiet"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    job = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+    job = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=_env())
     try:
         command = psutil.Process(job.pid)
         deadline = time.monotonic() + 60
