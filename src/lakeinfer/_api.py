@@ -33,7 +33,7 @@ def batch(input: str | None = None, output: str | None = None, *, model: str | P
     Options left as None come from ``spec`` (a TOML/YAML job spec) when given, else defaults:
     ``workers``: worker processes, each loading the model once; by default one per core, or
     one process using every core for flavors with their own thread pool (ONNX, PyTorch,
-    XGBoost, LightGBM); ``batch_size`` = 16384 rows per model call,
+    XGBoost, LightGBM); ``batch_size``: rows per model call (:data:`lakeinfer.job.DEFAULT_BATCH_SIZE`),
     ``on_error`` = ``"fail"``.
 
     ``input`` and ``output`` may be tables: ``iceberg:NAMESPACE.TABLE`` (the pyiceberg

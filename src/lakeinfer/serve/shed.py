@@ -26,6 +26,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import LakeinferError
+from ..runtime.batcher import Overloaded
 from .dataplane import DataPlane, ModelPlane
 from .rest_infer import given_key, infer_target
 
@@ -58,11 +59,13 @@ class Shedder:
         if answer is None:
             assert model.batcher is not None
             limit = model.batcher.max_queue
-            body = json.dumps({"error": f"{limit} requests are waiting (max_queue={limit})"}).encode()
-            start = {"type": "http.response.start", "status": 503,
+            # the request path's own answer to a full queue (its status and Retry-After), encoded once
+            failed = self.envelope.failure(Overloaded(f"{limit} requests are waiting (max_queue={limit})"), "shed")
+            body = json.dumps({"error": failed.message}).encode()
+            start = {"type": "http.response.start", "status": failed.status,
                      "headers": [(b"content-length", str(len(body)).encode()),
                                  (b"content-type", b"application/json"),
-                                 (b"retry-after", self.envelope.retry_after.encode()),
+                                 *((k.lower().encode(), v.encode()) for k, v in failed.headers.items()),
                                  (b"x-lakeinfer-worker", self.worker)]}
             answer = self._answers[model.name] = (start, {"type": "http.response.body", "body": body})
         return answer
