@@ -259,6 +259,7 @@ class ServeSection(_Strict):
     ledger: StrictStr | None = None
     ledger_interval: Positive | None = None
     ledger_wal: StrictStr | None = None
+    ledger_fsync: StrictBool | None = None
     catalog: StrictStr | None = None
 
 
@@ -285,6 +286,7 @@ class StreamSection(_Strict):
     ledger: StrictStr | None = None
     ledger_interval: Positive | None = None
     ledger_wal: StrictStr | None = None
+    ledger_fsync: StrictBool | None = None
     catalog: StrictStr | None = None
 
 

@@ -72,7 +72,7 @@ class ServeLedger:
         self.folder = wal_folder(config.ledger, config.ledger_wal)
         self.interval = config.ledger_interval
         self.bound = max(MIN_BOUND_S, UNHEALTHY_INTERVALS * config.ledger_interval)
-        self.writer = WalWriter(self.folder)
+        self.writer = WalWriter(self.folder, sync=config.ledger_fsync, build=self._rows)
         self.schemas = schemas  # model name -> its input schema (known once loaded)
         self.digests = {m.name: model_digest(m.recipe.model_path) for m in config.models}
         self._status: dict[str, Any] = {}
@@ -86,26 +86,38 @@ class ServeLedger:
         problem = self.problem()
         if problem is not None:
             raise LedgerUnavailable(f"the prediction ledger cannot take rows: {problem}")
-        n = scored.outputs.num_rows
-        now = time.time()
-        latency = (time.perf_counter() - scored.started) * 1000.0
-        identity = {
-            "request_id": repeated(scored.request_id or "", n),
-            "row": pa.array(np.arange(n, dtype=np.int32)),
-            "model": repeated(scored.model, n),
-            "model_sha256": repeated(self.digests.get(scored.model, ""), n),
-            "received_at": pa.array(np.full(n, int((now - latency / 1000.0) * 1e6), dtype=np.int64)).cast(
-                pa.timestamp("us", tz="UTC")),
-            "latency_ms": pa.array(np.full(n, latency, dtype=np.float64)),
-        }
-        features = features_as_received(scored.inputs, self.schemas(scored.model))
+        latency = time.perf_counter() - scored.started
+        # the rows are built on the writer's thread, one frame for a whole group of requests
+        entry = (scored.request_id or "", scored.model, time.time() - latency, latency * 1000.0, scored.inputs,
+                 scored.outputs)
         try:
-            await self.writer.append(ledger_rows(identity, features, scored.outputs))
+            await self.writer.append(entry)
         except OSError as exc:
             self._wal_error = f"cannot write the WAL in {self.folder}: {exc.strerror or exc}"
             log.error("lakeinfer: %s", self._wal_error)
             raise LedgerUnavailable(f"the prediction ledger cannot take rows: {self._wal_error}") from None
         self._wal_error = None
+
+    def _rows(self, entries: list[tuple[str, str, float, float, pa.RecordBatch, pa.RecordBatch]]) -> pa.RecordBatch:
+        """The ledger rows of a group of requests (all of one model: a ledger serves one)."""
+        sizes = np.array([e[5].num_rows for e in entries])
+        model = entries[0][1]
+        n = int(sizes.sum())
+        schema = self.schemas(model)
+        try:  # requests alike (the usual case): their inputs decoded as one
+            inputs = [features_as_received(_one([e[4] for e in entries]), schema)]
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # told apart by their types: one by one
+            inputs = [features_as_received(e[4], schema) for e in entries]
+        identity = {
+            "request_id": pa.array(np.repeat(np.array([e[0] for e in entries], dtype=object), sizes), pa.string()),
+            "row": pa.array(np.concatenate([np.arange(k, dtype=np.int32) for k in sizes])),
+            "model": repeated(model, n),
+            "model_sha256": repeated(self.digests.get(model, ""), n),
+            "received_at": pa.array(np.repeat(np.array([int(e[2] * 1e6) for e in entries], dtype=np.int64),
+                                              sizes)).cast(pa.timestamp("us", tz="UTC")),
+            "latency_ms": pa.array(np.repeat(np.array([e[3] for e in entries]), sizes)),
+        }
+        return ledger_rows(identity, _one(inputs), _one([e[5] for e in entries]))
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -149,3 +161,10 @@ class ServeLedger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _one(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    """Batches of one schema as one batch."""
+    if len(batches) == 1:
+        return batches[0]
+    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]

@@ -34,8 +34,9 @@ Committed = Callable[[Sequence[tuple[str, int]]], dict[tuple[str, int], int]]
 class StreamLedger:
     """The stream's writer: one WAL frame per delivered micro-batch."""
 
-    def __init__(self, ledger: str, wal: str | None, runtime: ModelRuntime, keep: Sequence[str]) -> None:
-        self.writer = WalWriter(wal_folder(ledger, wal))
+    def __init__(self, ledger: str, wal: str | None, runtime: ModelRuntime, keep: Sequence[str], *,
+                 fsync: bool = False) -> None:
+        self.writer = WalWriter(wal_folder(ledger, wal), sync=fsync)
         self.schema = runtime.input_schema()
         self.keep = list(keep)
         self.model = runtime.recipe.model_path

@@ -18,7 +18,9 @@ import os
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -96,19 +98,26 @@ def is_final(path: str) -> bool:
     return True
 
 
-class WalWriter:
-    """One process's appender: frames written in groups (one ``write`` and ``fdatasync`` for all
-    the requests that arrive while the previous group is being written), each caller resumed once
-    its frame is on disk."""
+def _concatenated(entries: list[Any]) -> pa.RecordBatch:
+    return pa.Table.from_batches(entries).combine_chunks().to_batches()[0]
 
-    def __init__(self, folder: str, *, sync: bool = True) -> None:
+
+class WalWriter:
+    """One process's appender, in groups: the entries (requests) that arrive while the previous
+    group is being written become one frame (``build``: entries to the frame's rows, on the
+    writer's thread) and one ``write`` (``sync``: and one ``fdatasync``); each caller resumes once
+    its rows are in the file (``sync``: on the disk)."""
+
+    def __init__(self, folder: str, *, sync: bool = False,
+                 build: Callable[[list[Any]], pa.RecordBatch] = _concatenated) -> None:
         self.folder = folder
         self.sync = sync
+        self.build = build
         os.makedirs(folder, exist_ok=True)
         self._fd: int | None = None
         self._size = 0
         self._opened = 0.0
-        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._pending: list[tuple[Any, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.rows = 0
 
@@ -144,30 +153,47 @@ class WalWriter:
             os.close(self._fd)
             self._fd = None
 
-    async def append(self, batch: pa.RecordBatch) -> None:
-        """Return once ``batch``'s rows are in the log (raises OSError when they cannot be)."""
-        frame = encode_frame(batch)
+    async def append(self, entry: Any) -> None:
+        """Return once ``entry``'s rows are in the log (raises OSError when they cannot be)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((frame, future))
+        self._pending.append((entry, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
         await future
-        self.rows += batch.num_rows
+
+    def _write_group(self, entries: list[Any]) -> list[BaseException | None]:
+        """On a thread: the group's frame written; per entry, None or why its rows are not in the log."""
+        try:
+            batches = [self.build(entries)]
+            failed: list[BaseException | None] = [None] * len(entries)
+        except Exception:  # one entry the frame cannot hold: each on its own, that one failing alone
+            batches, failed = [], []
+            for entry in entries:
+                try:
+                    batches.append(self.build([entry]))
+                    failed.append(None)
+                except Exception as exc:
+                    failed.append(exc)
+        if batches:
+            self._write(b"".join(encode_frame(b) for b in batches))
+            self.rows += sum(b.num_rows for b in batches)
+        return failed
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         while self._pending:
             group, self._pending = self._pending, []
             try:
-                await loop.run_in_executor(None, self._write, b"".join(frame for frame, _ in group))
+                failed = await loop.run_in_executor(None, self._write_group, [entry for entry, _ in group])
             except Exception as exc:
-                for _, future in group:
-                    if not future.done():
-                        future.set_exception(exc)
-            else:
-                for _, future in group:
-                    if not future.done():
-                        future.set_result(None)
+                failed = [exc] * len(group)
+            for (_, future), problem in zip(group, failed, strict=True):
+                if future.done():
+                    continue
+                if problem is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(problem)
 
     def append_now(self, batch: pa.RecordBatch) -> None:
         """``append`` for a caller without an event loop (the stream): returns once written."""

@@ -56,6 +56,7 @@ class ServeConfig:
     ledger: str | None = None  # the prediction ledger's table (iceberg:NS.TABLE or delta:PATH); see docs/ledger.md
     ledger_wal: str | None = None  # where its rows wait to be shipped (default .lakeinfer-ledger/<table>)
     ledger_interval: float = 5.0  # seconds between the ledger's commits
+    ledger_fsync: bool = False  # a 200 waits for fdatasync of its WAL rows too (survives a power cut)
     catalog: str | None = None  # the pyiceberg catalog of an iceberg: ledger (default: default)
 
     def __post_init__(self) -> None:

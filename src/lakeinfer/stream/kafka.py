@@ -63,6 +63,7 @@ class StreamConfig:
     ledger: str | None = None  # log every output to this table, exactly once (docs/ledger.md)
     ledger_wal: str | None = None  # where its rows wait (default .lakeinfer-ledger/<table>)
     ledger_interval: float = 5.0  # seconds between ledger commits
+    ledger_fsync: bool = False  # fdatasync each micro-batch's WAL rows before its commit
     catalog: str | None = None  # the pyiceberg catalog of an iceberg: ledger
 
 
@@ -114,7 +115,8 @@ class KafkaScorer:
         if config.ledger is not None:
             from ..ledger.streaming import StreamLedger
 
-            self.ledger = self._scorer.ledger = StreamLedger(config.ledger, config.ledger_wal, self.runtime, config.keep)
+            self.ledger = self._scorer.ledger = StreamLedger(config.ledger, config.ledger_wal, self.runtime, config.keep,
+                                                             fsync=config.ledger_fsync)
         self.stats = StreamStats()
         self._stop = threading.Event()
         self._parser = ThreadPoolExecutor(1, thread_name_prefix="lakeinfer-parse")
