@@ -8,12 +8,17 @@ Every server serves the same model file, sent the same one-row v2 request ([1, 3
 Servers, each on 127.0.0.1 with 2 worker processes:
 
   lakeinfer  `lakeinfer serve --workers 2` on the file (adaptive batching on, the defaults)
+  lakeinfer-ledger  the same with `--ledger delta:...`: every answer's rows written to the WAL
+             before it is sent and shipped to a Delta table every 5 s
+  lakeinfer-ledger-fsync  the same with --ledger-fsync (each group of rows fdatasync'd first);
+             not in the default list
   mlserver   MLServer's scikit-learn / XGBoost runtime on the file (parallel_workers 2, adaptive
              batching max_batch_size 64, max_batch_time 5 ms); installed into its own venv on first use
   fastapi    a plain FastAPI app under `uvicorn --workers 2` calling the model per request
 
 For concurrency 1, 16 and 64 it prints req/s, p50 and p99, and the ratios of lakeinfer to the
-others; and the model's own time per one-row call, for the latency lakeinfer adds at concurrency 1.
+others (and of lakeinfer with its ledger to without: target 0.8x req/s, p99 within 2x at 64
+connections); and the model's own time per one-row call, for the latency lakeinfer adds at concurrency 1.
 hey rounds each time to 0.1 ms, so the p50 at concurrency 1 is also timed per request to the
 microsecond by a plain socket client over one kept-alive connection (its own time included).
 Then, per model, overload: lakeinfer with one worker and a queue of 100 under 1,000 connections
@@ -83,9 +88,12 @@ def start(kind: str, name: str, path: Path, work: Path, venv: Path,
           options: tuple[str, ...] = ("--workers", WORKERS)) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ}
-    if kind == "lakeinfer":
+    if kind.startswith("lakeinfer"):
+        ledger = (["--ledger", f"delta:{work / f'ledger-{kind}-{name}'}", "--ledger-wal",
+                   str(work / f"wal-{kind}-{name}")] if kind.startswith("lakeinfer-ledger") else [])
+        ledger += ["--ledger-fsync"] if kind == "lakeinfer-ledger-fsync" else []
         cmd = [sys.executable, "-m", "lakeinfer", "serve", "--model", str(path), "--name", name, "--trust-model",
-               "--port", str(port), *options]
+               "--port", str(port), *options, *ledger]
     elif kind == "fastapi":
         env["BENCH_MODEL"] = str(path)
         cmd = [sys.executable, "-m", "uvicorn", "_fastapi_app:app", "--port", str(port), "--log-level", "warning",
@@ -244,7 +252,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--servers", default="lakeinfer,mlserver,fastapi")
+    parser.add_argument("--servers", default="lakeinfer,lakeinfer-ledger,mlserver,fastapi")
     parser.add_argument("--no-overload", action="store_true", help="skip the overload run of lakeinfer")
     parser.add_argument("--mlserver-venv", default=str(HERE.parent / ".bench" / "mlserver-venv"))
     args = parser.parse_args()
@@ -282,6 +290,10 @@ def main() -> None:
                 ours = results[(mine, c)][0]
                 ratios = ", ".join(f"{ours / results[(k, c)][0]:.2f}x {k}" for k in servers if not k.startswith("lakeinfer"))
                 print(f"  concurrency {c}: {mine} req/s = {ratios}")
+                for variant in (k for k in servers if k.startswith("lakeinfer-ledger")):
+                    logged = results[(variant, c)]
+                    print(f"  concurrency {c}: {variant} {logged[0] / ours:.2f}x the req/s, "
+                          f"p99 {logged[2] / results[(mine, c)][2]:.2f}x")
             if "lakeinfer" in servers and not args.no_overload:
                 overload(name, path, work, body_file, args.seconds)
             if "lakeinfer" in exact:
