@@ -168,6 +168,9 @@ class Committer:
         for name in finished:
             os.remove(os.path.join(self.folder, name))
             offsets.pop(name, None)
+        for name in os.listdir(self.folder):  # a writer killed before naming its new segment
+            if name.endswith(".tmp") and is_final(os.path.join(self.folder, name)):
+                os.remove(os.path.join(self.folder, name))
         extra = self.select.end() if self.select is not None else {}
         batches = [b for b in batches if b.num_rows]
         self.pending = sum(b.num_rows for b in batches)
