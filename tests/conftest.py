@@ -21,6 +21,12 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
+from lakeinfer.models.tensorflow import llvm_first
+
+# the TensorFlow tests import TensorFlow when collected: Triton, which torch.export imports, must be
+# loaded before it in this process (see llvm_first)
+llvm_first()
+
 FEATURES = [f"f{i}" for i in range(5)]
 ROWS = 900
 

@@ -349,3 +349,12 @@ def test_stream_equals_tensorflow(built: Built, broker: str) -> None:
     assert len(outputs) == 299 and 7 not in ids, err[-3000:]
     assert len(dead) == 1 and "vec" in dead[0].value().decode()
     _check({k: [o[k] for o in outputs] for k in ("logits", "score")}, built.expected["functional"], ids)
+
+
+def test_a_process_with_tensorflow_can_still_load_a_pytorch_export() -> None:
+    # TensorFlow and Triton (torch.export's compiler) each carry LLVM: Triton loaded second aborted
+    probe = ("from lakeinfer.models.tensorflow import tensorflow; tensorflow(); import torch.export; "
+             "from torch.utils._triton import has_triton_package; print(has_triton_package())")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "True"

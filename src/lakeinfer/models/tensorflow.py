@@ -51,6 +51,7 @@ def tensorflow(threads: int | None = None, device: str | None = None) -> Any:
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # TensorFlow's own default, made explicit
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # no INFO lines on stderr
         os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        llvm_first()
     tf = require("tensorflow", "tensorflow", "a TensorFlow or Keras model")
     if not _configured:
         from ..cpu import available_cores
@@ -64,6 +65,20 @@ def tensorflow(threads: int | None = None, device: str | None = None) -> Any:
         _place(tf, device)
         _configured["intra"] = intra
     return tf
+
+
+def llvm_first() -> None:
+    """Triton (PyTorch's compiler, which ``torch.export`` imports) before TensorFlow, where both are
+    installed: each carries LLVM, and Triton loaded after TensorFlow aborts the process (LLVM's
+    options registered twice), so a process that held a TensorFlow model could not then load a
+    PyTorch export. In this order both load. Triton's import takes about 0.2 s."""
+    import importlib.util
+
+    if "triton" not in sys.modules and "tensorflow" not in sys.modules and importlib.util.find_spec("triton"):
+        try:
+            import triton  # noqa: F401
+        except Exception:  # noqa: BLE001 (a broken Triton is PyTorch's concern, not this model's)
+            pass
 
 
 def _place(tf: Any, device: str | None) -> None:
