@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from ..errors import ConfigError
+from .rows import table_rows
 from .table import LedgerTable
 from .wal import is_final, read_segment, segments
 
@@ -154,7 +155,8 @@ class Committer:
             start = offsets.get(name, 0)
             read = read_segment(path, start)
             end = start
-            for batch, frame_end in zip(read.batches, read.ends, strict=True):
+            for frame, frame_end in zip(read.batches, read.ends, strict=True):
+                batch = table_rows(frame)
                 taken = batch if self.select is None else self.select.take(batch)
                 if taken is None:
                     break

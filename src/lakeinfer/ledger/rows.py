@@ -10,10 +10,11 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from ..schema import packed_width, unpack_features
+from ..schema import PACKED, packed_width, unpack_features
 from .table import ledger_ref
 
-__all__ = ["IDENTITY", "LEDGER_WAL", "features_as_received", "ledger_rows", "wal_folder"]
+__all__ = ["IDENTITY", "LEDGER_WAL", "features_as_received", "ledger_rows", "table_rows", "wal_folder",
+           "with_features"]
 
 LEDGER_WAL = ".lakeinfer-ledger"
 # the columns that say which prediction a row is, besides the features and outputs
@@ -66,6 +67,33 @@ def ledger_rows(identity: dict[str, pa.Array], features: pa.RecordBatch, outputs
         arrays.append(outputs.column(name))
         names.append(name if name not in names else f"output_{name}")
     return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+FEATURES_KEY = b"lakeinfer.features"
+
+
+def with_features(rows: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """``rows`` whose inputs are still as sent, noting the model's feature schema for :func:`table_rows`."""
+    return rows.replace_schema_metadata({FEATURES_KEY: schema.serialize().to_pybytes()})
+
+
+def table_rows(rows: pa.RecordBatch) -> pa.RecordBatch:
+    """A WAL frame's rows as the table holds them: inputs noted by :func:`with_features` split into
+    feature columns of the model's types (the committer's work, off the request path)."""
+    raw = (rows.schema.metadata or {}).get(FEATURES_KEY)
+    if raw is None:
+        return rows
+    schema = pa.ipc.read_schema(pa.py_buffer(raw))
+    names = rows.schema.names
+    if PACKED in names:
+        at = names.index(PACKED)
+        features = features_as_received(pa.RecordBatch.from_arrays([rows.column(at)], names=[PACKED]), schema)
+        arrays = [*rows.columns[:at], *features.columns, *rows.columns[at + 1:]]
+        names = [*names[:at], *features.schema.names, *names[at + 1:]]
+        rows = pa.RecordBatch.from_arrays(arrays, names=names)
+    typed = features_as_received(rows.select([n for n in names if n in schema.names]), schema)
+    return pa.RecordBatch.from_arrays([typed.column(n) if n in schema.names else rows.column(n) for n in names],
+                                      names=names)
 
 
 def repeated(value: str, n: int) -> pa.Array:

@@ -14,13 +14,12 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError, LakeinferError
 from ..models import model_digest
 from .committer import Committer, read_status
-from .rows import features_as_received, ledger_rows, repeated, wal_folder
+from .rows import features_as_received, ledger_rows, wal_folder, with_features
 from .table import LedgerTable
 from .wal import WalWriter
 
@@ -100,24 +99,25 @@ class ServeLedger:
 
     def _rows(self, entries: list[tuple[str, str, float, float, pa.RecordBatch, pa.RecordBatch]]) -> pa.RecordBatch:
         """The ledger rows of a group of requests (all of one model: a ledger serves one)."""
-        sizes = np.array([e[5].num_rows for e in entries])
+        sizes = [e[5].num_rows for e in entries]
         model = entries[0][1]
-        n = int(sizes.sum())
+        n = sum(sizes)
         schema = self.schemas(model)
-        try:  # requests alike (the usual case): their inputs decoded as one
-            inputs = [features_as_received(_one([e[4] for e in entries]), schema)]
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # told apart by their types: one by one
-            inputs = [features_as_received(e[4], schema) for e in entries]
+        try:  # requests alike (the usual case): their inputs as sent, one batch; the committer
+            # splits and types them as the model received them (ledger_table_rows), off the request path
+            inputs = _one([e[4] for e in entries])
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # told apart by their types: decoded here, one by one
+            inputs = _one([features_as_received(e[4], schema) for e in entries])
         identity = {
-            "request_id": pa.array(np.repeat(np.array([e[0] for e in entries], dtype=object), sizes), pa.string()),
-            "row": pa.array(np.concatenate([np.arange(k, dtype=np.int32) for k in sizes])),
-            "model": repeated(model, n),
-            "model_sha256": repeated(self.digests.get(model, ""), n),
-            "received_at": pa.array(np.repeat(np.array([int(e[2] * 1e6) for e in entries], dtype=np.int64),
-                                              sizes)).cast(pa.timestamp("us", tz="UTC")),
-            "latency_ms": pa.array(np.repeat(np.array([e[3] for e in entries]), sizes)),
+            "request_id": pa.array([e[0] for e, k in zip(entries, sizes, strict=True) for _ in range(k)], pa.string()),
+            "row": pa.array([r for k in sizes for r in range(k)], pa.int32()),
+            "model": pa.array([model] * n, pa.string()),
+            "model_sha256": pa.array([self.digests.get(model, "")] * n, pa.string()),
+            "received_at": pa.array([int(e[2] * 1e6) for e, k in zip(entries, sizes, strict=True) for _ in range(k)],
+                                    pa.timestamp("us", tz="UTC")),
+            "latency_ms": pa.array([e[3] for e, k in zip(entries, sizes, strict=True) for _ in range(k)], pa.float64()),
         }
-        return ledger_rows(identity, _one(inputs), _one([e[5] for e in entries]))
+        return with_features(ledger_rows(identity, inputs, _one([e[5] for e in entries])), schema)
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
