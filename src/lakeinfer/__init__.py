@@ -14,6 +14,7 @@ from .errors import (
     PredictionError,
     SchemaError,
     UntrustedModelError,
+    WorkerLostError,
 )
 from .models import Model, detect_flavor, load_model
 from .pipeline import (
@@ -68,4 +69,5 @@ __all__ = [
     "BadRecordError",
     "OutputError",
     "PredictionError",
+    "WorkerLostError",
 ]

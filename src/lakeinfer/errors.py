@@ -14,6 +14,7 @@ Every error a user can cause derives from :class:`LakeinferError`; transports
     │   └── RecordsError       JSON records whose fields do not fit the model's columns
     ├── OutputError            the output location cannot be written or holds another job
     └── PredictionError        the model itself failed on a batch
+        └── WorkerLostError    a process scoring for the model ended (a stage died)
 
 Each class carries ``status``, the kind of answer a server gives it (``invalid``: 400 /
 INVALID_ARGUMENT; ``internal``: 500 / INTERNAL; the server's own errors add others), mapped to
@@ -89,6 +90,13 @@ class OutputError(LakeinferError):
 
 class PredictionError(LakeinferError):
     """The model raised while predicting a batch."""
+
+
+class WorkerLostError(PredictionError):
+    """A process or actor that scores for the model ended while it was in use (a stage of a staged
+    model): no record's fault, so the work is redone or the command stops; never a dead letter."""
+
+    status = "unavailable"
 
 
 WIRE_MARK = "lakeinfer-error:"

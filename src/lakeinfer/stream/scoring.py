@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..errors import InputError, LakeinferError
+from ..errors import InputError, LakeinferError, WorkerLostError
 from ..runtime import ModelRuntime, Scored
 from ..runtime.batcher import score_group
 from . import codec
@@ -80,6 +80,8 @@ class MessageScorer:
             return Outcome([], [], bad)
         features = table.select(self.features).combine_chunks().to_batches()[0]
         (result,) = score_group(self.runtime.score, [features])
+        if isinstance(result, WorkerLostError):  # no record's fault: stop, committing nothing of it
+            raise result
         if isinstance(result, BaseException):
             return None  # a record the model refuses as a whole: the record path finds which
         encoded = codec.encode_table(table, result.outputs, self.keep)
@@ -140,6 +142,8 @@ class MessageScorer:
             if batch is None:
                 continue
             result = next(results)
+            if isinstance(result, WorkerLostError):  # no record's fault: stop, committing nothing of it
+                raise result
             if isinstance(result, BaseException):
                 # a record no rule foresaw goes to the dead letters with its reason; the stream goes on
                 failed[i] = str(result) if isinstance(result, LakeinferError) else (

@@ -27,10 +27,8 @@ __all__ = ["StageDiedError", "StageProcesses"]
 LOAD_TIMEOUT_S = 600.0
 
 
-class StageDiedError(errors.PredictionError):
+class StageDiedError(errors.WorkerLostError):
     """A stage process of a staged model ended while the model was in use."""
-
-    status = "unavailable"
 
 
 def _death(index: int, count: int, pid: int | None, exitcode: int | None) -> str:

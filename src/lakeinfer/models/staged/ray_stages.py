@@ -133,7 +133,7 @@ class RayStages:
                    errors.PredictionError(f"a stage failed: {str(exc).splitlines()[0]}")) from None
         except ray.exceptions.RayActorError as exc:
             failed = self._dead_stage()
-            error = errors.PredictionError(f"{failed} died on Ray ({str(exc).splitlines()[0]})")
+            error = errors.WorkerLostError(f"{failed} died on Ray ({str(exc).splitlines()[0]})")
             with self._lock:
                 self._failure = self._failure or error
             raise error from None
