@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "prints); default RAY_ADDRESS, else a private local Ray started for the job")
     batch.add_argument("--master", help="Spark master for --engine spark: local[N], spark://HOST:PORT, yarn, k8s://...")
     batch.add_argument("--remote", help="--engine spark on a Spark Connect server: sc://HOST:PORT (default: $SPARK_REMOTE)")
+    batch.add_argument("--model-path-on-cluster", help="--engine spark: where every executor reads the same model "
+                       "(e.g. a Databricks volume), instead of shipping it with the job")
     batch.add_argument("--spark-conf", action="append", type=_key_value, metavar="KEY=VALUE",
                        help="a Spark setting for --engine spark (repeatable)")
     batch.add_argument("--partition-by", type=_columns, help="--engine spark: partition the output by these columns")
@@ -204,6 +206,7 @@ def _run(args: argparse.Namespace) -> int:
         features=args.features, keep=args.keep, workers=args.workers, batch_size=args.batch_size,
         input_format=args.input_format, on_error=args.on_error, overwrite=args.overwrite,
         spec=args.spec, engine=args.engine, progress=not args.quiet, ray_address=args.ray_address, master=args.master, remote=args.remote,
+        model_path_on_cluster=args.model_path_on_cluster,
         spark_conf=dict(args.spark_conf or []), partition_by=args.partition_by, catalog=args.catalog,
         where=args.where, snapshot=args.snapshot, incremental=args.incremental, full=args.full,
         staging=args.staging, signature=args.signature,

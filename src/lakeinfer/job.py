@@ -72,6 +72,9 @@ class BatchJob:
     remote: str | None = None
     """A Spark Connect server, ``sc://HOST:PORT`` (``--engine spark``); None: ``SPARK_REMOTE`` where
     no master is given."""
+    model_path_on_cluster: str | None = None
+    """Where every Spark executor reads the same model (``--engine spark``), instead of shipping it
+    as a session artifact; checked against the model's digest."""
     spark_conf: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """Spark settings (``--engine spark``): the spec's, then the caller's on top."""
     partition_by: tuple[str, ...] = ()
@@ -117,6 +120,7 @@ class BatchJob:
             keep=tuple(section.keep or ()), workers=section.workers,
             batch_size=section.batch_size or DEFAULT_BATCH_SIZE, input_format=section.input_format,
             overwrite=bool(section.overwrite), ray_address=section.ray_address, master=section.master, remote=section.remote,
+            model_path_on_cluster=section.model_path_on_cluster,
             spark_conf=MappingProxyType({k: str(v) for k, v in (section.spark_conf or {}).items()}),
             partition_by=tuple(section.partition_by or ()),
             tables=TableOptions(

@@ -331,3 +331,21 @@ def test_structured_streaming_from_kafka(server: dict[str, Any], broker: str, on
     assert local.returncode == 0, local.stderr
     batch = read_output(tmp_path / "out")
     assert [values[i]["prediction"] for i in range(300)] == batch["prediction"].tolist()
+
+
+def test_model_read_from_a_path_on_the_cluster(server: dict[str, Any], datasets: dict[str, Path],
+                                               frame: pd.DataFrame, tmp_path: Path) -> None:
+    model, on_cluster = tmp_path / "echo.joblib", tmp_path / "volume" / "echo.joblib"
+    joblib.dump(SlowEcho(len(FEATURES), delay=0.0, load_delay=0.001), model)  # bytes of this test's own
+    on_cluster.parent.mkdir()
+    shutil.copy(model, on_cluster)
+    args = ["--model", model, "--trust-model", "--features", ",".join(FEATURES), "--input", datasets["parquet"],
+            "--keep", "id"]
+    done = _summary(_cli(server, *args, "--output", tmp_path / "out", "--model-path-on-cluster", on_cluster))
+    assert done["rows"] == 900 and 1 <= done["model_loads"] <= 2
+    np.testing.assert_allclose(read_output(tmp_path / "out")["prediction"], frame["f0"] * 10.0)
+    assert f"lakeinfer-{model_digest(model)[:32]}" not in (server["root"] / "server.log").read_text()  # not shipped
+    joblib.dump(SlowEcho(len(FEATURES), delay=0.0, load_delay=0.002), on_cluster)  # another model there
+    refused = _cli(server, *args, "--output", tmp_path / "other", "--model-path-on-cluster", on_cluster)
+    assert refused.returncode == 1
+    assert f"is not the one given as the model (digest {model_digest(model)[:12]})" in refused.stderr.splitlines()[-1]

@@ -101,7 +101,8 @@ def _run(job: BatchJob, plan: table_job.TableJob, folder: OutputFolder | None, f
         if fmt == "parquet" and folder is not None:
             sample = parquet_sample(df, job.input, files, 64)
     stats: list[ScoreStats] = []
-    scored = score(df, job.recipe, keep=job.keep, batch_size=job.batch_size, stats=stats, sample=sample)
+    scored = score(df, job.recipe, keep=job.keep, batch_size=job.batch_size, stats=stats, sample=sample,
+                   model_path_on_cluster=job.model_path_on_cluster)
     if folder is not None:
         writer = scored.write.mode("overwrite")
         if job.partition_by:

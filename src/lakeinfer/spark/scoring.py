@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from .. import errors
-from ..models import detect_flavor
+from ..models import detect_flavor, model_digest
 from ..runtime import ModelRuntime, PipelineRecipe
 from .ship import add_artifact, artifact_bytes, model_on_disk
 
@@ -50,7 +50,8 @@ class _Shipped:
     key: str  # the model's digest and the whole recipe: two recipes over one file never share
     is_dir: bool
     name: str
-    artifact: str
+    artifact: str  # "": the model is read from cluster_path
+    cluster_path: str | None  # where every executor reads the same model
     threads: int  # the model's own threads: the cores of one task (spark.task.cpus)
     counted: bool  # each task adds its row of counts
 
@@ -60,7 +61,13 @@ def _worker_runtime(shipped: _Shipped) -> tuple[ModelRuntime, bool]:
     runtime = _CACHE.get(shipped.key)
     if runtime is not None:
         return runtime, False
-    local = model_on_disk(shipped.digest, shipped.name, shipped.is_dir, lambda: artifact_bytes(shipped.artifact))
+    if shipped.cluster_path:
+        local = shipped.cluster_path
+        if model_digest(local) != shipped.digest:
+            raise errors.ModelLoadError(f"the model at {local} (--model-path-on-cluster) is not the one given as "
+                                        f"the model (digest {shipped.digest[:12]})")
+    else:
+        local = model_on_disk(shipped.digest, shipped.name, shipped.is_dir, lambda: artifact_bytes(shipped.artifact))
     runtime = ModelRuntime(dataclasses.replace(shipped.recipe, model_path=local), threads=shipped.threads)
     _CACHE[shipped.key] = runtime
     return runtime, True
@@ -128,11 +135,13 @@ def _as_recipe(model: str | PipelineRecipe, options: dict[str, Any]) -> Pipeline
 def score(df: Any, model: str | PipelineRecipe, *, keep: Sequence[str] = (), features: Sequence[str] | None = None,
           flavor: str | None = None, trust: bool = False, on_error: str = "fail", steps: Sequence[Any] | None = None,
           batch_size: int | None = None, stats: list[ScoreStats] | None = None,
-          sample: pa.RecordBatch | None = None) -> Any:
+          sample: pa.RecordBatch | None = None, model_path_on_cluster: str | None = None) -> Any:
     """``df`` scored by the model (a path or a :class:`PipelineRecipe`): ``keep`` columns, then the outputs.
 
     ``sample`` (rows shaped like ``df``'s) gives the output schema; by default a few rows of ``df``.
     ``stats``, where given, gets the :class:`ScoreStats` of this call (not for a streaming ``df``).
+    ``model_path_on_cluster``: where every executor reads the same model (checked against its
+    digest), instead of the session artifact that ships it.
 
     A Spark ML PipelineModel folder runs natively through ``PipelineModel.load(...).transform``;
     one that this Spark cannot load is scored by lakeinfer's own reader, and ``stats`` notes it.
@@ -168,7 +177,8 @@ def score(df: Any, model: str | PipelineRecipe, *, keep: Sequence[str] = (), fea
     schema = pa.schema([f.with_nullable(True) for f in schema])  # a task's row of counts has no outputs
     counted = stats is not None
     shipped = _Shipped(recipe=recipe, digest=recipe.digest, key=recipe.key, is_dir=os.path.isdir(path),
-                       name=os.path.basename(path.rstrip("/")), artifact=add_artifact(spark, path, recipe.digest),
+                       name=os.path.basename(path.rstrip("/")), cluster_path=model_path_on_cluster,
+                       artifact="" if model_path_on_cluster else add_artifact(spark, path, recipe.digest),
                        threads=int(spark.conf.get("spark.task.cpus", "1") or 1), counted=counted)
     from pyspark.sql.pandas.types import from_arrow_schema
 
