@@ -239,6 +239,10 @@ def test_replay_gives_identical_rows_and_a_candidates_changed_labels(lake: dict[
     assert same.returncode == 0, same.stderr
     summary = json.loads(same.stdout)
     assert summary["rows"] == 300 and summary["identical"] == 300 and summary["changed_labels"] == 0
+    some = run_cli("replay", "--ledger", uri, "--model", onnx_model.path, *onnx_model.cli, "--json",
+                   "--where", "row < 10", "--snapshot", "0", env=lake["env"])  # the first commit's, rows 0-9 of each
+    assert some.returncode == 0, some.stderr
+    assert json.loads(some.stdout)["identical"] == json.loads(some.stdout)["rows"] > 0
     out = lake["cwd"] / "side-by-side"
     other = run_cli("replay", "--ledger", uri, "--model", onnx_zipmap_model.path, *onnx_zipmap_model.cli, "--json",
                     "--output", out, env=lake["env"])
