@@ -74,13 +74,14 @@ def kill_group(server: Server) -> None:
 
 
 class Traffic:
-    """Concurrent tritonclient callers (HTTP without ids, gRPC with them) until stopped; every 200's
+    """Concurrent tritonclient callers (HTTP without ids, gRPC half with them) until stopped; every 200's
     rows as the client received them, by (request id, row)."""
 
     def __init__(self, server: Server, grpc_port: int | None, X: np.ndarray, *, threads: int = 4) -> None:
         self.answered: dict[tuple[str, int], tuple[int, list[float]]] = {}
         self.run = os.urandom(4).hex()  # the ids a client gives are its own: unique across runs
         self.failures = 0
+        self.errors: list[BaseException] = []  # a caller's failed check, raised by the test's thread
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, args=(i, server, grpc_port, X), daemon=True)
@@ -95,8 +96,16 @@ class Traffic:
         self._stop.set()
         for t in self._threads:
             t.join(30)
+        if self.errors:
+            raise self.errors[0]
 
     def _run(self, i: int, server: Server, grpc_port: int | None, X: np.ndarray) -> None:
+        try:
+            self._call(i, server, grpc_port, X)
+        except BaseException as exc:
+            self.errors.append(exc)
+
+    def _call(self, i: int, server: Server, grpc_port: int | None, X: np.ndarray) -> None:
         rng = random.Random(i)
         use_grpc = grpc_port is not None and i % 2 == 1
         client: Any = (triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}") if use_grpc
@@ -106,7 +115,7 @@ class Traffic:
         while not self._stop.is_set():
             start = rng.randrange(0, len(X) - 8)
             rows = X[start:start + rng.randint(1, 8)]
-            given = f"{self.run}-{i}-{n}" if use_grpc else ""
+            given = f"{self.run}-{i}-{n}" if use_grpc and n % 2 else ""  # gRPC: every other request without one
             n += 1
             try:
                 result = client.infer("rf", column_tensors(triton, rows, FEATURES), request_id=given)
