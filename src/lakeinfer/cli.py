@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "private local Ray)")
     serve.add_argument("--access-log", action="store_true", default=None,
                        help="log a line per request to stdout (uvicorn's access log; default off)")
+    _ledger_options(serve, "served")
     serve.add_argument("--spec", help="job spec file (TOML or YAML) with [model], [pipeline] and [serve], "
                        "or [[serve.models]] for several models")
 
@@ -161,13 +162,41 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--remote", help="--engine spark on a Spark Connect server: sc://HOST:PORT (default: $SPARK_REMOTE)")
     stream.add_argument("--checkpoint", help="--engine spark: checkpoint location (required there)")
     stream.add_argument("--trigger", help="--engine spark: processing-time trigger, e.g. '5 seconds' (default: as fast as possible)")
+    _ledger_options(stream, "streamed")
     stream.add_argument("--spec", help="job spec file with [model], [pipeline] and [stream]")
 
     inspect = commands.add_parser("inspect", help="print a model's flavor and signature")
     _model_options(inspect, required=True)
     inspect.add_argument("--json", action="store_true", help="print JSON")
     split_command.add_parser(commands)
+
+    replay = commands.add_parser("replay", help="re-score a prediction ledger's inputs and compare the outputs")
+    replay.add_argument("--ledger", required=True, help="the ledger table: iceberg:NS.TABLE or delta:PATH")
+    _model_options(replay, required=True)
+    replay.add_argument("--where", help="only the ledger rows this filter selects (e.g. \"model = 'rf'\")")
+    replay.add_argument("--snapshot", help="the ledger as of this Iceberg snapshot id or Delta version")
+    replay.add_argument("--output", help="write every row's logged and new outputs here (folder or table)")
+    replay.add_argument("--engine", choices=("local",), default="local", help="batch engine (default local)")
+    replay.add_argument("--catalog", help="the pyiceberg catalog of an iceberg: ledger (default: default)")
+    replay.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
+
+
+def _ledger_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--ledger", help=f"log every {what} prediction to this table, exactly once: "
+                        "iceberg:NS.TABLE or delta:PATH (see docs/ledger.md)")
+    parser.add_argument("--ledger-interval", type=float, help="seconds between ledger commits (default 5)")
+    parser.add_argument("--ledger-wal", help="folder where ledger rows wait for their commit "
+                        "(default .lakeinfer-ledger/<table> here)")
+    parser.add_argument("--ledger-fsync", action="store_true", default=None,
+                        help="also wait for fdatasync of the WAL before answering (rows survive a power cut, "
+                        "not only a kill; slower)")
+    parser.add_argument("--catalog", help="the pyiceberg catalog of an iceberg: ledger (default: default)")
+
+
+def _ledger_values(args: argparse.Namespace) -> dict[str, Any]:
+    return {"ledger": args.ledger, "ledger_interval": args.ledger_interval, "ledger_wal": args.ledger_wal,
+            "ledger_fsync": args.ledger_fsync, "catalog": args.catalog}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -181,6 +210,15 @@ def _run(args: argparse.Namespace) -> int:
         else:
             _print_inspect(info)
         return 0
+    if args.command == "replay":
+        from .ledger.replay import replay
+        from .spec import JobSpec
+
+        recipe = _recipe(JobSpec(), args, on_error="fail")
+        result = replay(args.ledger, recipe, catalog=args.catalog, where=args.where, snapshot=args.snapshot,
+                        output=args.output)
+        print(json.dumps(result.to_dict(), default=str) if args.json else result.line())
+        return 0
     if args.command == "split":
         return split_command.run(args)
     if args.command == "stream":
@@ -188,6 +226,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         config, hosting = _serve_config(args)
         if hosting.pop("engine", "local") == "ray":
+            if config.ledger is not None:
+                from .errors import ConfigError
+
+                raise ConfigError("--ledger is for --engine local (its committer runs in the server's main process)")
             from .ray.serving import run_serve
 
             run_serve(config, replicas=hosting.pop("replicas", 1), address=hosting.pop("ray_address", None),
@@ -246,7 +288,8 @@ def _serve_config(args: argparse.Namespace) -> tuple[ServeConfig, dict[str, Any]
            "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "max_queue": args.max_queue,
            "timeout_ms": args.timeout_ms, "max_body_bytes": args.max_body_bytes, "api_key_env": args.api_key_env,
            "access_log": args.access_log, "engine": args.engine, "replicas": args.replicas,
-           "min_replicas": args.min_replicas, "max_replicas": args.max_replicas, "ray_address": args.ray_address}
+           "min_replicas": args.min_replicas, "max_replicas": args.max_replicas, "ray_address": args.ray_address,
+           **_ledger_values(args)}
     options = dump(merged(job.serve, cli, "serve"))
     listed = options.pop("models", None)
     hosting: dict[str, Any] = {k: options.pop(k) for k in ("engine", "replicas", "min_replicas", "max_replicas",
@@ -344,7 +387,8 @@ def _served_models(job: JobSpec, args: argparse.Namespace, listed: list[dict[str
     trust = bool(args.trust_model or job.model.trust)
     return [ModelConfig(str(name), PipelineRecipe(model_path=path, flavor=flavor, trust=trust,
                                                   features=tuple(features) if features else None,
-                                                  device=job.model.device, on_error="fail"))
+                                                  device=job.model.device, on_error="fail",
+                                                  signature=args.signature or job.model.signature))
             for name, path in given]
 
 
@@ -361,7 +405,7 @@ def _stream(args: argparse.Namespace) -> int:
            "commit_interval_ms": args.commit_interval_ms, "metrics_interval_s": args.metrics_interval,
            "max_poll_interval_ms": args.max_poll_interval_ms,
            "metrics_port": args.metrics_port, "engine": args.engine, "master": args.master, "remote": args.remote,
-           "checkpoint": args.checkpoint, "trigger": args.trigger}
+           "checkpoint": args.checkpoint, "trigger": args.trigger, **_ledger_values(args)}
     options = dump(merged(job.stream, cli, "stream"))
     missing = [k for k in ("bootstrap_servers", "input_topic", "output_topic") if not options.get(k)]
     no_model = not args.model and job.model.path is None
@@ -378,6 +422,8 @@ def _stream(args: argparse.Namespace) -> int:
     if engine == "spark":
         if config.metrics_port is not None:
             raise ConfigError("--metrics-port is for the local engine; Spark reports through its own UI")
+        if config.ledger is not None:
+            raise ConfigError("--ledger is for the local engine")
         from .stream.spark import run_spark_stream
 
         run_spark_stream(config, **spark_options)
