@@ -369,3 +369,15 @@ def test_a_staged_model_on_ray_runs_each_stage_in_an_actor(ray_here, datasets: d
         np.testing.assert_array_equal(column(got, "prediction"), labels)
     finally:
         model.close()  # type: ignore[attr-defined]
+
+
+def test_two_private_rays_one_after_the_other_in_one_process() -> None:
+    # each has its own token: the second must not be refused with the first one's
+    probe = ("from lakeinfer.ray.session import ray_session\n"
+             "for _ in range(2):\n"
+             "    with ray_session(None) as ray:\n"
+             "        print(int(ray.cluster_resources()['CPU']))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=240,
+                          env={**os.environ, **{k: "" for k in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(done.stdout.split()) == 2

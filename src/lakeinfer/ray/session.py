@@ -79,10 +79,11 @@ def ray_session(address: str | None) -> Iterator[Any]:
     os.environ[SESSION_MARK] = folder  # inherited by every process of this Ray: the reaper finds them by it
     reaper = _start_reaper(folder)
     try:
-        if imported is not None:  # imported before the setting: Ray's own refresh of its config
+        if imported is not None:  # imported before the setting: Ray's own refresh of its config,
             from ray._raylet import Config  # type: ignore[attr-defined]
 
             Config.initialize("")
+            _forget_token()  # and of the token it read for an earlier session of this process
         ray.init(address="local", num_cpus=available_cores(), _temp_dir=folder, **quiet)
         try:
             yield ray
@@ -133,6 +134,16 @@ def _start_reaper(folder: str) -> subprocess.Popen[bytes] | None:
     return subprocess.Popen([sys.executable, "-c", _REAPER, str(os.getpid()), folder, SESSION_MARK],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      start_new_session=True, close_fds=True)
+
+def _forget_token() -> None:
+    """Ray keeps the first token it read for the life of the process; a second private Ray has
+    another, in its own folder."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    AuthenticationTokenLoader.instance().reset_cache()
+
 
 def _private_auth(folder: str) -> None:
     """Token authentication for a private Ray, as Ray has it by default, but with the token in the
