@@ -11,8 +11,10 @@ lint: setup
 	.venv/bin/ruff check src tests bench examples
 	.venv/bin/mypy
 
+# two pytest workers, each taking whole test files (a module's server, broker or cluster starts
+# once): most of the suite waits on JVMs, Ray and servers starting, not on the CPU
 test: lint
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n 2 --dist loadfile
 
 bench: setup
 	.venv/bin/python bench/batch_local.py

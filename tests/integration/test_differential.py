@@ -162,7 +162,7 @@ def _check(mode: str, predictions: list[Any], probabilities: list[Any], verdicts
             assert predictions[i] is None and probabilities[i] is None, (mode, i, verdict)
 
 
-@settings(max_examples=15, deadline=None, derandomize=True,
+@settings(max_examples=10, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(example=tables())
 def test_every_mode_gives_the_same_answers(modes: Modes, tmp_path: Path, example: tuple[pa.Table, int]) -> None:
