@@ -6,8 +6,9 @@ each run in a fresh process and timed from its start until its last output file 
 
   (a) lakeinfer ray    `lakeinfer batch --engine ray` (a private local Ray, started and stopped)
   (b) Ray Data         a script a performance-aware Ray user writes: `ray.init()`, then
-                       `read_parquet -> map_batches(actor class, concurrency=cores, num_cpus=1,
-                       batch_format="pyarrow") -> write_parquet`, onnxruntime at one intra-op
+                       `read_parquet -> map_batches(actor class, concurrency=cores, num_cpus=0.5,
+                       batch_format="pyarrow") -> write_parquet` (half a CPU per actor: actors
+                       holding every CPU starve the read tasks and hang), onnxruntime at one intra-op
                        thread per actor, writing the same columns (id, prediction, probability)
   (c) lakeinfer local  `lakeinfer batch` on the embedded engine, for what Ray costs when it adds nothing
 
@@ -61,7 +62,8 @@ class Scorer:
 
 ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
 ds = ray.data.read_parquet(source)
-ds = ds.map_batches(Scorer, concurrency=cores, num_cpus=1, batch_size=16384, batch_format="pyarrow")
+# half a CPU per actor: actors holding every CPU starve Ray Data's read and write tasks (ray#44687)
+ds = ds.map_batches(Scorer, concurrency=cores, num_cpus=0.5, batch_size=16384, batch_format="pyarrow")
 ds.write_parquet(target)
 ray.shutdown()
 '''
