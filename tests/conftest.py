@@ -255,6 +255,21 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 240)
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
+@pytest.fixture
+def lake(tmp_path: Path) -> dict[str, Any]:
+    """A pyiceberg SQL catalog on SQLite with a local warehouse: the CLI's environment for it, the
+    catalog, a staging folder and the test's folder (a working directory for a command)."""
+    from pyiceberg.catalog import load_catalog
+
+    warehouse = tmp_path / "warehouse"
+    warehouse.mkdir()
+    props = {"type": "sql", "uri": f"sqlite:///{tmp_path / 'catalog.db'}", "warehouse": f"file://{warehouse}"}
+    env = {f"PYICEBERG_CATALOG__DEFAULT__{k.upper()}": v for k, v in props.items()}
+    catalog = load_catalog("default", **props)
+    catalog.create_namespace("ns")
+    return {"env": env, "catalog": catalog, "staging": tmp_path / "staging", "cwd": tmp_path}
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """One real Kafka broker for the whole run (every test uses topics of its own)."""

@@ -29,20 +29,6 @@ triton_http = pytest.importorskip("tritonclient.http")
 triton_grpc = pytest.importorskip("tritonclient.grpc")
 
 
-@pytest.fixture
-def lake(tmp_path: Path) -> dict[str, Any]:
-    """A pyiceberg SQL catalog on SQLite with a local warehouse (the CLI's environment), a Delta path."""
-    from pyiceberg.catalog import load_catalog
-
-    warehouse = tmp_path / "warehouse"
-    warehouse.mkdir()
-    props = {"type": "sql", "uri": f"sqlite:///{tmp_path / 'catalog.db'}", "warehouse": f"file://{warehouse}"}
-    env = {f"PYICEBERG_CATALOG__DEFAULT__{k.upper()}": v for k, v in props.items()}
-    catalog = load_catalog("default", **props)
-    catalog.create_namespace("ns")
-    return {"env": env, "catalog": catalog, "cwd": tmp_path}
-
-
 @contextmanager
 def ledger_server(model: Trained, *args: object, env: dict[str, str], cwd: Path,
                   grpc: bool = True) -> Iterator[tuple[Server, int | None]]:

@@ -27,20 +27,6 @@ pytest.importorskip("deltalake")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def lake(tmp_path: Path) -> dict[str, Any]:
-    """A SQL catalog on a SQLite file with a local warehouse: the CLI's environment and the catalog."""
-    from pyiceberg.catalog import load_catalog
-
-    warehouse = tmp_path / "warehouse"
-    warehouse.mkdir()
-    props = {"type": "sql", "uri": f"sqlite:///{tmp_path / 'catalog.db'}", "warehouse": f"file://{warehouse}"}
-    env = {f"PYICEBERG_CATALOG__DEFAULT__{k.upper()}": v for k, v in props.items()}
-    catalog = load_catalog("default", **props)
-    catalog.create_namespace("ns")
-    return {"env": env, "catalog": catalog, "staging": tmp_path / "staging"}
-
-
 def _rows(frame: pd.DataFrame, start: int, stop: int) -> pa.Table:
     return pa.Table.from_pandas(frame[["id", *FEATURES]].iloc[start:stop], preserve_index=False)
 
