@@ -113,16 +113,23 @@ def start(kind: str, name: str, path: Path, work: Path, venv: Path,
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}/v2/models/{name}/infer"
-    deadline = time.monotonic() + 120
-    answered = 0  # up once 20 requests in a row, each on a new connection, were answered: every worker
+    return wait_up(proc, url, kind), url
+
+
+def wait_up(proc: subprocess.Popen[bytes], url: str, kind: str, *, answers: int = 20,
+            timeout: float = 120) -> subprocess.Popen[bytes]:
+    """``proc`` once ``answers`` requests in a row, each on a new connection, were answered (every
+    worker or replica is up); stopped, and the bench ended, if that takes over ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    answered = 0
     while time.monotonic() < deadline:
         try:
             ok = httpx.post(url, content=body(), headers={"Content-Type": "application/json"}, timeout=5).status_code == 200
         except httpx.TransportError:
             ok = False
         answered = answered + 1 if ok else 0
-        if answered == 20:
-            return proc, url
+        if answered == answers:
+            return proc
         if not ok:
             time.sleep(0.3)
     stop(proc)

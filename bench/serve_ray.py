@@ -21,19 +21,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from serve import body, free_port, hey, train  # noqa: E402  (the serving bench's own parts)
+from serve import body, free_port, hey, stop, train, wait_up  # noqa: E402  (the serving bench's own parts)
 
 HANDMADE = r'''
 import signal, sys, threading
@@ -89,28 +85,7 @@ def start(kind: str, model: Path) -> tuple[subprocess.Popen[bytes], str]:
         cmd = [sys.executable, "-c", HANDMADE, str(model), str(port)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v2/models/xgboost/infer"
-    deadline = time.monotonic() + 180
-    answered = 0
-    while time.monotonic() < deadline:
-        try:
-            ok = httpx.post(url, content=body(), headers={"Content-Type": "application/json"}, timeout=5).status_code == 200
-        except httpx.TransportError:
-            ok = False
-        answered = answered + 1 if ok else 0
-        if answered == 40:  # both replicas up
-            return proc, url
-        if not ok:
-            time.sleep(0.3)
-    stop(proc)
-    raise SystemExit(f"{kind} did not come up")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGKILL)
+    return wait_up(proc, url, kind, answers=40, timeout=180), url  # 40 in a row: both replicas up
 
 
 def main() -> None:
