@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import split as split_command
+from ._inspect_text import print_inspect
 from ._pipes import broken_pipe, stdout_closed
+from ._served_models import named_model, served_models
 from ._version import __version__
 from .engines import ENGINES
 from .errors import LakeinferError
@@ -19,7 +21,7 @@ from .pipeline import ON_ERROR
 
 if TYPE_CHECKING:
     from .runtime import PipelineRecipe
-    from .serve.config import ModelConfig, ServeConfig
+    from .serve.config import ServeConfig
     from .spec import JobSpec
 
 
@@ -208,7 +210,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(info, indent=2, default=str))
         else:
-            _print_inspect(info)
+            print_inspect(info)
         return 0
     if args.command == "replay":
         from .ledger.replay import replay
@@ -295,13 +297,13 @@ def _serve_config(args: argparse.Namespace) -> tuple[ServeConfig, dict[str, Any]
     hosting: dict[str, Any] = {k: options.pop(k) for k in ("engine", "replicas", "min_replicas", "max_replicas",
                                                          "ray_address")
                if k in options}
-    given = [_named_model(value) for value in args.model or ()]
+    given = [named_model(value) for value in args.model or ()]
     try:
         if listed is not None or len(given) > 1:
             if options.get("name"):
                 raise ConfigError("--name is for a server of one model; with several, each is named "
                                   "(--model NAME=PATH or name in [[serve.models]])")
-            return ServeConfig(models=_served_models(job, args, listed, given), **options), hosting
+            return ServeConfig(models=served_models(job, args, listed, given), **options), hosting
         if given:
             name, args.model = given[0]
             if name and options.get("name") and options["name"] != name:
@@ -312,84 +314,6 @@ def _serve_config(args: argparse.Namespace) -> tuple[ServeConfig, dict[str, Any]
         return ServeConfig(recipe=recipe, **options), hosting
     except TypeError as exc:
         raise ConfigError(f"serve: {exc}") from None
-
-
-def _named_model(value: str) -> tuple[str | None, str]:
-    """``--model NAME=PATH`` as (NAME, PATH); a plain path (one that exists, or no NAME= before it) as (None, PATH)."""
-    from .serve.config import MODEL_NAME
-
-    name, sep, path = value.partition("=")
-    if not sep or os.path.exists(value) or not MODEL_NAME.fullmatch(name) or not path:
-        return None, value
-    return name, path
-
-
-def _served_models(job: JobSpec, args: argparse.Namespace, listed: list[dict[str, Any]] | None,
-                   given: list[tuple[str | None, str]]) -> list[ModelConfig]:
-    """Several models: a spec's [[serve.models]], or each --model NAME=PATH with the shared options
-    (--flavor, --features, --trust-model, the spec's [model] keys) where they fit every model."""
-    from ._spec_schema import dump
-    from .errors import ConfigError, LakeinferError
-    from .models import detect_flavor
-    from .runtime import PipelineRecipe
-    from .serve.config import ModelConfig
-
-    spec_hint = "give each model its own in a job spec's [[serve.models]]"
-    if listed is not None:
-        if given:
-            raise ConfigError(f"--model and the job spec's [[serve.models]] ({job.source}) both name models to "
-                              "serve: keep one")
-        if dump(job.model) or job.steps:
-            raise ConfigError(f"job spec {job.source}: [[serve.models]] names each model with its keys and steps; "
-                              "[model] and [pipeline] are for a server of one model")
-        for option, value in (("--flavor", args.flavor), ("--features", args.features)):
-            if value is not None:
-                raise ConfigError(f"{option} with the job spec's [[serve.models]] is ambiguous: "
-                                  "set it per model there")
-        models = []
-        for entry in listed:
-            entry = dict(entry)
-            features = entry.pop("features", None)
-            batching = {k: entry.pop(k) for k in ("max_batch_size", "max_wait_ms", "max_queue") if k in entry}
-            name = entry.pop("name")
-            recipe = PipelineRecipe(model_path=entry.pop("path"), steps=tuple(entry.pop("steps", ())),
-                                    features=tuple(features) if features else None,
-                                    trust=bool(entry.pop("trust", False) or args.trust_model),
-                                    on_error="fail", **entry)
-            models.append(ModelConfig(name, recipe, **batching))
-        return models
-    unnamed = [path for name, path in given if name is None]
-    if unnamed:
-        raise ConfigError(f"several models need a name each: --model NAME=PATH (not '{unnamed[0]}')")
-    if job.model.path is not None:
-        raise ConfigError(f"job spec {job.source}: [model] path and several --model NAME=PATH both name models: "
-                          "keep one")
-    if job.steps:
-        raise ConfigError(f"job spec {job.source}: [pipeline] steps with several --model NAME=PATH are ambiguous: "
-                          f"{spec_hint}")
-    flavor = args.flavor or job.model.flavor
-    features = args.features or job.model.features
-    detected: dict[str, str | None] = {}
-    for name, path in given:
-        try:
-            detected[str(name)] = detect_flavor(path)
-        except LakeinferError:
-            detected[str(name)] = None  # a flavor the option may give; else loading says why
-    if flavor is not None:
-        other = next((f"{n} is {d}" for n, d in detected.items() if d is not None and d != flavor), None)
-        if other:
-            raise ConfigError(f"--flavor {flavor} does not fit every model ({other}): {spec_hint}")
-    if features is not None:
-        kinds = sorted({flavor or d or "unknown" for d in detected.values()})
-        if len(kinds) > 1:
-            raise ConfigError(f"--features for several models of different flavors ({', '.join(kinds)}) is "
-                              f"ambiguous: {spec_hint}")
-    trust = bool(args.trust_model or job.model.trust)
-    return [ModelConfig(str(name), PipelineRecipe(model_path=path, flavor=flavor, trust=trust,
-                                                  features=tuple(features) if features else None,
-                                                  device=job.model.device, on_error="fail",
-                                                  signature=args.signature or job.model.signature))
-            for name, path in given]
 
 
 def _stream(args: argparse.Namespace) -> int:
@@ -432,33 +356,6 @@ def _stream(args: argparse.Namespace) -> int:
 
     run(config)
     return 0
-
-
-def _print_inspect(info: dict) -> None:  # type: ignore[type-arg]
-    print(f"flavor:   {info['flavor']}")
-    print(f"path:     {info['path']}")
-    print(f"task:     {info['task']}")
-    if info.get("classes") is not None:
-        print(f"classes:  {info['classes']}")
-    cols = info.get("input_columns")
-    print(f"features: {', '.join(cols) if cols else '(not named by the model: pass --features)'}")
-    for feature in info.get("feature_types") or []:
-        if feature["type"] != "number" or "categories" in feature:
-            shown = feature.get("categories")
-            listed = f" {shown}" if shown is not None else ""
-            print(f"  {feature['name']}: {feature['type']}{listed}")
-    for kind in ("inputs", "outputs"):
-        print(f"{kind}:")
-        for t in info[kind]:
-            dims = ", ".join("N" if d is None else str(d) for d in t["shape"])
-            print(f"  {t['name']}: {t['dtype']}[{dims}]")
-    extra = info.get("extra") or {}
-    if extra.get("stages"):  # a Spark ML pipeline: its stages, and what the reader noted
-        print(f"stages (saved by Spark {extra.get('spark_version', '?')}):")
-        for stage in extra["stages"]:
-            print(f"  {stage['class']} {stage['uid']}: {', '.join(stage['inputs'])} -> {', '.join(stage['outputs'])}")
-    for note in extra.get("notes") or []:
-        print(f"note: {note}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
