@@ -158,7 +158,7 @@ def test_iceberg_table_on_ray_equals_the_local_engine(ray_here, onnx_model: Trai
 
 @pytest.fixture(scope="module")
 def slow_job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """24 files of 50 rows and a model that takes 0.15 s a call: a job of a few seconds."""
+    """24 files of 50 rows and a model that takes 0.4 s a call: a job of about 5 s on 2 actors."""
     root = tmp_path_factory.mktemp("slow")
     data = root / "in"
     data.mkdir()
@@ -168,7 +168,7 @@ def slow_job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         pq.write_table(pa.table({"id": np.arange(i * 50, (i + 1) * 50), **{f: x[:, j] for j, f in enumerate(FEATURES)}}),
                        data / f"part-{i:02d}.parquet")
     model = root / "slow.joblib"
-    joblib.dump(SlowEcho(len(FEATURES), delay=0.15), model)
+    joblib.dump(SlowEcho(len(FEATURES), delay=0.4), model)
     args = ["batch", "--engine", "ray", "--model", str(model), "--trust-model", "--features", ",".join(FEATURES),
             "--input", str(data), "--keep", "id", "--workers", "2", "--json"]
     return {"args": args, "files": 24, "rows": 1200}
@@ -208,7 +208,8 @@ def test_an_actor_killed_mid_job_is_replaced(slow_job: dict[str, Any], tmp_path:
     killed_at = _parts(out)
     stdout, stderr = job.communicate(timeout=180)
     assert job.returncode == 0, stderr[-3000:]
-    assert killed_at < slow_job["files"], "the job finished before an actor could be killed"
+    # units still queued when it died: the actor held two in flight, which fail and are redone
+    assert killed_at <= slow_job["files"] - 5, "the job was too far on when the actor was killed"
     summary = json.loads(stdout)
     assert summary["rows"] == slow_job["rows"] and summary["workers"] == 2
     assert summary["model_loads"] == 3  # the replacement loaded the model too
