@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import glob
 import importlib
+import json
 import os
 import shutil
 import socket
@@ -142,38 +143,32 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _serve_latency(model: Path, requests: int) -> tuple[float, float]:
+def _serve_latency(model: Path, requests: int) -> dict[str, tuple[float, float]]:
+    """p50 and p99 (ms) of one-row requests sent one after another over one kept-alive connection
+    by a plain socket client (bench/serve.py's, timed to the microsecond; an HTTP library's own
+    time per request would be half the figure): the records endpoint and v2 infer."""
     import httpx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from serve import round_trip_ms, wait_up  # the serving bench's own client and readiness wait
 
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "lakeinfer", "serve", "--model", str(model), "--name", "m",
                              "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    row = {"plan": "pro", "region": "uk", **{n: float(j) for j, n in enumerate(NUMBERS)}}
+    row: dict[str, Any] = {"plan": "pro", "region": "uk", **{n: float(j) for j, n in enumerate(NUMBERS)}}
+    records = json.dumps({"instances": [row]}).encode()
+    v2 = json.dumps({"inputs": [{"name": k, "shape": [1], "datatype": "BYTES" if isinstance(v, str) else "FP64",
+                                 "data": [v]} for k, v in row.items()]}).encode()
     try:
-        with httpx.Client(timeout=30) as http:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if http.get(f"{url}/v2/health/ready").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
-            body = {"instances": [row]}
-            for _ in range(200):  # warm-up
-                http.post(f"{url}/v1/models/m/predict", json=body).raise_for_status()
-            times = []
-            for _ in range(requests):
-                start = time.perf_counter()
-                http.post(f"{url}/v1/models/m/predict", json=body).raise_for_status()
-                times.append(time.perf_counter() - start)
+        wait_up(proc, f"{url}/v2/models/m/infer", "lakeinfer", payload=v2)
+        httpx.post(f"{url}/v1/models/m/predict", content=records).raise_for_status()
+        return {"records (/v1/models/m/predict)": round_trip_ms(f"{url}/v1/models/m/predict", requests, records),
+                "v2 infer (/v2/models/m/infer)": round_trip_ms(f"{url}/v2/models/m/infer", requests, v2)}
     finally:
         proc.terminate()
         proc.wait(30)
-    ms = np.array(times) * 1000
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
 def main() -> None:
@@ -196,9 +191,9 @@ def main() -> None:
         print(f"  h2o.mojo_predict_pandas path  {theirs:7.2f} s  {args.rows / theirs:12,.0f} rows/s")
         print(f"  ratio H2O/lakeinfer           {theirs / ours:7.2f}x")
         print(f"  check: {_compare(folder / 'ours', folder / 'h2o')}")
-        p50, p99 = _serve_latency(mojo, args.requests)
-        print(f"one-row serving, {args.requests} sequential records requests, one worker:")
-        print(f"  lakeinfer serve               p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
+        print(f"one-row serving, {args.requests} requests one after another, one worker, a plain socket client:")
+        for route, (p50, p99) in _serve_latency(mojo, args.requests).items():
+            print(f"  {route:32s} p50 {p50:6.3f} ms  p99 {p99:6.3f} ms")
 
 
 if __name__ == "__main__":

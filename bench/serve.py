@@ -117,14 +117,16 @@ def start(kind: str, name: str, path: Path, work: Path, venv: Path,
 
 
 def wait_up(proc: subprocess.Popen[bytes], url: str, kind: str, *, answers: int = 20,
-            timeout: float = 120) -> subprocess.Popen[bytes]:
+            timeout: float = 120, payload: bytes | None = None) -> subprocess.Popen[bytes]:
     """``proc`` once ``answers`` requests in a row, each on a new connection, were answered (every
-    worker or replica is up); stopped, and the bench ended, if that takes over ``timeout`` s."""
+    worker or replica is up); stopped, and the bench ended, if that takes over ``timeout`` s.
+    ``payload``: the request's body (default: this bench's)."""
     deadline = time.monotonic() + timeout
     answered = 0
+    payload = body() if payload is None else payload
     while time.monotonic() < deadline:
         try:
-            ok = httpx.post(url, content=body(), headers={"Content-Type": "application/json"}, timeout=5).status_code == 200
+            ok = httpx.post(url, content=payload, headers={"Content-Type": "application/json"}, timeout=5).status_code == 200
         except httpx.TransportError:
             ok = False
         answered = answered + 1 if ok else 0
@@ -199,13 +201,14 @@ def overload(name: str, path: Path, work: Path, body_file: Path, seconds: float)
           + (f"; errors: {errors}" if errors else ""), flush=True)
 
 
-def round_trip_ms(url: str, requests: int = 3000) -> float:
+def round_trip_ms(url: str, requests: int = 3000, payload: bytes | None = None) -> tuple[float, float]:
     """p50 of one request at a time over one kept-alive connection, timed per request to the
     microsecond (hey's figures are rounded to 0.1 ms): a plain socket client, whose own time is
-    counted in it, so the figure is what the server adds plus the client's and the loopback's."""
+    counted in it, so the figure is what the server adds plus the client's and the loopback's.
+    Returns the p50 and p99 in ms; ``payload``: the JSON body (default: this bench's request)."""
     host, port = url.split("/")[2].split(":")
     path = "/" + url.split("/", 3)[3]
-    payload = body()
+    payload = body() if payload is None else payload
     request = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
     times = []
@@ -226,7 +229,8 @@ def round_trip_ms(url: str, requests: int = 3000) -> float:
             buffer = buffer[length:]
             if i >= 200:  # the first ones warm up
                 times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
+    ms = np.asarray(times) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
 def model_time_ms(path: Path) -> float:
@@ -283,7 +287,7 @@ def main() -> None:
             proc, url = start(kind, name, path, work, Path(args.mlserver_venv))
             try:
                 hey(url, 4, 1, body_file)  # warm-up
-                exact[kind] = round_trip_ms(url)
+                exact[kind] = round_trip_ms(url)[0]
                 print(f"  {kind:<10}{1:>6}{'':>10}{exact[kind]:>9.3f}   (one connection, timed to the microsecond)",
                       flush=True)
                 for c in levels:

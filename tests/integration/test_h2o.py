@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import lakeinfer
+from lakeinfer.models.h2o import FEW_ROWS
 from tests.conftest import read_output, run_cli
 from tests.serving import free_port, serving
 
@@ -272,6 +273,12 @@ def test_serve_equals_h2o_predict_without_a_jvm(h2o_models: dict[str, Mojo], tes
             served = answer.json()["predictions"]
             _compare(f"{name} records", mojo, [p["prediction"] for p in served],
                      [p["probability"] for p in served] if mojo.probability is not None else None)
+            # and in requests of a few rows (levels coded by a dict, not Arrow's kernels): NAs and unseen levels too
+            few = [p for at in range(0, len(records), FEW_ROWS - 1)
+                   for p in httpx.post(f"{server.url}/v1/models/m/predict", json={"instances": records[at:at + FEW_ROWS - 1]},
+                                       timeout=60).json()["predictions"]]
+            _compare(f"{name} few-row records", mojo, [p["prediction"] for p in few],
+                     [p["probability"] for p in few] if mojo.probability is not None else None)
             # one row at a time, over the v2 protocol, strings as BYTES
             whole = [i for i, r in enumerate(records) if all(v is not None for v in r.values())]
             for i in whole[:3]:

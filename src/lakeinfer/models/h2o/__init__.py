@@ -34,6 +34,7 @@ __all__ = ["H2OMojoModel", "load", "SUPPORTED"]
 #: the algorithms scored here (``algo`` in model.ini)
 SUPPORTED = ("gbm", "drf", "glm")
 _ENCODINGS = ("AUTO", "Enum", "SortByResponse")
+FEW_ROWS = 64  # up to this many rows a column's levels are coded with a dict, past it with Arrow's kernels
 
 
 class H2OMojoModel(Model):
@@ -79,6 +80,9 @@ class H2OMojoModel(Model):
                              if d is not None and glm_skips))
         self._labels = pa.array(self.classes or (), pa.string())
         self._domain_arrays = [pa.array(d, pa.string()) if d is not None else None for d in self.domains]
+        # the same domains as dicts (level -> code), for batches small enough that a dict beats Arrow's kernels
+        self._domain_index = [{level: i for i, level in enumerate(d)} if d is not None else None
+                              for d in self.domains]
         outputs = [TensorSpec("prediction", "string" if self.classes else "float64")]
         if self.classes:
             outputs.append(TensorSpec("probability", "float64", (None, len(self.classes))))
@@ -124,7 +128,10 @@ class H2OMojoModel(Model):
             if known is None:
                 x[:, j] = _number(column, name)
                 continue
-            x[:, j], unseen = _codes(column, name, known)
+            index = self._domain_index[j]
+            assert index is not None
+            x[:, j], unseen = (_codes_few(column, name, index) if len(column) <= FEW_ROWS
+                               else _codes(column, name, known))
             if unseen is not None:
                 numbered[j] = unseen
         if not numbered:
@@ -176,18 +183,36 @@ def _number(column: pa.Array, name: str) -> np.ndarray:
     return column.to_numpy(zero_copy_only=False)  # type: ignore[no-any-return]
 
 
+def _level_kind(column: pa.Array, name: str, known: pa.Array | dict[str, int]) -> pa.DataType:
+    """The type of the column's levels, refused unless strings or integers (matched by their text)."""
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if not (pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        domain = known.to_pylist() if isinstance(known, pa.Array) else list(known)
+        shown = ", ".join(repr(v) for v in list(domain)[:5]) + (", ..." if len(domain) > 5 else "")
+        raise SchemaError(f"feature column '{name}' has type {column.type}; the model expects a category "
+                          f"(one of {shown})")
+    return kind
+
+
+def _codes_few(column: pa.Array, name: str, index: dict[str, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`_codes` for a few rows (a served request), with a dict: the same codes and numbers."""
+    numbers = pa.types.is_integer(_level_kind(column, name, index))
+    levels = [v if v is None or not numbers else str(v) for v in column.to_pylist()]
+    codes = np.array([index.get(v, np.nan) if v is not None else np.nan for v in levels], dtype=np.float64)
+    fresh = sorted({v for v in levels if v is not None and v not in index})
+    if not fresh:
+        return codes, None
+    number = {level: float(len(index) + i) for i, level in enumerate(fresh)}
+    return codes, np.array([number.get(v, np.nan) if v is not None else np.nan for v in levels], dtype=np.float64)
+
+
 def _codes(column: pa.Array, name: str, known: pa.Array) -> tuple[np.ndarray, np.ndarray | None]:
     """Per row, the level's index in the training domain, NaN for null and unseen levels; and,
     where there are unseen levels, per row the number in-cluster H2O gives an unseen level
     (NaN elsewhere), else None."""
     values = column.dictionary if pa.types.is_dictionary(column.type) else column
-    kind = values.type
-    if pa.types.is_integer(kind):  # levels that are numbers, matched by their text as H2O does
-        values = values.cast(pa.string())
-    elif not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        shown = ", ".join(repr(v) for v in known.to_pylist()[:5]) + (", ..." if len(known) > 5 else "")
-        raise SchemaError(f"feature column '{name}' has type {column.type}; the model expects a category "
-                          f"(one of {shown})")
+    if pa.types.is_integer(_level_kind(column, name, known)):  # levels that are numbers,
+        values = values.cast(pa.string())  # matched by their text as H2O does
     found = pc.index_in(values, value_set=known.cast(values.type))
     fresh = found.null_count > values.null_count  # levels the model has not seen
     if pa.types.is_dictionary(column.type):
