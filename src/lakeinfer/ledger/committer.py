@@ -67,6 +67,17 @@ def _unify(batches: list[pa.RecordBatch]) -> pa.Table:
     return pa.Table.from_batches([_conform(b, schema) for b in batches], schema=schema)
 
 
+def _runs(frames: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
+    """Each run of consecutive frames of one schema (metadata included) as one batch."""
+    runs: list[list[pa.RecordBatch]] = []
+    for frame in frames:
+        if runs and frame.schema.equals(runs[-1][0].schema, check_metadata=True):
+            runs[-1].append(frame)
+        else:
+            runs.append([frame])
+    return [run[0] if len(run) == 1 else pa.concat_batches(run) for run in runs]
+
+
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     columns = []
     for f in schema:
@@ -155,13 +166,16 @@ class Committer:
             start = offsets.get(name, 0)
             read = read_segment(path, start)
             end = start
-            for frame, frame_end in zip(read.batches, read.ends, strict=True):
-                batch = table_rows(frame)
-                taken = batch if self.select is None else self.select.take(batch)
-                if taken is None:
-                    break
-                batches.append(taken)
-                end = frame_end
+            if self.select is None:  # every frame; frames alike become table rows together, not one by one
+                batches += [table_rows(run) for run in _runs(read.batches)]
+                end = read.end
+            else:
+                for frame, frame_end in zip(read.batches, read.ends, strict=True):
+                    taken = self.select.take(table_rows(frame))
+                    if taken is None:
+                        break
+                    batches.append(taken)
+                    end = frame_end
             if end != start:
                 offsets[name] = end
             elif final and read.end == start:

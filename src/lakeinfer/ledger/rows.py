@@ -72,9 +72,13 @@ def ledger_rows(identity: dict[str, pa.Array], features: pa.RecordBatch, outputs
 FEATURES_KEY = b"lakeinfer.features"
 
 
-def with_features(rows: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-    """``rows`` whose inputs are still as sent, noting the model's feature schema for :func:`table_rows`."""
-    return rows.replace_schema_metadata({FEATURES_KEY: schema.serialize().to_pybytes()})
+def with_features(rows: pa.RecordBatch, schema: pa.Schema, noted: dict[bytes, bytes] | None = None) -> pa.RecordBatch:
+    """``rows`` whose inputs are still as sent, noting the model's feature schema for :func:`table_rows`
+    (``noted``: where the note is kept once made, for the next frames of the same model)."""
+    if not noted:
+        noted = {} if noted is None else noted
+        noted[FEATURES_KEY] = schema.serialize().to_pybytes()
+    return rows.replace_schema_metadata(noted)
 
 
 def table_rows(rows: pa.RecordBatch) -> pa.RecordBatch:

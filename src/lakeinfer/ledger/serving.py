@@ -77,6 +77,7 @@ class ServeLedger:
         self._status: dict[str, Any] = {}
         self._read_at = 0.0
         self._wal_error: str | None = None
+        self._noted: dict[str, dict[bytes, bytes]] = {}  # per model, its features' schema as a frame notes it
 
     def new_id(self) -> str:
         return uuid.uuid4().hex
@@ -117,7 +118,8 @@ class ServeLedger:
                                     pa.timestamp("us", tz="UTC")),
             "latency_ms": pa.array([e[3] for e, k in zip(entries, sizes, strict=True) for _ in range(k)], pa.float64()),
         }
-        return with_features(ledger_rows(identity, inputs, _one([e[5] for e in entries])), schema)
+        return with_features(ledger_rows(identity, inputs, _one([e[5] for e in entries])), schema,
+                             self._noted.setdefault(model, {}))
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()

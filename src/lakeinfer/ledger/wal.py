@@ -102,11 +102,21 @@ def _concatenated(entries: list[Any]) -> pa.RecordBatch:
     return pa.Table.from_batches(entries).combine_chunks().to_batches()[0]
 
 
+def _settle(group: list[tuple[Any, asyncio.Future[None]]], failed: list[BaseException | None]) -> None:
+    for (_, future), problem in zip(group, failed, strict=True):
+        if future.done():
+            continue
+        if problem is None:
+            future.set_result(None)
+        else:
+            future.set_exception(problem)
+
+
 class WalWriter:
-    """One process's appender, in groups: the entries (requests) that arrive while the previous
-    group is being written become one frame (``build``: entries to the frame's rows, on the
-    writer's thread) and one ``write`` (``sync``: and one ``fdatasync``); each caller resumes once
-    its rows are in the file (``sync``: on the disk)."""
+    """One process's appender, in groups: the entries (requests) that arrive in one turn of the
+    event loop (``sync``: while the previous group is being synced, on a thread) become one frame
+    (``build``: entries to the frame's rows) and one ``write`` (``sync``: and one ``fdatasync``);
+    each caller resumes once its rows are in the file (``sync``: on the disk)."""
 
     def __init__(self, folder: str, *, sync: bool = False,
                  build: Callable[[list[Any]], pa.RecordBatch] = _concatenated) -> None:
@@ -119,6 +129,7 @@ class WalWriter:
         self._opened = 0.0
         self._pending: list[tuple[Any, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._scheduled = False
         self.rows = 0
 
     def _open(self) -> int:
@@ -155,11 +166,26 @@ class WalWriter:
 
     async def append(self, entry: Any) -> None:
         """Return once ``entry``'s rows are in the log (raises OSError when they cannot be)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         self._pending.append((entry, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        if self.sync:  # fdatasync takes milliseconds: on a thread, the next group gathering meanwhile
+            if self._flusher is None or self._flusher.done():
+                self._flusher = loop.create_task(self._flush())
+        elif not self._scheduled:  # a write to the page cache takes microseconds: here, once the
+            # requests resumed in this turn of the loop (a batch the batcher answered) have all appended
+            self._scheduled = True
+            loop.call_soon(self._flush_here)
         await future
+
+    def _flush_here(self) -> None:
+        self._scheduled = False
+        group, self._pending = self._pending, []
+        try:
+            failed = self._write_group([entry for entry, _ in group])
+        except Exception as exc:
+            failed = [exc] * len(group)
+        _settle(group, failed)
 
     def _write_group(self, entries: list[Any]) -> list[BaseException | None]:
         """On a thread: the group's frame written; per entry, None or why its rows are not in the log."""
@@ -187,13 +213,7 @@ class WalWriter:
                 failed = await loop.run_in_executor(None, self._write_group, [entry for entry, _ in group])
             except Exception as exc:
                 failed = [exc] * len(group)
-            for (_, future), problem in zip(group, failed, strict=True):
-                if future.done():
-                    continue
-                if problem is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(problem)
+            _settle(group, failed)
 
     def append_now(self, batch: pa.RecordBatch) -> None:
         """``append`` for a caller without an event loop (the stream): returns once written."""
