@@ -40,19 +40,7 @@ class RayEngine:
             return run_units(job, lambda units: RayRunner(ray, job.recipe, job.workers, units))
 
 
-
-
 ENGINE = RayEngine()
-
-
-
-
-
-
-
-
-
-
 
 
 def stages_on_ray(recipe: PipelineRecipe) -> bool:

@@ -88,10 +88,11 @@ def ray_session(address: str | None) -> Iterator[Any]:
         try:
             yield ray
         finally:
-            ray.shutdown()
+            _stop_private(ray)
     finally:
-        if reaper is not None:  # Ray stopped here: nothing left to reap
-            reaper.kill()
+        if reaper is not None:  # told to sweep now: whatever of this Ray is left is killed, then it exits
+            assert reaper.stdin is not None
+            reaper.stdin.close()
             reaper.wait()
         os.environ.pop(SESSION_MARK, None)
         for name, value in saved.items():
@@ -105,14 +106,9 @@ def ray_session(address: str | None) -> Iterator[Any]:
 SESSION_MARK = "LAKEINFER_RAY_SESSION"
 
 _REAPER = r"""
-import os, shutil, signal, sys, time
-driver, folder, mark = int(sys.argv[1]), sys.argv[2], sys.argv[3].encode()
-while True:
-    try:
-        os.kill(driver, 0)
-    except ProcessLookupError:
-        break
-    time.sleep(0.5)
+import os, shutil, signal, sys
+folder, mark = sys.argv[1], sys.argv[2].encode()
+sys.stdin.buffer.read()  # the end of the pipe: the driver closed it, or died (kill -9 too)
 needle = mark + b"=" + folder.encode()
 for pid in os.listdir("/proc"):
     if pid.isdigit() and int(pid) != os.getpid():
@@ -126,14 +122,27 @@ shutil.rmtree(folder, ignore_errors=True)
 """
 
 def _start_reaper(folder: str) -> subprocess.Popen[bytes] | None:
-    """A watcher of this process: when it ends, however it ends (kill -9 included), the private
-    Ray's processes are stopped and its folder removed. Ray stops its own head processes when the
-    driver dies, but not its agents, which would live on."""
+    """A watcher of this process, holding the read end of a pipe only this process writes to: when
+    the pipe ends (this process closes it at the end of the session, or dies, kill -9 included),
+    it kills every process of the private Ray and removes its folder. Ray stops its own head
+    processes when the driver dies, but not its agents, which would live on."""
     if not os.path.isdir("/proc"):  # the reaper finds the processes through /proc (Linux)
         return None
-    return subprocess.Popen([sys.executable, "-c", _REAPER, str(os.getpid()), folder, SESSION_MARK],
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     start_new_session=True, close_fds=True)
+    return subprocess.Popen([sys.executable, "-c", _REAPER, folder, SESSION_MARK], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            close_fds=True)
+
+
+def _stop_private(ray: Any) -> None:
+    """Disconnect from the private Ray and stop it at once: each of its processes is killed rather
+    than asked to exit and waited for in turn (a second per command), as the job's work is done and
+    the reaper sweeps up what is left."""
+    node = getattr(getattr(ray, "_private", None) and ray._private.worker, "_global_node", None)
+    if node is not None and hasattr(node, "kill_all_processes"):
+        original = node.kill_all_processes
+        node.kill_all_processes = lambda **options: original(**{**options, "allow_graceful": False})
+    ray.shutdown()
+
 
 def _forget_token() -> None:
     """Ray keeps the first token it read for the life of the process; a second private Ray has
