@@ -122,7 +122,10 @@ def with_nulls(tmp_path: Path) -> Path:
 
 
 def test_null_feature_fails_by_default(onnx_model: Trained, with_nulls: Path, tmp_path: Path) -> None:
-    _fails(_batch(onnx_model, with_nulls, tmp_path / "out"), "data-1.parquet, row 20", "'f2' is null", "--on-error")
+    result = _batch(onnx_model, with_nulls, tmp_path / "out")
+    _fails(result, "'f2' is null", "--on-error")
+    # two files hold a null, scored side by side: the line names the one whose unit failed first
+    assert ("data-1.parquet, row 20:" in result.stderr) != ("data-2.parquet, row 50:" in result.stderr), result.stderr
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 

@@ -23,11 +23,13 @@ import pyarrow.parquet as pq
 import pytest
 
 import lakeinfer
+from lakeinfer.ray._reaper import sweep
 from lakeinfer.ray.session import SESSION_MARK
 from tests.conftest import FEATURES, Trained, read_output, run_cli
 from tests.serving import free_port
 from tests.slow_model import SlowEcho
 
+CLUSTER_MARK = "LAKEINFER_TEST_RAY_CLUSTER"  # the `ray start` cluster's processes carry it
 ROOT = Path(__file__).resolve().parents[2]
 # this tree's lakeinfer, and tests.slow_model for the actors that unpickle the slow model
 PATHS = {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -35,7 +37,8 @@ PATHS = {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ
 
 def _ray_processes(temp: Path) -> set[int]:
     """The processes of private Rays whose folders are under ``temp`` (a command run with TMPDIR
-    set to it): they carry the folder in their environment, whoever their parent is now."""
+    set to it): they carry the folder in their environment, or (Ray's agents, which rewrite
+    theirs) hold their logs there open, whoever their parent is now."""
     found = set()
     needle = f"{SESSION_MARK}={temp}".encode()
     for proc in psutil.process_iter():
@@ -43,6 +46,9 @@ def _ray_processes(temp: Path) -> set[int]:
             with open(f"/proc/{proc.pid}/environ", "rb") as fh:
                 if any(entry.startswith(needle) for entry in fh.read().split(b"\0")):
                     found.add(proc.pid)
+            fds = f"/proc/{proc.pid}/fd"  # read raw: a log whose folder is gone is "... (deleted)"
+            if any(os.readlink(f"{fds}/{fd}").startswith(f"{temp}/") for fd in os.listdir(fds)):
+                found.add(proc.pid)
         except OSError:
             continue
     return found
@@ -244,17 +250,20 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
     token = root / "token"
     token.write_text("b" * 64)
     port = free_port()
-    env = {**os.environ, **PATHS, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "HOME": str(root)}
-    env.pop("RAY_ADDRESS", None)
-    ray_cli = str(Path(sys.executable).parent / "ray")
     temp = Path("/tmp") / f"lkr-{port}"
+    env = {**os.environ, **PATHS, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "HOME": str(root),
+           CLUSTER_MARK: str(temp)}
+    env.pop("RAY_ADDRESS", None)
+    env.pop(SESSION_MARK, None)  # not this process's private Ray's: its sweep would stop this cluster
+    ray_cli = str(Path(sys.executable).parent / "ray")
     started = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
                               "--disable-usage-stats", f"--temp-dir={temp}"], env=env, capture_output=True, text=True,
                              timeout=180)
     assert started.returncode == 0, started.stderr[-3000:]
     yield {"address": f"127.0.0.1:{port}", "env": env}
-    subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
-    subprocess.run(["rm", "-rf", str(temp)], check=False)
+    # this cluster's processes only (they carry its mark): `ray stop` would stop every Ray on the
+    # machine, this test process's own private one too, whose shutdown would then wait on the dead
+    sweep(str(temp), CLUSTER_MARK)
 
 
 def test_joins_a_ray_start_cluster_and_starts_no_ray_of_its_own(ray_cluster, onnx_model: Trained,  # type: ignore[no-untyped-def]

@@ -22,6 +22,7 @@ from typing import Any
 
 from .. import errors
 from ..cpu import available_cores
+from . import _reaper
 
 __all__ = ["SESSION_MARK", "first_line", "messages_to_stderr", "ray_session"]
 
@@ -90,9 +91,9 @@ def ray_session(address: str | None) -> Iterator[Any]:
         finally:
             _stop_private(ray)
     finally:
-        if reaper is not None:  # told to sweep now: whatever of this Ray is left is killed, then it exits
-            assert reaper.stdin is not None
-            reaper.stdin.close()
+        if reaper is not None:  # Ray stopped here: what is left of it is swept here, and the reaper goes
+            _reaper.sweep(folder, SESSION_MARK, spare=(reaper.pid,))
+            reaper.kill()
             reaper.wait()
         os.environ.pop(SESSION_MARK, None)
         for name, value in saved.items():
@@ -105,38 +106,20 @@ def ray_session(address: str | None) -> Iterator[Any]:
 # A private Ray's processes carry this variable (its folder); the reaper stops them if the driver dies.
 SESSION_MARK = "LAKEINFER_RAY_SESSION"
 
-_REAPER = r"""
-import os, shutil, signal, sys
-folder, mark = sys.argv[1], sys.argv[2].encode()
-sys.stdin.buffer.read()  # the end of the pipe: the driver closed it, or died (kill -9 too)
-needle = mark + b"=" + folder.encode()
-for pid in os.listdir("/proc"):
-    if pid.isdigit() and int(pid) != os.getpid():
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as fh:
-                if needle in fh.read().split(b"\0"):
-                    os.kill(int(pid), signal.SIGKILL)
-        except OSError:
-            pass
-shutil.rmtree(folder, ignore_errors=True)
-"""
-
 def _start_reaper(folder: str) -> subprocess.Popen[bytes] | None:
-    """A watcher of this process, holding the read end of a pipe only this process writes to: when
-    the pipe ends (this process closes it at the end of the session, or dies, kill -9 included),
-    it kills every process of the private Ray and removes its folder. Ray stops its own head
-    processes when the driver dies, but not its agents, which would live on."""
+    """A watcher of this process (``_reaper.py``, run as a script): when this process dies, kill -9
+    included, it stops the private Ray's processes and removes its folder."""
     if not os.path.isdir("/proc"):  # the reaper finds the processes through /proc (Linux)
         return None
-    return subprocess.Popen([sys.executable, "-c", _REAPER, folder, SESSION_MARK], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            close_fds=True)
+    return subprocess.Popen([sys.executable, _reaper.__file__, str(os.getpid()), folder, SESSION_MARK],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, close_fds=True)
 
 
 def _stop_private(ray: Any) -> None:
     """Disconnect from the private Ray and stop it at once: each of its processes is killed rather
-    than asked to exit and waited for in turn (a second per command), as the job's work is done and
-    the reaper sweeps up what is left."""
+    than asked to exit and waited for in turn (a second per command), as the job's work is done;
+    the session then sweeps up what is left (its agents)."""
     node = getattr(getattr(ray, "_private", None) and ray._private.worker, "_global_node", None)
     if node is not None and hasattr(node, "kill_all_processes"):
         original = node.kill_all_processes
