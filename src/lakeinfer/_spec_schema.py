@@ -9,7 +9,6 @@ taken where a float belongs).
 from __future__ import annotations
 
 import datetime
-import difflib
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -27,9 +26,9 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
 )
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
 
-from .errors import ConfigError
+from ._spec_errors import config_error, show
 
 __all__ = [
     "BatchSection", "ModelSection", "OnError", "STEP_OPS", "ServeSection", "SpecModel", "Step",
@@ -45,7 +44,7 @@ def _engine(name: str) -> str:
     if name not in ENGINES:
         names = [repr(n) for n in ENGINES]
         known = " or ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else names[0]
-        raise PydanticCustomError("engine", "expected {known}, got {got}", {"known": known, "got": _show(name)})
+        raise PydanticCustomError("engine", "expected {known}, got {got}", {"known": known, "got": show(name)})
     return name
 
 
@@ -58,14 +57,14 @@ def _scalar(value: Any) -> Any:
     if isinstance(value, bool | int | float | str | datetime.date | datetime.time):
         return value
     raise PydanticCustomError("scalar_type", "expected a number, string or bool, got {got}",
-                              {"got": _show(value)})
+                              {"got": show(value)})
 
 
 def _spark_value(value: Any) -> Any:
     if isinstance(value, bool | int | float | str):
         return value
     raise PydanticCustomError("scalar_type", "expected a string, number or bool, got {got}",
-                              {"got": _show(value)})
+                              {"got": show(value)})
 
 
 def _labels(value: Any) -> Any:
@@ -74,7 +73,7 @@ def _labels(value: Any) -> Any:
     if isinstance(value, Sequence) and not isinstance(value, str):
         return [_scalar(v) for v in value]
     raise PydanticCustomError("labels_type", "expected a list or a table of labels, got {got}",
-                              {"got": _show(value)})
+                              {"got": show(value)})
 
 
 Scalar = Annotated[Any, AfterValidator(_scalar)]
@@ -162,7 +161,7 @@ _STEP_MODELS: tuple[type[_Strict], ...] = (
 STEP_OPS: tuple[str, ...] = tuple(
     get_args(m.model_fields["op"].annotation)[0] for m in _STEP_MODELS
 )
-_STEP_BY_OP = dict(zip(STEP_OPS, _STEP_MODELS, strict=True))
+STEP_BY_OP = dict(zip(STEP_OPS, _STEP_MODELS, strict=True))
 
 Step = Annotated[
     SelectStep | RenameStep | CastStep | FillNullStep | AssembleStep | ThresholdStep | ArgmaxStep
@@ -304,7 +303,7 @@ class SpecModel(_Strict):
     stream: Annotated[StreamSection, BeforeValidator(_table)] = StreamSection()
 
 
-_SECTIONS: dict[str, type[_Strict]] = {
+SECTIONS: dict[str, type[_Strict]] = {
     "model": ModelSection, "pipeline": PipelineSection, "batch": BatchSection,
     "serve": ServeSection, "stream": StreamSection,
 }
@@ -312,111 +311,11 @@ _SECTIONS: dict[str, type[_Strict]] = {
 
 # --- errors ----------------------------------------------------------------------------------
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-Loc = tuple[int | str, ...]
-
-
-def _clean_loc(loc: Loc, lone_step: bool) -> tuple[Loc, str | None]:
-    """The location without the discriminator's tag pydantic puts after a step, and that op."""
-    parts = list(loc)
-    if lone_step:
-        # validate_step's locations start with the tag, unless the op itself was bad
-        op = parts.pop(0) if parts and parts[0] in _STEP_BY_OP else None
-        return tuple(parts), None if op is None else str(op)
-    for i in range(len(parts) - 2):
-        if parts[i] == "steps" and isinstance(parts[i + 1], int) and parts[i + 2] in _STEP_BY_OP:
-            return tuple(parts[:i + 2] + parts[i + 3:]), str(parts[i + 2])
-    return tuple(parts), None
-
-
-def _path(loc: Sequence[int | str]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _allowed(parent: tuple[int | str, ...], op: str | None) -> list[str] | None:
-    if op is not None and (not parent or isinstance(parent[-1], int)):
-        cls: type[_Strict] | None = _STEP_BY_OP[op]
-    elif not parent:
-        cls = SpecModel
-    elif parent[:2] == ("serve", "models") and len(parent) == 3:
-        cls = ServeModel
-    else:
-        cls = _SECTIONS.get(str(parent[0])) if len(parent) == 1 else None
-    return [k for k in cls.model_fields if k != "op"] if cls is not None else None
-
-
-def _unknown_key(key: str, parent: tuple[int | str, ...], op: str | None) -> str:
-    noun = "section" if not parent and op is None else "key"
-    allowed = _allowed(parent, op)
-    if not allowed:
-        return f"unknown {noun} {key!r}" + (f" ({op} takes no options)" if op else "")
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(allowed)}"
-    return f"unknown {noun} {key!r} ({hint})"
-
-
-_EXPECTED = {
-    "int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
-    "string_type": "a string", "list_type": "a list", "dict_type": "a table/mapping",
-    "model_type": "a table/mapping", "model_attributes_type": "a table/mapping",
-}
-
-
-def _describe(err: ErrorDetails, lone_step: bool) -> str:
-    kind, ctx = err["type"], err.get("ctx") or {}
-    loc, op = _clean_loc(tuple(err["loc"]), lone_step)
-    if kind == "extra_forbidden":
-        where, message = loc[:-1], _unknown_key(str(loc[-1]), loc[:-1], op)
-    elif kind == "missing":
-        where, message = loc[:-1], f"missing required key {loc[-1]!r}"
-    elif kind == "union_tag_invalid":
-        where = loc
-        message = f"unknown op {ctx.get('tag')!r} (choose one of {', '.join(STEP_OPS)})"
-    elif kind == "union_tag_not_found":
-        where, message = loc, f"a step needs an 'op' (one of {', '.join(STEP_OPS)})"
-    elif kind in _EXPECTED:
-        where, message = loc, f"expected {_EXPECTED[kind]}, got {_show(err['input'])}"
-    elif kind == "literal_error":
-        where, message = loc, f"expected {ctx.get('expected')}, got {_show(err['input'])}"
-    elif kind == "string_pattern_mismatch":
-        where, message = loc, (f"expected a name of letters, digits, '_', '-' and '.', got {_show(err['input'])}")
-    elif kind in ("greater_than_equal", "greater_than", "less_than_equal"):
-        bound = {"greater_than_equal": f"at least {ctx.get('ge')}",
-                 "greater_than": f"greater than {ctx.get('gt')}",
-                 "less_than_equal": f"at most {ctx.get('le')}"}[kind]
-        where, message = loc, f"must be {bound}, got {_show(err['input'])}"
-    else:
-        where, message = loc, err["msg"]
-    path = _path(where)
-    return f"{path}: {message}" if path else message
-
-
-def _one_line(exc: ValidationError, lone_step: bool, limit: int = 5) -> str:
-    errors = exc.errors(include_url=False)
-    messages = list(dict.fromkeys(_describe(e, lone_step) for e in errors))
-    text = "; ".join(messages[:limit])
-    if len(messages) > limit:
-        text += f"; and {len(messages) - limit} more"
-    return text.replace("\n", " ")
-
-
-def config_error(exc: ValidationError, prefix: str, *, lone_step: bool = False) -> ConfigError:
-    """One line naming each bad key's path, after ``prefix`` (e.g. ``job spec job.toml``)."""
-    return ConfigError(f"{prefix}: {_one_line(exc, lone_step)}")
-
-
 def validate_step(spec: Mapping[str, Any], *, index: int | None = None) -> dict[str, Any]:
     """The step's options as given, checked: ``{"op": ..., **options}``."""
     if index is not None:
         where = f"pipeline.steps[{index}]"
-    elif isinstance(spec, Mapping) and spec.get("op") in _STEP_BY_OP:
+    elif isinstance(spec, Mapping) and spec.get("op") in STEP_BY_OP:
         where = f"step {spec['op']!r}"
     else:
         where = "step"
