@@ -319,7 +319,7 @@ def _serve_config(args: argparse.Namespace) -> tuple[ServeConfig, dict[str, Any]
 def _stream(args: argparse.Namespace) -> int:
     from ._spec_schema import dump, merged
     from .errors import ConfigError
-    from .stream.kafka import StreamConfig
+    from .stream.config import StreamConfig
 
     job = _spec(args)
     cli = {"bootstrap_servers": args.bootstrap_servers, "input_topic": args.input_topic,

@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..spark.scoring import score
 from ..spark.session import connect_remote, session
-from .kafka import StreamConfig
+from .config import StreamConfig
 
 # The connector of each Spark minor whose dependencies all resolve from Maven Central: its
 # spark-token-provider-kafka-0-10 exists for 4.1.1 but not for 4.1.0, 4.1.2 or 4.1.3. Connectors
