@@ -13,8 +13,8 @@ import pyarrow as pa
 from ..schema import PACKED, packed_width, unpack_features
 from .table import ledger_ref
 
-__all__ = ["IDENTITY", "LEDGER_WAL", "features_as_received", "ledger_rows", "table_rows", "wal_folder",
-           "with_features"]
+__all__ = ["IDENTITY", "LEDGER_WAL", "features_as_received", "features_note", "ledger_rows", "table_rows",
+           "wal_folder"]
 
 LEDGER_WAL = ".lakeinfer-ledger"
 # the columns that say which prediction a row is, besides the features and outputs
@@ -72,17 +72,14 @@ def ledger_rows(identity: dict[str, pa.Array], features: pa.RecordBatch, outputs
 FEATURES_KEY = b"lakeinfer.features"
 
 
-def with_features(rows: pa.RecordBatch, schema: pa.Schema, noted: dict[bytes, bytes] | None = None) -> pa.RecordBatch:
-    """``rows`` whose inputs are still as sent, noting the model's feature schema for :func:`table_rows`
-    (``noted``: where the note is kept once made, for the next frames of the same model)."""
-    if not noted:
-        noted = {} if noted is None else noted
-        noted[FEATURES_KEY] = schema.serialize().to_pybytes()
-    return rows.replace_schema_metadata(noted)
+def features_note(schema: pa.Schema) -> dict[bytes, bytes]:
+    """The schema metadata that notes the model's feature ``schema`` on a frame whose inputs are
+    still as sent, for :func:`table_rows` (made once per model, put on each of its frames)."""
+    return {FEATURES_KEY: schema.serialize().to_pybytes()}
 
 
 def table_rows(rows: pa.RecordBatch) -> pa.RecordBatch:
-    """A WAL frame's rows as the table holds them: inputs noted by :func:`with_features` split into
+    """A WAL frame's rows as the table holds them: inputs noted by :func:`features_note` split into
     feature columns of the model's types (the committer's work, off the request path)."""
     raw = (rows.schema.metadata or {}).get(FEATURES_KEY)
     if raw is None:

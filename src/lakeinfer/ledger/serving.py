@@ -19,7 +19,7 @@ import pyarrow as pa
 from ..errors import ConfigError, LakeinferError
 from ..models import model_digest
 from .committer import Committer, read_status
-from .rows import features_as_received, ledger_rows, wal_folder, with_features
+from .rows import features_as_received, features_note, ledger_rows, wal_folder
 from .table import LedgerTable
 from .wal import WalWriter
 
@@ -77,7 +77,7 @@ class ServeLedger:
         self._status: dict[str, Any] = {}
         self._read_at = 0.0
         self._wal_error: str | None = None
-        self._noted: dict[str, dict[bytes, bytes]] = {}  # per model, its features' schema as a frame notes it
+        self._notes: dict[str, dict[bytes, bytes]] = {}  # per model, the note of its features' schema on a frame
 
     def new_id(self) -> str:
         return uuid.uuid4().hex
@@ -118,8 +118,9 @@ class ServeLedger:
                                     pa.timestamp("us", tz="UTC")),
             "latency_ms": pa.array([e[3] for e, k in zip(entries, sizes, strict=True) for _ in range(k)], pa.float64()),
         }
-        return with_features(ledger_rows(identity, inputs, _one([e[5] for e in entries])), schema,
-                             self._noted.setdefault(model, {}))
+        if model not in self._notes:
+            self._notes[model] = features_note(schema)
+        return ledger_rows(identity, inputs, _one([e[5] for e in entries])).replace_schema_metadata(self._notes[model])
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
