@@ -25,7 +25,7 @@ def batch(input: str | None = None, output: str | None = None, *, model: str | P
           partition_by: Sequence[str] | None = None, catalog: str | None = None, where: str | None = None,
           snapshot: str | int | None = None, incremental: bool | None = None, full: bool | None = None,
           staging: str | None = None, signature: str | None = None,
-          model_path_on_cluster: str | None = None) -> BatchSummary:
+          model_path_on_cluster: str | None = None, spark_io: str | None = None) -> BatchSummary:
     """Score ``input`` (a file, folder or glob; local or ``s3://``) into Parquet under ``output``.
 
     ``model`` is a path, or a :class:`PipelineRecipe` holding every model option (then ``flavor``,
@@ -57,7 +57,7 @@ def batch(input: str | None = None, output: str | None = None, *, model: str | P
         batch_size=batch_size, input_format=input_format, on_error=on_error, overwrite=overwrite, engine=engine,
         ray_address=ray_address, master=master, remote=remote, spark_conf=spark_conf, partition_by=None if partition_by is None else list(partition_by),
         catalog=catalog, where=where, snapshot=snapshot, incremental=incremental, full=full, staging=staging,
-        model_path_on_cluster=model_path_on_cluster)
+        model_path_on_cluster=model_path_on_cluster, spark_io=spark_io)
     return engines.run(options)
 
 

@@ -200,6 +200,7 @@ class BatchSection(_Strict):
     master: StrictStr | None = None
     remote: StrictStr | None = None
     model_path_on_cluster: StrictStr | None = None
+    spark_io: Literal["auto", "arrow", "spark"] | None = None
     spark_conf: dict[StrictStr, SparkValue] | None = None
     partition_by: list[StrictStr] | None = None
     catalog: StrictStr | None = None

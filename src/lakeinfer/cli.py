@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--remote", help="--engine spark on a Spark Connect server: sc://HOST:PORT (default: $SPARK_REMOTE)")
     batch.add_argument("--model-path-on-cluster", help="--engine spark: where every executor reads the same model "
                        "(e.g. a Databricks volume), instead of shipping it with the job")
+    batch.add_argument("--spark-io", choices=("auto", "arrow", "spark"),
+                       help="--engine spark: who reads and writes the rows: arrow (pyarrow in the Python workers, a "
+                       "task per unit), spark (Spark's reader and writer); default auto: arrow for files in and a "
+                       "folder out")
     batch.add_argument("--spark-conf", action="append", type=_key_value, metavar="KEY=VALUE",
                        help="a Spark setting for --engine spark (repeatable)")
     batch.add_argument("--partition-by", type=_columns, help="--engine spark: partition the output by these columns")
@@ -250,7 +254,7 @@ def _run(args: argparse.Namespace) -> int:
         features=args.features, keep=args.keep, workers=args.workers, batch_size=args.batch_size,
         input_format=args.input_format, on_error=args.on_error, overwrite=args.overwrite,
         spec=args.spec, engine=args.engine, progress=not args.quiet, ray_address=args.ray_address, master=args.master, remote=args.remote,
-        model_path_on_cluster=args.model_path_on_cluster,
+        model_path_on_cluster=args.model_path_on_cluster, spark_io=args.spark_io,
         spark_conf=dict(args.spark_conf or []), partition_by=args.partition_by, catalog=args.catalog,
         where=args.where, snapshot=args.snapshot, incremental=args.incremental, full=args.full,
         staging=args.staging, signature=args.signature,

@@ -75,6 +75,10 @@ class BatchJob:
     model_path_on_cluster: str | None = None
     """Where every Spark executor reads the same model (``--engine spark``), instead of shipping it
     as a session artifact; checked against the model's digest."""
+    spark_io: str = "auto"
+    """Who reads and writes the rows on ``--engine spark``: ``arrow`` (pyarrow in Spark's Python
+    workers, a task per unit), ``spark`` (Spark's own reader and writer) or ``auto`` (``arrow``
+    for files in and a folder out, else ``spark``)."""
     spark_conf: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """Spark settings (``--engine spark``): the spec's, then the caller's on top."""
     partition_by: tuple[str, ...] = ()
@@ -120,7 +124,7 @@ class BatchJob:
             keep=tuple(section.keep or ()), workers=section.workers,
             batch_size=section.batch_size or DEFAULT_BATCH_SIZE, input_format=section.input_format,
             overwrite=bool(section.overwrite), ray_address=section.ray_address, master=section.master, remote=section.remote,
-            model_path_on_cluster=section.model_path_on_cluster,
+            model_path_on_cluster=section.model_path_on_cluster, spark_io=section.spark_io or "auto",
             spark_conf=MappingProxyType({k: str(v) for k, v in (section.spark_conf or {}).items()}),
             partition_by=tuple(section.partition_by or ()),
             tables=TableOptions(

@@ -118,9 +118,11 @@ def test_bad_rows_on_spark_give_one_line(onnx_model: Trained, tmp_path: Path) ->
     assert len(lines) == 1 and "feature column 'f2' is null" in lines[0], result.stderr[-2000:]
 
 
+@pytest.mark.parametrize("io", ["arrow", "spark"])
 def test_parquet_input_runs_one_spark_job(spark, onnx_model: Trained, datasets: dict[str, Path],  # type: ignore[no-untyped-def]
-                                          tmp_path: Path) -> None:
-    # the output schema comes from rows read on the driver: the write is the command's only job
+                                          tmp_path: Path, io: str) -> None:
+    # arrow: the units' tasks are the job; spark: the output schema comes from rows read on the
+    # driver, and the write is the command's only job
     from lakeinfer import engines
     from lakeinfer.job import BatchJob
     from lakeinfer.runtime import PipelineRecipe
@@ -129,14 +131,28 @@ def test_parquet_input_runs_one_spark_job(spark, onnx_model: Trained, datasets: 
     before = set(tracker.getJobIdsForGroup())
     recipe = PipelineRecipe(model_path=str(onnx_model.path), features=tuple(FEATURES))
     summary = engines.run(BatchJob(recipe=recipe, input=str(datasets["parquet"]), output=str(tmp_path / "out"),
-                                   keep=("id",), engine="spark"))
-    assert summary.rows == 900
+                                   keep=("id",), engine="spark", spark_io="spark" if io == "spark" else "auto"))
+    assert summary.rows == 900 and summary.io == io
+    assert f"rows read and written by {'Spark' if io == 'spark' else 'pyarrow'}" in summary.line()
     assert len(set(tracker.getJobIdsForGroup()) - before) == 1
-    # batches are bounded by rows only: Spark then skips sizing them after every row
-    assert spark.conf.get("spark.sql.execution.arrow.maxBytesPerBatch") == str(2**31 - 1)
+    if io == "spark":  # batches are bounded by rows only: Spark then skips sizing them after every row
+        assert spark.conf.get("spark.sql.execution.arrow.maxBytesPerBatch") == str(2**31 - 1)
+    else:  # a part per unit, as the local engine writes them; the model once per Python worker
+        assert summary.parts == len(list((tmp_path / "out").glob("part-*.parquet"))) == 3
+        assert 1 <= summary.model_loads <= summary.workers <= 2
     out = read_output(tmp_path / "out")
     np.testing.assert_array_equal(out["prediction"], onnx_model.labels)
     np.testing.assert_allclose(np.stack(out["probability"]), onnx_model.probability, atol=1e-6)
+
+
+def test_spark_io_arrow_where_it_cannot_hold_is_one_line(onnx_model: Trained, datasets: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    result = run_cli("batch", "--engine", "spark", "--master", "local[1]", "--spark-io", "arrow",
+                     "--model", onnx_model.path, *onnx_model.cli, "--input", datasets["parquet"],
+                     "--output", tmp_path / "out", "--partition-by", "prediction")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "lakeinfer: error: --spark-io arrow: --partition-by is Spark's writer's; leave --spark-io out (or give spark)"]
 
 
 def test_driver_schema_and_sample_are_what_spark_reads(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -275,7 +291,7 @@ def test_spark_worker_cache_tells_recipes_of_one_model_apart(  # type: ignore[no
     assert (expected_strict != xgboost_binary_model.labels).sum() > 0  # the step changes some rows
 
 
-def test_spark_reads_s3_input_through_s3a(s3_env: dict[str, str], onnx_model: Trained,  # noqa: F811
+def test_spark_reads_s3_input_with_pyarrow_or_through_s3a(s3_env: dict[str, str], onnx_model: Trained,  # noqa: F811
                                           datasets: dict[str, Path], tmp_path: Path) -> None:
     # Without hadoop-aws Spark cannot read s3a://, and says so: the input kept its scheme (the old
     # code read "lake/events/data-0.parquet" as a local path and failed on a missing file).
@@ -285,8 +301,18 @@ def test_spark_reads_s3_input_through_s3a(s3_env: dict[str, str], onnx_model: Tr
     client.create_bucket(Bucket="lake")
     for path in sorted(datasets["parquet"].iterdir()):
         client.upload_file(str(path), "lake", f"events/{path.name}")
-    result = run_cli("batch", "--engine", "spark", "--master", "local[1]", "--model", onnx_model.path,
-                     *onnx_model.cli, "--input", "s3://lake/events/", "--output", tmp_path / "out", env=s3_env)
+    # the Python workers read s3:// with pyarrow, as the local engine does
+    read = run_cli("batch", "--engine", "spark", "--master", "local[1]", "--model", onnx_model.path,
+                   *onnx_model.cli, "--input", "s3://lake/events/", "--output", tmp_path / "arrow", "--keep", "id",
+                   env=s3_env)
+    assert read.returncode == 0, read.stderr[-3000:]
+    assert "rows read and written by pyarrow" in read.stdout
+    got = read_output(tmp_path / "arrow")
+    assert got["id"].tolist() == list(range(900))
+    np.testing.assert_array_equal(got["prediction"], onnx_model.labels)
+    result = run_cli("batch", "--engine", "spark", "--master", "local[1]", "--spark-io", "spark", "--model",
+                     onnx_model.path, *onnx_model.cli, "--input", "s3://lake/events/", "--output", tmp_path / "out",
+                     env=s3_env)
     assert result.returncode == 1, result.stdout
     assert [line for line in result.stderr.splitlines() if line.startswith("lakeinfer:")] == [
         "lakeinfer: error: Spark reads s3://lake/events/ as s3a://lake/events/ through Hadoop's s3a connector, "

@@ -1,9 +1,15 @@
-"""``engine=spark``: the job on Apache Spark, read and written by Spark, scored through
-``mapInArrow`` (:func:`lakeinfer.spark.score`).
+"""``engine=spark``: the job on Apache Spark, in one of two ways, chosen per job (``spark_io``)
+and named in the summary:
 
-A folder output is written with Spark's commit protocol and recorded with the local engine's
-:class:`~lakeinfer.io.sinks.OutputFolder` (the same fingerprint, manifest and completion record,
-on any file system); a table output gets one commit (:mod:`lakeinfer.spark.tables`).
+- ``arrow``, for files in and a folder out: Spark schedules a task per unit, and each task reads,
+  scores and writes its unit with pyarrow in the Python worker (:mod:`lakeinfer.spark.tasks`),
+  planned, resumed and recorded as on the local engine; no row enters the JVM.
+- ``spark``, for tables, ``--partition-by``, Spark ML PipelineModels and file systems pyarrow
+  does not reach: read and written by Spark, scored through ``mapInArrow``
+  (:func:`lakeinfer.spark.score`). A folder output is written with Spark's commit protocol and
+  recorded with the local engine's :class:`~lakeinfer.io.sinks.OutputFolder` (the same
+  fingerprint, manifest and completion record, on any file system); a table output gets one
+  commit (:mod:`lakeinfer.spark.tables`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,15 @@ class SparkEngine:
                                      "table's own location until the one commit publishes them")
         if job.partition_by and tables.is_table(job.output):
             raise errors.ConfigError("--partition-by is for folder outputs; an output table keeps its own layout")
+        if io_of(job) == ARROW:
+            try:
+                return _run_tasks(job)
+            except errors.LakeinferError:
+                raise
+            except Exception as exc:
+                from ..spark.scoring import lakeinfer_error
+
+                raise lakeinfer_error(exc) from exc
         # planned before Spark starts: a missing input or a bad table is one line, without a JVM
         plan = table_job.plan_job(job)
         if plan.out is not None:
@@ -62,6 +77,69 @@ class SparkEngine:
 
 
 ENGINE = SparkEngine()
+ARROW, SPARK = "arrow", "spark"
+_ARROW_SCHEMES = ("", "file", "s3")  # what pyarrow reads itself, on every executor as on the driver
+
+
+def io_of(job: BatchJob) -> str:
+    """Who reads and writes the job's rows: ``arrow`` (the Python workers, with pyarrow) where
+    nothing needs Spark's reader or writer, else ``spark``; ``spark_io`` chooses, and a choice
+    of ``arrow`` that cannot hold is one line saying why."""
+    if job.spark_io == SPARK:
+        return SPARK
+    reason = _needs_spark(job)
+    if reason is None:
+        return ARROW
+    if job.spark_io == ARROW:
+        raise errors.ConfigError(f"--spark-io arrow: {reason}; leave --spark-io out (or give spark)")
+    return SPARK
+
+
+def _needs_spark(job: BatchJob) -> str | None:
+    for uri in (job.input, job.output):
+        if tables.is_table(uri):
+            return f"the table {uri} is read and written through Spark's catalog"
+        scheme = uri.split("://", 1)[0] if "://" in uri else ""
+        if scheme not in _ARROW_SCHEMES:
+            return f"{uri}: the Python workers read and write local and s3:// paths, Spark's own file systems the rest"
+    if job.partition_by:
+        return "--partition-by is Spark's writer's"
+    if job.recipe.model_flavor == "spark":
+        return "a Spark ML PipelineModel runs in Spark itself"
+    return None
+
+
+def _run_tasks(job: BatchJob) -> BatchSummary:
+    """The job as a task per unit (:class:`~lakeinfer.spark.tasks.SparkTasks`), planned, resumed
+    and recorded by the local engine's :func:`~lakeinfer.engines.units.run_units`."""
+    from ..spark.session import batch_defaults, connect_remote, session
+    from ..spark.tasks import SparkTasks
+    from .units import run_units
+
+    remote = connect_remote(job.master, job.remote)
+    conf = dict(job.spark_conf) if remote else {**batch_defaults(job.master), **job.spark_conf}
+    # on Spark Connect a rerun joins its killed run's session and stops what it still runs there
+    name = _identity({"io": ARROW}, job.output)
+
+    def open_session() -> Any:
+        return session(job.master, conf, remote=remote, job=name)
+
+    slots = None if remote else _local_slots(job.master)
+    summary = run_units(job, lambda units: SparkTasks(open_session, job.recipe, job.model_path_on_cluster,
+                                                                slots, units))
+    summary.io = ARROW
+    return summary
+
+
+def _local_slots(master: str | None) -> int | None:
+    """The task slots of a ``local[N]`` master (None elsewhere: a cluster's)."""
+    import re
+
+    found = re.fullmatch(r"local(?:\[(\d+|\*)(?:,\s*\d+)?\])?", (master or "").strip())
+    if found is None:
+        return None
+    n = found.group(1)
+    return 1 if n is None else None if n == "*" else int(n)
 
 
 def _attempt_leftover(name: str) -> bool:
@@ -110,6 +188,7 @@ def _run(job: BatchJob, plan: table_job.TableJob, folder: OutputFolder | None, f
         writer.parquet(job.output)
         rows_in, rows_out = stats[0].rows if stats else (spark.read.parquet(job.output).count(),) * 2
         summary = _summary(job.output, rows_in, rows_out, stats, parts=folder.count_parts(), start=start)
+        summary.io = SPARK
         folder.record(fingerprint, summary.to_dict())
         return summary
     assert plan.out is not None and plan.job_id is not None
@@ -122,6 +201,7 @@ def _run(job: BatchJob, plan: table_job.TableJob, folder: OutputFolder | None, f
     rows_in, rows_out = stats[0].rows if stats else (int(commit.get(tables.ROWS, 0)),) * 2
     summary = _summary(job.output, rows_in, rows_out, stats, parts=1, start=start)
     summary.job_id, summary.commit = plan.job_id, commit.get("snapshot", commit.get("version"))
+    summary.io = SPARK
     return summary
 
 

@@ -28,6 +28,7 @@ class BatchSummary:
     commit: str | None = None  # the output table's snapshot id / version holding the predictions
     note: str | None = None  # "nothing new", "already committed": why nothing was written
     remarks: list[str] = field(default_factory=list)  # how the job ran where that was not the usual way
+    io: str | None = None  # --engine spark: who read and wrote the rows ("arrow": the Python workers; "spark")
     schema: pa.Schema | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -44,12 +45,16 @@ class BatchSummary:
                 f"{_count(self.workers, 'worker')} x {_count(self.threads, 'thread')}, "
                 f"{_count(self.model_loads, 'model load')})"
                 + (f"; committed as {self.commit}" if self.commit else "")
+                + (f"; rows read and written by {_IO[self.io]}" if self.io in _IO else "")
                 + "".join(f"\nnote: {remark}" for remark in self.remarks))
 
     def to_dict(self) -> dict[str, Any]:
         out = {**asdict(self), "rows_per_second": self.rows_per_second}
         out.pop("schema")
         return out
+
+
+_IO = {"arrow": "pyarrow in Spark's Python workers", "spark": "Spark"}
 
 
 def _count(n: int, noun: str) -> str:

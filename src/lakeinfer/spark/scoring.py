@@ -26,7 +26,7 @@ from ..models import detect_flavor, model_digest
 from ..runtime import ModelRuntime, PipelineRecipe
 from .ship import add_artifact, artifact_bytes, model_on_disk
 
-__all__ = ["ScoreStats", "lakeinfer_error", "score"]
+__all__ = ["ScoreStats", "Shipped", "lakeinfer_error", "score", "ship", "worker_runtime"]
 
 SAMPLE_ROWS = 64
 NO_BYTE_CAP = 2**31 - 1
@@ -42,7 +42,7 @@ def _pyspark() -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Shipped:
+class Shipped:
     """What each task receives: the recipe and the name of the artifact holding the model."""
 
     recipe: PipelineRecipe
@@ -56,7 +56,17 @@ class _Shipped:
     counted: bool  # each task adds its row of counts
 
 
-def _worker_runtime(shipped: _Shipped) -> tuple[ModelRuntime, bool]:
+def ship(spark: Any, recipe: PipelineRecipe, model_path_on_cluster: str | None, *, counted: bool = False) -> Shipped:
+    """What each task gets: the recipe, and the model as a session artifact (added once per
+    session) or at ``model_path_on_cluster``."""
+    path = recipe.model_path
+    return Shipped(recipe=recipe, digest=recipe.digest, key=recipe.key, is_dir=os.path.isdir(path),
+                    name=os.path.basename(path.rstrip("/")), cluster_path=model_path_on_cluster,
+                    artifact="" if model_path_on_cluster else add_artifact(spark, path, recipe.digest),
+                    threads=int(spark.conf.get("spark.task.cpus", "1") or 1), counted=counted)
+
+
+def worker_runtime(shipped: Shipped) -> tuple[ModelRuntime, bool]:
     """The worker's runtime for the recipe, and whether this call loaded it."""
     runtime = _CACHE.get(shipped.key)
     if runtime is not None:
@@ -73,9 +83,9 @@ def _worker_runtime(shipped: _Shipped) -> tuple[ModelRuntime, bool]:
     return runtime, True
 
 
-def _score_batches(batches: Iterator[pa.RecordBatch], shipped: _Shipped, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+def _score_batches(batches: Iterator[pa.RecordBatch], shipped: Shipped, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     try:
-        runtime, loaded = _worker_runtime(shipped)
+        runtime, loaded = worker_runtime(shipped)
         rows_in = rows_out = 0
         for batch in batches:
             try:
@@ -176,10 +186,7 @@ def score(df: Any, model: str | PipelineRecipe, *, keep: Sequence[str] = (), fea
     del driver
     schema = pa.schema([f.with_nullable(True) for f in schema])  # a task's row of counts has no outputs
     counted = stats is not None
-    shipped = _Shipped(recipe=recipe, digest=recipe.digest, key=recipe.key, is_dir=os.path.isdir(path),
-                       name=os.path.basename(path.rstrip("/")), cluster_path=model_path_on_cluster,
-                       artifact="" if model_path_on_cluster else add_artifact(spark, path, recipe.digest),
-                       threads=int(spark.conf.get("spark.task.cpus", "1") or 1), counted=counted)
+    shipped = ship(spark, recipe, model_path_on_cluster, counted=counted)
     from pyspark.sql.pandas.types import from_arrow_schema
 
     returned = pa.schema([*schema, *COUNTS]) if counted else schema
