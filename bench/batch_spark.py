@@ -23,8 +23,8 @@ pyspark's own jars, on local[2] with the same settings) through a client process
 The hand-written variants are written as a performance-aware user writes them: onnxruntime at one
 intra-op (and one inter-op) thread, one per task slot (local[2] runs two tasks at once on two
 cores; onnxruntime's default, a thread per core in each of the two Python workers, puts four busy
-threads on two cores), Spark's Arrow batch size tuned once (`--arrow-batch`, 65,536 rows: of
-10,000, 16,384, 65,536 and 200,000 rows, the fastest for mapInArrow on this machine), and the
+threads on two cores), Spark's Arrow batch size tuned once (`--arrow-batch`, 65,536 rows; 16,384
+gave mapInArrow the same rate within 1% on this machine), and the
 mapInArrow variant building its Arrow columns without a Python list per row. lakeinfer keeps its
 own defaults. Every variant gets the same Spark settings (local[2], 4g driver memory) and the
 same model file, and writes the same columns. It prints rows/s and the ratio of lakeinfer to the
