@@ -1,19 +1,26 @@
-"""Streaming throughput and latency against a real Kafka broker (scripts/kafka.sh), in one run.
+"""Streaming throughput and latency against a real Kafka broker (scripts/kafka.sh), in one run,
+each figure timed as a user sees it.
 
 With the RandomForest of bench/batch_local.py (ONNX, 20 float32 features):
 
-  batch      `lakeinfer batch` over the same records as Parquet (the anchor: rows/s)
-  alo        `lakeinfer stream`, at-least-once: msgs/s over a backlog of N JSON records, in a
-             process of its own, timed from the model's load to the last commit
+  batch      `lakeinfer batch` over the same records as Parquet (the anchor: rows/s), timed from the
+             command's start until it exits, its output committed and readable
+  alo        `lakeinfer stream` (the real CLI, a fresh process), at-least-once: msgs/s over a backlog
+             of N JSON records, timed from the command's start until a read_committed consumer in
+             another process, subscribed to the output topic before the command starts, has read
+             all N outputs: start-up, group join and model load included; with the time from the
+             command's start to the first output read
   eos        the same with --exactly-once (Kafka transactions)
   ledger     eos with --ledger delta:...: every output also in a Delta table, exactly once
-             (target >= 0.8x eos)
+             (target >= 0.8x eos); the table is checked for N rows after the stream stops
   latency    end-to-end latency p50/p99 at a fixed 1,000 msg/s, both modes (producer send ->
-             prediction readable by a read_committed consumer)
-  spark      `lakeinfer stream --engine spark` (Structured Streaming) on the same broker: msgs/s
+             prediction readable by a read_committed consumer), after the stream has joined its group
+  spark      `lakeinfer stream --engine spark` (Structured Streaming) on the same broker: msgs/s,
+             timed as alo
   no work    eos again with a model that does no work (bench/batch_local.py's), and the whole
-             machine's busy core-seconds meanwhile: what the broker, the clients, the JSON and
-             the loop cost without the model
+             machine's busy core-seconds from the command's start until the consumer has read the
+             last output: what start-up, the broker, the clients (the reading consumer's too), the
+             JSON and the loop cost without the model
 
 and the ratios eos/batch (target >= 0.5) and the p99 at 1,000 msg/s (target <= 50 ms), and the
 bound: the rate eos would reach if the forest ran at onnxruntime's in-memory ceiling on these
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +43,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -44,7 +53,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from batch_local import CORES, FEATURES, ceiling, io_model, train_models  # noqa: E402
-from tests.kafka_helpers import create_topics, start_broker, stop_broker  # noqa: E402
+from tests.kafka_helpers import create_topics, start_broker, stop_broker, wait_for_members  # noqa: E402
 from tests.serving import free_port  # noqa: E402
 
 
@@ -82,51 +91,113 @@ def warm_broker(bootstrap: str, topic: str) -> None:
     consumer.close()
 
 
-def stream_throughput(bootstrap: str, model: Path, source: str, n: int, exactly_once: bool,
-                      ledger: Path | None = None) -> tuple[float, float]:
-    """(msgs/s, the whole machine's busy core-seconds meanwhile) of a stream over ``n`` records, run
-    in a process of its own as `lakeinfer stream` runs: in this one, whose heap holds what making
-    the records left behind, the same stream ran about 5% slower."""
-    job = json.dumps({"bootstrap": bootstrap, "model": str(model), "source": source, "n": n, "eos": exactly_once,
-                      "ledger": None if ledger is None else str(ledger)})
-    out = subprocess.run([sys.executable, __file__, "--one-stream", job], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"the stream failed: {out.stderr[-2000:]}")
-    rate, busy = json.loads(out.stdout.strip().splitlines()[-1])
-    return rate, busy
+def settle() -> None:
+    """Each timed command starts on a quiet machine: what the last one wrote (a million records,
+    its outputs) is on disk, not being written back by the kernel while the next one runs."""
+    os.sync()
+    time.sleep(2)
 
 
-def one_stream(job: dict) -> None:
+def read_outputs(job: dict[str, Any]) -> None:
+    """(internal) A read_committed consumer of the output topic in a process of its own: prints
+    ``ready`` once the topic's partitions are its own (before the stream is started), then, once it
+    has read ``n`` outputs, the wall-clock times of the first and of the n-th as JSON."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": job["bootstrap"], "group.id": f"bench-read-{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "isolation.level": "read_committed", "fetch.wait.max.ms": 10})
+    assigned = threading.Event()
+    consumer.subscribe([job["topic"]], on_assign=lambda *_: assigned.set())
+    seen, first, last = 0, None, 0.0
+    deadline = time.monotonic() + job["timeout"]
+    while not assigned.is_set() and time.monotonic() < deadline:
+        seen += sum(m.error() is None for m in consumer.consume(1000, 0.05))
+    print("ready", flush=True)
+    while seen < job["n"] and time.monotonic() < deadline:
+        messages = consumer.consume(100_000, 0.01)
+        last = time.time()
+        read = sum(m.error() is None for m in messages)
+        if read and first is None:
+            first = last
+        seen += read
+    consumer.close()
+    print(json.dumps([first, last, seen]), flush=True)
+
+
+def timed_stream(bootstrap: str, n: int, args: list[str], *, timeout: float = 900) -> tuple[float, float, float, str]:
+    """Run `lakeinfer stream ARGS --output-topic T` in a fresh process until a read_committed consumer
+    in another process has read ``n`` outputs of T: (seconds from the command's start to the last
+    output read, to the first, the whole machine's busy core-seconds meanwhile, the command's stderr
+    after SIGTERM)."""
     import psutil
 
-    from lakeinfer.runtime import PipelineRecipe
-    from lakeinfer.stream.kafka import KafkaScorer, StreamConfig, run
-
     sink = f"out-{uuid.uuid4().hex[:6]}"
-    create_topics(job["bootstrap"], sink)
-    config = StreamConfig(recipe=PipelineRecipe(model_path=job["model"]), bootstrap_servers=job["bootstrap"],
-                          input_topic=job["source"], output_topic=sink, group_id=f"bench-{uuid.uuid4().hex[:6]}",
-                          exactly_once=job["eos"], keep=["id"], max_messages=job["n"], metrics_interval_s=3600)
-    if job.get("ledger"):  # run() starts the ledger's committer beside the scorer and ships the rest at the end
-        config.ledger, config.ledger_wal = f"delta:{job['ledger']}", job["ledger"] + "-wal"
-    before = psutil.cpu_times()
-    start = time.perf_counter()
-    stats = run(config) if config.ledger else KafkaScorer(config).run()
-    elapsed = time.perf_counter() - start
-    after = psutil.cpu_times()
-    assert stats.produced == job["n"], stats
+    create_topics(bootstrap, sink)
+    reader = subprocess.Popen([sys.executable, __file__, "--read-outputs",
+                               json.dumps({"bootstrap": bootstrap, "topic": sink, "n": n, "timeout": timeout})],
+                              stdout=subprocess.PIPE, text=True)
+    assert reader.stdout is not None
+    if reader.stdout.readline().strip() != "ready":
+        raise SystemExit("the reading consumer did not start")
+    settle()
+    with tempfile.TemporaryFile("w+") as err:
+        before = psutil.cpu_times()
+        start = time.time()
+        proc = subprocess.Popen([sys.executable, "-m", "lakeinfer", "stream", *args, "--output-topic", sink],
+                                stdout=subprocess.DEVNULL, stderr=err, text=True)
+
+        def stop_reading() -> None:  # a stream that fails stops the wait for its outputs
+            if proc.wait() != 0 and reader.poll() is None:
+                reader.kill()
+
+        threading.Thread(target=stop_reading, daemon=True).start()
+        line = reader.stdout.readline()
+        after = psutil.cpu_times()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(300)
+        reader.wait(60)
+        err.seek(0)
+        log = err.read()
+    if not line:
+        raise SystemExit(f"the stream failed (exit {proc.returncode}): {log[-2000:]}")
+    first, last, seen = json.loads(line)
+    if seen < n or proc.returncode != 0:
+        raise SystemExit(f"the stream gave {seen:,} of {n:,} outputs (exit {proc.returncode}): {log[-2000:]}")
     busy = sum(after) - sum(before) - (after.idle - before.idle) - (after.iowait - before.iowait)
-    print(json.dumps([job["n"] / elapsed, busy]))
+    return last - start, first - start, busy, log
+
+
+def stream_throughput(bootstrap: str, model: Path, source: str, n: int, exactly_once: bool,
+                      ledger: Path | None = None) -> tuple[float, float, float]:
+    """(msgs/s, seconds to the first output, the whole machine's busy core-seconds meanwhile) of
+    `lakeinfer stream` over the ``n`` records of ``source``, from the command's start to the n-th
+    output read by a read_committed consumer."""
+    args = ["--model", str(model), "--bootstrap-servers", bootstrap, "--input-topic", source, "--keep", "id",
+            "--group-id", f"bench-{uuid.uuid4().hex[:6]}", *(["--exactly-once"] if exactly_once else [])]
+    if ledger is not None:
+        args += ["--ledger", f"delta:{ledger}", "--ledger-wal", f"{ledger}-wal"]
+    elapsed, first, busy, log = timed_stream(bootstrap, n, args)
+    if f"stopped: consumed={n} produced={n}" not in log:
+        raise SystemExit(f"the stream did not score each record once: {log[-2000:]}")
+    if ledger is not None:
+        from deltalake import DeltaTable
+
+        rows = DeltaTable(str(ledger)).to_pyarrow_dataset().count_rows()
+        if rows != n:
+            raise SystemExit(f"the ledger holds {rows:,} rows, not {n:,}")
+    return n / elapsed, first, busy
 
 
 def latency(bootstrap: str, model: Path, exactly_once: bool, seconds: float, rate: int = 1000) -> tuple[float, float]:
     from confluent_kafka import Consumer, Producer
 
     source, sink = f"lat-in-{uuid.uuid4().hex[:6]}", f"lat-out-{uuid.uuid4().hex[:6]}"
+    group = f"lat-{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, source, sink)
     proc = subprocess.Popen([sys.executable, "-m", "lakeinfer", "stream", "--model", str(model), "--bootstrap-servers",
                              bootstrap, "--input-topic", source, "--output-topic", sink, "--keep", "sent",
-                             "--group-id", f"lat-{uuid.uuid4().hex[:6]}", "--max-wait-ms", "5",
+                             "--group-id", group, "--max-wait-ms", "5",
                              *(["--exactly-once"] if exactly_once else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-check-{uuid.uuid4().hex[:6]}",
@@ -135,7 +206,9 @@ def latency(bootstrap: str, model: Path, exactly_once: bool, seconds: float, rat
     consumer.subscribe([sink])
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
     row = dict(zip(FEATURES, np.random.default_rng(1).normal(size=len(FEATURES)).round(5).tolist(), strict=True))
-    time.sleep(8)  # the stream joins its group
+    wait_for_members(bootstrap, group, 1, timeout=120)  # the stream has joined its group
+    while not consumer.assignment():
+        consumer.poll(0.05)
     done = threading.Event()
 
     def send() -> None:
@@ -168,7 +241,7 @@ def latency(bootstrap: str, model: Path, exactly_once: bool, seconds: float, rat
 
 
 def bound_line(bootstrap: str, source: str, n: int, work: Path, model: Path, batch: float) -> None:
-    idle, busy = stream_throughput(bootstrap, io_model(work), source, n, exactly_once=True)
+    idle, _, busy = stream_throughput(bootstrap, io_model(work), source, n, exactly_once=True)
     forest = ceiling(model, work / "records.parquet")
     most = n / (n / forest + busy / CORES)
     print(f"  exactly-once, model doing no work {idle:>8,.0f} msgs/s, {busy:.2f} busy core-seconds (whole machine)\n"
@@ -177,30 +250,10 @@ def bound_line(bootstrap: str, source: str, n: int, work: Path, model: Path, bat
 
 
 def spark_throughput(bootstrap: str, model: Path, source: str, n: int, work: Path) -> float:
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
-
-    sink = f"spark-out-{uuid.uuid4().hex[:6]}"
-    create_topics(bootstrap, sink)
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "lakeinfer", "stream", "--engine", "spark", "--master", "local[2]",
-                             "--checkpoint", str(work / "checkpoint"), "--model", str(model), "--bootstrap-servers",
-                             bootstrap, "--input-topic", source, "--output-topic", sink, "--keep", "id"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "spark-count"})
-    try:
-        while proc.poll() is None:
-            try:
-                total = sum(consumer.get_watermark_offsets(TopicPartition(sink, p), timeout=5)[1] for p in range(4))
-            except KafkaException:  # a leader not elected yet for the new topic
-                total = 0
-            if total >= n:
-                return n / (time.perf_counter() - start)
-            time.sleep(0.5)
-        raise SystemExit("the Spark stream exited early")
-    finally:
-        consumer.close()
-        proc.terminate()
-        proc.wait(120)
+    elapsed, _, _, _ = timed_stream(bootstrap, n, [
+        "--engine", "spark", "--master", "local[2]", "--checkpoint", str(work / "checkpoint"), "--model", str(model),
+        "--bootstrap-servers", bootstrap, "--input-topic", source, "--keep", "id"])
+    return n / elapsed
 
 
 def main() -> None:
@@ -208,10 +261,10 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--latency-seconds", type=float, default=20)
     parser.add_argument("--no-spark", action="store_true")
-    parser.add_argument("--one-stream", help=argparse.SUPPRESS)  # internal: one stream in this process
+    parser.add_argument("--read-outputs", help=argparse.SUPPRESS)  # internal: the reading consumer
     args = parser.parse_args()
-    if args.one_stream:
-        one_stream(json.loads(args.one_stream))
+    if args.read_outputs:
+        read_outputs(json.loads(args.read_outputs))
         return
     work = Path(tempfile.mkdtemp(prefix="lakeinfer-stream-bench-"))
     home = work / "kafka"
@@ -226,18 +279,21 @@ def main() -> None:
               f"in {time.perf_counter() - start:.1f}s", flush=True)
         pq.write_table(table, work / "records.parquet", row_group_size=65536)
         warm_broker(bootstrap, source)
-        start = time.perf_counter()
+        settle()
+        start = time.perf_counter()  # the output is committed (readable) before the command exits
         subprocess.run([sys.executable, "-m", "lakeinfer", "batch", "--model", str(model), "--input",
                         str(work / "records.parquet"), "--output", str(work / "batch-out"), "--keep", "id", "--quiet"],
                        check=True)
         batch = args.records / (time.perf_counter() - start)
         print(f"  batch (Parquet, same rows)      {batch:>10,.0f} rows/s", flush=True)
-        alo, _ = stream_throughput(bootstrap, model, source, args.records, exactly_once=False)
-        print(f"  stream at-least-once            {alo:>10,.0f} msgs/s  ({alo / batch:.2f}x batch)", flush=True)
-        eos, _ = stream_throughput(bootstrap, model, source, args.records, exactly_once=True)
-        print(f"  stream exactly-once             {eos:>10,.0f} msgs/s  ({eos / batch:.2f}x batch)", flush=True)
-        logged, _ = stream_throughput(bootstrap, model, source, args.records, exactly_once=True,
-                                      ledger=work / "ledger")
+        alo, first, _ = stream_throughput(bootstrap, model, source, args.records, exactly_once=False)
+        print(f"  stream at-least-once            {alo:>10,.0f} msgs/s  ({alo / batch:.2f}x batch; "
+              f"first output read {first:.2f} s after the command's start)", flush=True)
+        eos, first, _ = stream_throughput(bootstrap, model, source, args.records, exactly_once=True)
+        print(f"  stream exactly-once             {eos:>10,.0f} msgs/s  ({eos / batch:.2f}x batch; "
+              f"first output read {first:.2f} s after the command's start)", flush=True)
+        logged, _, _ = stream_throughput(bootstrap, model, source, args.records, exactly_once=True,
+                                         ledger=work / "ledger")
         print(f"  exactly-once with --ledger      {logged:>10,.0f} msgs/s  ({logged / eos:.2f}x exactly-once)",
               flush=True)
         bound_line(bootstrap, source, args.records, work, model, batch)
@@ -246,7 +302,7 @@ def main() -> None:
             print(f"  latency at 1,000 msg/s, {mode:<14} p50 {p50:6.1f} ms  p99 {p99:6.1f} ms", flush=True)
         if not args.no_spark:
             rate = spark_throughput(bootstrap, model, source, args.records, work)
-            print(f"  Spark Structured Streaming      {rate:>10,.0f} msgs/s  (start-up included)", flush=True)
+            print(f"  Spark Structured Streaming      {rate:>10,.0f} msgs/s", flush=True)
     finally:
         stop_broker(home)
         if os.environ.get("KEEP_BENCH") is None:

@@ -263,3 +263,25 @@ def test_at_least_once_never_commits_undelivered_outputs(broker: str, onnx_model
     finally:
         consumer.close()
     assert committed.offset < 0  # nothing committed: a restart consumes the batch again
+
+
+@pytest.mark.parametrize("exactly_once", [True, False])
+def test_the_group_is_joined_while_the_model_loads(broker: str, tmp_path: Path, exactly_once: bool) -> None:
+    # the clients connect and join the group while the model loads; a model that then fails to
+    # load leaves no member behind, nor a process that hangs on its clients
+    from confluent_kafka.admin import AdminClient
+
+    model = tmp_path / "echo.joblib"
+    joblib.dump(SlowEcho(3, delay=0.0, load_delay=4.0), model)  # three features, five named: refused once loaded
+    source, sink, _ = _topics(broker)
+    group = f"g-{source}"
+    proc = stream_cli("--model", model, "--trust-model", "--features", ",".join(FEATURES), "--bootstrap-servers",
+                      broker, "--input-topic", source, "--output-topic", sink, "--group-id", group,
+                      *(["--exactly-once"] if exactly_once else []))
+    wait_for_members(broker, group, 1, timeout=30)  # joined, the model still loading
+    assert proc.poll() is None
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 1, err
+    assert "the model takes 3 features but 5 were named" in err.strip().splitlines()[-1], err
+    admin = AdminClient({"bootstrap.servers": broker})
+    assert not admin.describe_consumer_groups([group])[group].result(timeout=30).members

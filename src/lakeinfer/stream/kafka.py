@@ -11,6 +11,10 @@ transaction (exactly-once). At the end of the backlog every micro-batch is commi
 while a backlog is caught up, one commit covers the micro-batches of ``commit_interval_ms``
 (a commit is a few broker round trips, dearer than producing a thousand messages). Before a
 rebalance takes partitions away, everything read from them is produced and committed.
+
+Start-up: the clients connect, the transactional producer registers and the consumer joins its
+group on the parse thread (idle until the loop starts) while the model loads on this one; until
+the partitions are assigned it polls, so the first fetch is under way when the loop starts.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..cpu import available_cores, own_threads
 from ..errors import ConfigError, LakeinferError, require
@@ -31,8 +35,10 @@ from ..runtime import ModelRuntime
 from . import codec
 from .config import StreamConfig, StreamStats
 from .heap import frozen_heap
-from .metrics import StreamMetrics
 from .scoring import MessageScorer, Outcome
+
+if TYPE_CHECKING:
+    from .metrics import StreamMetrics
 
 log = logging.getLogger("lakeinfer.stream")
 MODEL_THREADS = 8  # at most: each holds a micro-batch consumed and not yet committed
@@ -52,29 +58,13 @@ class KafkaScorer:
     def __init__(self, config: StreamConfig) -> None:
         self.config = config
         self.kafka = require("confluent_kafka", "kafka", "lakeinfer stream")
-        require("polars", "kafka", "lakeinfer stream")  # reads the messages (codec): missing, it fails here
         if config.max_batch_size < 1 or config.max_wait_ms < 0:
             raise ConfigError("stream: max_batch_size must be at least 1 and max_wait_ms not negative")
         if not 0 <= config.commit_interval_ms <= 10_000:
             # the broker aborts a transaction left open for transaction.timeout.ms (30 s here)
             raise ConfigError("stream: commit_interval_ms must be from 0 to 10000")
-        # as batch shares out the cores: a runtime that takes concurrent calls (ONNX) runs single-threaded,
-        # one micro-batch per core (less CPU than one call over every core, and batch's answers bit for
-        # bit); any other runs on its own threads, one call at a time
-        concurrent = config.recipe.concurrent_calls
-        self._model_threads = min(available_cores(), MODEL_THREADS) if concurrent else 1
-        self.runtime = ModelRuntime(config.recipe, threads=1 if concurrent else own_threads())
-        self._scorer = MessageScorer(self.runtime, config.keep)
-        self.ledger: Any = None  # with --ledger, its WAL writer (ledger/streaming.py)
-        if config.ledger is not None:
-            from ..ledger.streaming import StreamLedger
-
-            self.ledger = self._scorer.ledger = StreamLedger(config.ledger, config.ledger_wal, self.runtime, config.keep,
-                                                             fsync=config.ledger_fsync)
         self.stats = StreamStats()
         self._stop = threading.Event()
-        self._parser = ThreadPoolExecutor(1, thread_name_prefix="lakeinfer-parse")
-        self._executor = ThreadPoolExecutor(self._model_threads, thread_name_prefix="lakeinfer-model")
         self._consumer: Any = None
         self._producer: Any = None
         self._delivery_errors: list[str] = []
@@ -87,8 +77,40 @@ class KafkaScorer:
         self._in_transaction = False
         self._revoking = False
         self._failed = False
-        # last: a port that is taken fails here, before anything else was started
-        self.metrics = StreamMetrics(config.metrics_port) if config.metrics_port is not None else None
+        self._parser = ThreadPoolExecutor(1, thread_name_prefix="lakeinfer-parse")
+        self.metrics: StreamMetrics | None = None
+        # first: a port that is taken fails here, before anything else was started
+        if config.metrics_port is not None:
+            from .metrics import StreamMetrics
+
+            self.metrics = StreamMetrics(config.metrics_port)
+        # the clients connect and the consumer joins its group while the model loads (below): a
+        # transactional producer's start alone is a few round trips, the join a few more
+        self._early: list[Any] = []  # what the consumer returned while it waited for its partitions
+        self._loaded = threading.Event()
+        self._assigned = threading.Event()
+        self._connected = self._parser.submit(self._connect)  # the parse thread is idle until the loop
+        try:
+            require("polars", "kafka", "lakeinfer stream")  # reads the messages (codec): missing, it fails here
+            # as batch shares out the cores: a runtime that takes concurrent calls (ONNX) runs single-threaded,
+            # one micro-batch per core (less CPU than one call over every core, and batch's answers bit for
+            # bit); any other runs on its own threads, one call at a time
+            concurrent = config.recipe.concurrent_calls
+            self._model_threads = min(available_cores(), MODEL_THREADS) if concurrent else 1
+            self.runtime = ModelRuntime(config.recipe, threads=1 if concurrent else own_threads())
+            self._scorer = MessageScorer(self.runtime, config.keep)
+            self.ledger: Any = None  # with --ledger, its WAL writer (ledger/streaming.py)
+            if config.ledger is not None:
+                from ..ledger.streaming import StreamLedger
+
+                self.ledger = self._scorer.ledger = StreamLedger(config.ledger, config.ledger_wal, self.runtime,
+                                                                 config.keep, fsync=config.ledger_fsync)
+            self._executor = ThreadPoolExecutor(self._model_threads, thread_name_prefix="lakeinfer-model")
+        except BaseException:
+            self._loaded.set()
+            self._close(quiet=True)
+            raise
+        self._loaded.set()
 
     # -- set-up -------------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -118,9 +140,22 @@ class KafkaScorer:
             # stalled one micro-batch in ten at 1,000 msg/s; Kafka's Java client waits 20 ms here
             producer["retry.backoff.ms"] = 20
         self._producer = self.kafka.Producer(producer)
+        self._consumer.subscribe([c.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_lost)
         if c.exactly_once:
+            # init_transactions asks a connected broker for the coordinator; with none (the bootstrap
+            # connection is dropped once the first metadata names the brokers) it waits for librdkafka's
+            # next query, 500 ms later: one start in three here. The second metadata request returns
+            # once a named broker is connected
+            for _ in range(2):
+                self._producer.list_topics(c.output_topic, timeout=30)
             self._producer.init_transactions(30)
-        self._consumer.subscribe([c.input_topic], on_revoke=self._on_revoke, on_lost=self._on_lost)
+        # the group's join goes on in the background; its assignment, and the first fetch, need a
+        # poll: polled here until the partitions are ours or the model is loaded
+        while not self._assigned.is_set() and not self._loaded.is_set():
+            message = self._consumer.poll(0.01)
+            if message is not None:
+                self._early.append(message)
 
     def stop(self, *_: Any) -> None:
         """Finish the batches in hand, commit them and leave the group (SIGTERM, SIGINT)."""
@@ -128,7 +163,11 @@ class KafkaScorer:
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> StreamStats:
-        self._connect()
+        try:
+            self._connected.result()
+        except BaseException:
+            self._close()
+            raise
         with frozen_heap():  # the model and the clients, out of every full collection's walk
             return self._run()
 
@@ -137,7 +176,10 @@ class KafkaScorer:
         last_report = last_message = time.monotonic()
         try:
             while not self._stop.is_set():
-                messages = self._consumer.consume(num_messages=c.max_batch_size, timeout=max(c.max_wait_ms, 1) / 1000)
+                messages = self._consumer.consume(num_messages=max(1, c.max_batch_size - len(self._early)),
+                                                  timeout=max(c.max_wait_ms, 1) / 1000)
+                if self._early:
+                    messages, self._early = self._early + messages, []
                 full = len(messages) >= c.max_batch_size  # a backlog: more is waiting
                 if any(m.error() is not None for m in messages):
                     messages = [m for m in messages if not self._broker_error(m)]
@@ -190,6 +232,7 @@ class KafkaScorer:
     def _abandon(self) -> None:
         """After a failure: nothing more is committed; an open transaction is aborted."""
         self._failed = True
+        self._early.clear()
         self._in_flight.clear()
         self._offsets.clear()
         self._uncommitted.clear()
@@ -201,9 +244,15 @@ class KafkaScorer:
                 log.warning("lakeinfer stream: could not abort the open transaction: %s", exc)
 
     # -- rebalances ---------------------------------------------------------------------------
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        log.info("lakeinfer stream: partitions assigned: %s", _names(partitions))
+        self._assigned.set()
+
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         # a commit may cover several micro-batches: what was read from these partitions is produced
-        # and committed before another member starts from their committed offsets
+        # and committed before another member starts from their committed offsets. What the start
+        # polled and no micro-batch holds yet is read again from there, by whoever owns them
+        self._early.clear()
         if self._failed:
             return
         self._revoking = True
@@ -215,7 +264,7 @@ class KafkaScorer:
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         # another member may own them already: what is in hand is dropped, uncommitted (an open
         # transaction aborted), and read again from the committed offsets by whoever owns them
-        log.warning("lakeinfer stream: partitions lost: %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+        log.warning("lakeinfer stream: partitions lost: %s", _names(partitions))
         self._abandon()
         self._failed = False
 
@@ -344,18 +393,25 @@ class KafkaScorer:
         except Exception:  # metrics must never stop the stream
             return None
 
-    def _close(self) -> None:
+    def _close(self, *, quiet: bool = False) -> None:
         try:
+            self._connected.exception()  # the clients it made are closed here
             if self._producer is not None:
                 self._producer.flush(30)
         finally:
             if self._consumer is not None:
                 self._consumer.close()  # leaves the group at once; everything in hand was committed
             self._parser.shutdown(wait=True)
-            self._executor.shutdown(wait=True)
+            if hasattr(self, "_executor"):  # not when the model failed to load
+                self._executor.shutdown(wait=True)
             if self.metrics is not None:
                 self.metrics.close()
-        log.warning("lakeinfer stream: stopped: %s", self.stats.line(None))
+        if not quiet:
+            log.warning("lakeinfer stream: stopped: %s", self.stats.line(None))
+
+
+def _names(partitions: list[Any]) -> str:
+    return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions)
 
 
 def run(config: StreamConfig) -> StreamStats:
