@@ -300,7 +300,9 @@ def spark_session():  # type: ignore[no-untyped-def]
         try:
             SparkContext._jvm.java.lang.Class.forName("org.apache.iceberg.spark.SparkCatalog")  # type: ignore[union-attr]
         except Exception:
-            active = SparkSession.getActiveSession()
+            # the active session is the thread's: one the API started on a thread of its own is
+            # only the class's instantiated one, which a later builder would reuse, its JVM gone
+            active = SparkSession.getActiveSession() or SparkSession._instantiatedSession
             if active is not None:
                 active.stop()
             gateway.shutdown()
