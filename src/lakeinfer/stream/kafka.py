@@ -88,7 +88,9 @@ class KafkaScorer:
         # transactional producer's start alone is a few round trips, the join a few more
         self._early: list[Any] = []  # what the consumer returned while it waited for its partitions
         self._loaded = threading.Event()
+        self._load_failed = False
         self._assigned = threading.Event()
+        self._client_log = _HeldLog(log)
         self._connected = self._parser.submit(self._connect)  # the parse thread is idle until the loop
         try:
             require("polars", "kafka", "lakeinfer stream")  # reads the messages (codec): missing, it fails here
@@ -107,9 +109,12 @@ class KafkaScorer:
                                                                  config.keep, fsync=config.ledger_fsync)
             self._executor = ThreadPoolExecutor(self._model_threads, thread_name_prefix="lakeinfer-model")
         except BaseException:
+            self._load_failed = True
             self._loaded.set()
+            self._client_log.settle(keep=False)  # the load's error is the one to report
             self._close(quiet=True)
             raise
+        self._client_log.settle(keep=True)
         self._loaded.set()
 
     # -- set-up -------------------------------------------------------------------------------
@@ -125,11 +130,13 @@ class KafkaScorer:
             # for this long: its default (1 s) lets a stream that scores 100k messages a second
             # empty the queue and wait, a third of a backlog's time with a model that does no work
             "fetch.queue.backoff.ms": 100,
+            "logger": self._client_log.logger,
         })
         producer = {"bootstrap.servers": c.bootstrap_servers, "enable.idempotence": True, "acks": "all",
                     "linger.ms": 1, "compression.type": "lz4",
                     # a Python call per delivered message costs as much as producing it: failures only
-                    "delivery.report.only.error": True, "on_delivery": self._delivered}
+                    "delivery.report.only.error": True, "on_delivery": self._delivered,
+                    "logger": self._client_log.logger}
         if c.exactly_once:
             # stable across restarts, so a restarted process fences its killed predecessor and aborts
             # its open transaction at once; two exactly-once processes of one group need distinct ids
@@ -148,7 +155,9 @@ class KafkaScorer:
             # next query, 500 ms later: one start in three here. The second metadata request returns
             # once a named broker is connected
             for _ in range(2):
-                self._producer.list_topics(c.output_topic, timeout=30)
+                self._metadata(c.output_topic)
+            if self._load_failed:
+                return
             self._producer.init_transactions(30)
         # the group's join goes on in the background; its assignment, and the first fetch, need a
         # poll: polled here until the partitions are ours or the model is loaded
@@ -156,6 +165,17 @@ class KafkaScorer:
             message = self._consumer.poll(0.01)
             if message is not None:
                 self._early.append(message)
+
+    def _metadata(self, topic: str) -> None:
+        """The producer's metadata for ``topic``, asked in short waits: a model that failed to load stops it."""
+        deadline = time.monotonic() + 30
+        while not self._load_failed:
+            try:
+                self._producer.list_topics(topic, timeout=0.5)
+                return
+            except self.kafka.KafkaException:
+                if time.monotonic() > deadline:
+                    raise
 
     def stop(self, *_: Any) -> None:
         """Finish the batches in hand, commit them and leave the group (SIGTERM, SIGINT)."""
@@ -408,6 +428,39 @@ class KafkaScorer:
                 self.metrics.close()
         if not quiet:
             log.warning("lakeinfer stream: stopped: %s", self.stats.line(None))
+
+
+class _HeldLog(logging.Handler):
+    """The clients' log (librdkafka's), held while the model loads, then passed to ``target``.
+
+    The clients start before the model is known to load: if it fails, what they log meanwhile and
+    while they close (a broker not reached, say) is dropped, and the load's error is the one line
+    reported.
+    """
+
+    def __init__(self, target: logging.Logger) -> None:
+        super().__init__()
+        self.target = target
+        self.logger = logging.Logger("lakeinfer.kafka", logging.DEBUG)  # the clients' own: not in the tree
+        self.logger.addHandler(self)
+        self._held: list[logging.LogRecord] | None = []
+        self._muted = False
+
+    def emit(self, record: logging.LogRecord) -> None:  # under the handler's lock
+        if self._held is not None:
+            self._held.append(record)
+        elif not self._muted and self.target.isEnabledFor(record.levelno):
+            self.target.handle(record)
+
+    def settle(self, *, keep: bool) -> None:
+        self.acquire()
+        try:
+            held, self._held = self._held or [], None
+            self._muted = not keep
+        finally:
+            self.release()
+        for record in held if keep else ():
+            self.handle(record)
 
 
 def _names(partitions: list[Any]) -> str:
