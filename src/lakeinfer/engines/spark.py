@@ -14,6 +14,7 @@ and named in the summary:
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -133,8 +134,6 @@ def _run_tasks(job: BatchJob) -> BatchSummary:
 
 def _local_slots(master: str | None) -> int | None:
     """The task slots of a ``local[N]`` master (None elsewhere: a cluster's)."""
-    import re
-
     found = re.fullmatch(r"local(?:\[(\d+|\*)(?:,\s*\d+)?\])?", (master or "").strip())
     if found is None:
         return None
