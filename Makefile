@@ -12,9 +12,10 @@ lint: setup
 	.venv/bin/mypy
 
 # two pytest workers, each taking whole test files (a module's server, broker or cluster starts
-# once): most of the suite waits on JVMs, Ray and servers starting, not on the CPU
+# once): most of the suite waits on JVMs, Ray and servers starting, not on the CPU; the twenty
+# slowest tests are listed at the end, to keep the whole run within its budget
 test: lint
-	.venv/bin/python -m pytest -q -n 2 --dist loadfile
+	.venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=20
 
 bench: setup
 	.venv/bin/python bench/batch_local.py
