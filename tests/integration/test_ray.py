@@ -381,7 +381,15 @@ def test_a_staged_model_on_ray_runs_each_stage_in_an_actor(ray_here, datasets: d
     assert summary.rows == len(X) and summary.workers == 1  # one feeder; the stages hold the CPUs
     out = read_output(tmp_path / "out")
     np.testing.assert_array_equal(out["prediction"], labels)
+    # against the unsplit model, float32 within 1e-5: the cut changes onnxruntime's fusion
+    # (test_staged.py); against the same cut scored by the local engine, bit for bit
     np.testing.assert_allclose(column(out, "probability"), proba, atol=1e-5, rtol=0)
+    split_model(str(path), 2, str(tmp_path / "mlp-2-here"))
+    lakeinfer.batch(str(datasets["parquet"]), str(tmp_path / "here"), model=str(tmp_path / "mlp-2-here"),
+                    keep=["id"], engine="local", batch_size=300)
+    here = read_output(tmp_path / "here")
+    np.testing.assert_array_equal(out["id"], here["id"])
+    np.testing.assert_array_equal(column(out, "probability"), column(here, "probability"))
 
     model = lakeinfer.load_model(str(tmp_path / "mlp-2"))
     try:
