@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ..cpu import available_cores, own_threads
 from ..errors import ConfigError, LakeinferError, require
 from ..runtime import ModelRuntime
-from . import codec
+from . import clients, codec
 from .config import StreamConfig, StreamStats
 from .heap import frozen_heap
 from .scoring import MessageScorer, Outcome
@@ -90,7 +90,7 @@ class KafkaScorer:
         self._loaded = threading.Event()
         self._load_failed = False
         self._assigned = threading.Event()
-        self._client_log = _HeldLog(log)
+        self._client_log = clients.HeldLog(log)
         self._connected = self._parser.submit(self._connect)  # the parse thread is idle until the loop
         try:
             require("polars", "kafka", "lakeinfer stream")  # reads the messages (codec): missing, it fails here
@@ -120,32 +120,8 @@ class KafkaScorer:
     # -- set-up -------------------------------------------------------------------------------
     def _connect(self) -> None:
         c = self.config
-        self._consumer = self.kafka.Consumer({
-            "bootstrap.servers": c.bootstrap_servers, "group.id": c.group_id, "enable.auto.commit": False,
-            "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-            "enable.partition.eof": False, "max.poll.interval.ms": c.max_poll_interval_ms,
-            "session.timeout.ms": min(45_000, c.max_poll_interval_ms),
-            "fetch.wait.max.ms": 10,  # an idle partition answers fast when a record arrives
-            # librdkafka stops fetching a partition whose queue is full (queued.min.messages, 100k)
-            # for this long: its default (1 s) lets a stream that scores 100k messages a second
-            # empty the queue and wait, a third of a backlog's time with a model that does no work
-            "fetch.queue.backoff.ms": 100,
-            "logger": self._client_log.logger,
-        })
-        producer = {"bootstrap.servers": c.bootstrap_servers, "enable.idempotence": True, "acks": "all",
-                    "linger.ms": 1, "compression.type": "lz4",
-                    # a Python call per delivered message costs as much as producing it: failures only
-                    "delivery.report.only.error": True, "on_delivery": self._delivered,
-                    "logger": self._client_log.logger}
-        if c.exactly_once:
-            # stable across restarts, so a restarted process fences its killed predecessor and aborts
-            # its open transaction at once; two exactly-once processes of one group need distinct ids
-            producer["transactional.id"] = c.transactional_id or f"lakeinfer-{c.group_id}-{c.input_topic}"
-            producer["transaction.timeout.ms"] = 30_000
-            # a transaction begun right after a commit finds the broker still writing the last one's
-            # markers (CONCURRENT_TRANSACTIONS) and retries after this: librdkafka's default, 100 ms,
-            # stalled one micro-batch in ten at 1,000 msg/s; Kafka's Java client waits 20 ms here
-            producer["retry.backoff.ms"] = 20
+        self._consumer = self.kafka.Consumer(clients.consumer_config(c, self._client_log.logger))
+        producer = clients.producer_config(c, self._delivered, self._client_log.logger)
         self._producer = self.kafka.Producer(producer)
         self._consumer.subscribe([c.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_lost)
@@ -155,7 +131,8 @@ class KafkaScorer:
             # next query, 500 ms later: one start in three here. The second metadata request returns
             # once a named broker is connected
             for _ in range(2):
-                self._metadata(c.output_topic)
+                clients.await_metadata(self._producer, c.output_topic, self.kafka.KafkaException,
+                                       gave_up=lambda: self._load_failed)
             if self._load_failed:
                 return
             self._producer.init_transactions(30)
@@ -165,17 +142,6 @@ class KafkaScorer:
             message = self._consumer.poll(0.01)
             if message is not None:
                 self._early.append(message)
-
-    def _metadata(self, topic: str) -> None:
-        """The producer's metadata for ``topic``, asked in short waits: a model that failed to load stops it."""
-        deadline = time.monotonic() + 30
-        while not self._load_failed:
-            try:
-                self._producer.list_topics(topic, timeout=0.5)
-                return
-            except self.kafka.KafkaException:
-                if time.monotonic() > deadline:
-                    raise
 
     def stop(self, *_: Any) -> None:
         """Finish the batches in hand, commit them and leave the group (SIGTERM, SIGINT)."""
@@ -223,7 +189,7 @@ class KafkaScorer:
                 if c.max_messages is not None and self._taken >= c.max_messages:
                     break
                 if now - last_report >= c.metrics_interval_s:
-                    log.warning("lakeinfer stream: %s", self.stats.line(self._lag()))
+                    log.warning("lakeinfer stream: %s", self.stats.line(clients.lag(self._consumer)))
                     last_report = now
             self._drain()
         except BaseException:
@@ -265,7 +231,7 @@ class KafkaScorer:
 
     # -- rebalances ---------------------------------------------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
-        log.info("lakeinfer stream: partitions assigned: %s", _names(partitions))
+        log.info("lakeinfer stream: partitions assigned: %s", clients.names(partitions))
         self._assigned.set()
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
@@ -284,7 +250,7 @@ class KafkaScorer:
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         # another member may own them already: what is in hand is dropped, uncommitted (an open
         # transaction aborted), and read again from the committed offsets by whoever owns them
-        log.warning("lakeinfer stream: partitions lost: %s", _names(partitions))
+        log.warning("lakeinfer stream: partitions lost: %s", clients.names(partitions))
         self._abandon()
         self._failed = False
 
@@ -389,7 +355,7 @@ class KafkaScorer:
         self._offsets.clear()
         done = time.perf_counter()
         if self.metrics is not None:
-            self.metrics.lag(self._lag())  # first: a scrape that sees this batch counted sees its lag
+            self.metrics.lag(clients.lag(self._consumer))  # first: a scrape that sees this batch counted sees its lag
         for arrived, consumed, produced, dead_lettered in self._uncommitted:
             self.stats.consumed += consumed
             self.stats.produced += produced
@@ -401,17 +367,6 @@ class KafkaScorer:
                                    seconds=done - arrived)
         del self.stats.latencies[:-10_000]
         self._uncommitted.clear()
-
-    def _lag(self) -> int | None:
-        try:
-            total = 0
-            for tp in self._consumer.position(self._consumer.assignment()):
-                _, high = self._consumer.get_watermark_offsets(tp, timeout=1, cached=True)
-                if tp.offset >= 0:
-                    total += max(0, high - tp.offset)
-            return total
-        except Exception:  # metrics must never stop the stream
-            return None
 
     def _close(self, *, quiet: bool = False) -> None:
         try:
@@ -428,43 +383,6 @@ class KafkaScorer:
                 self.metrics.close()
         if not quiet:
             log.warning("lakeinfer stream: stopped: %s", self.stats.line(None))
-
-
-class _HeldLog(logging.Handler):
-    """The clients' log (librdkafka's), held while the model loads, then passed to ``target``.
-
-    The clients start before the model is known to load: if it fails, what they log meanwhile and
-    while they close (a broker not reached, say) is dropped, and the load's error is the one line
-    reported.
-    """
-
-    def __init__(self, target: logging.Logger) -> None:
-        super().__init__()
-        self.target = target
-        self.logger = logging.Logger("lakeinfer.kafka", logging.DEBUG)  # the clients' own: not in the tree
-        self.logger.addHandler(self)
-        self._held: list[logging.LogRecord] | None = []
-        self._muted = False
-
-    def emit(self, record: logging.LogRecord) -> None:  # under the handler's lock
-        if self._held is not None:
-            self._held.append(record)
-        elif not self._muted and self.target.isEnabledFor(record.levelno):
-            self.target.handle(record)
-
-    def settle(self, *, keep: bool) -> None:
-        self.acquire()
-        try:
-            held, self._held = self._held or [], None
-            self._muted = not keep
-        finally:
-            self.release()
-        for record in held if keep else ():
-            self.handle(record)
-
-
-def _names(partitions: list[Any]) -> str:
-    return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions)
 
 
 def run(config: StreamConfig) -> StreamStats:

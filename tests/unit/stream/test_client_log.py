@@ -7,7 +7,7 @@ import logging
 import confluent_kafka
 import pytest
 
-from lakeinfer.stream.kafka import _HeldLog
+from lakeinfer.stream.clients import HeldLog
 from tests.serving import free_port
 
 
@@ -25,7 +25,7 @@ def test_a_refused_connection_is_reported_only_when_the_model_loaded(keep: bool)
     target = logging.Logger("target", logging.WARNING)
     seen = _Records()
     target.addHandler(seen)
-    held = _HeldLog(target)
+    held = HeldLog(target)
     producer = confluent_kafka.Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "logger": held.logger})
     while not held._held:  # the log is served by poll; the refusal comes at once
         producer.poll(0.05)
