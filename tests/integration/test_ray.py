@@ -314,6 +314,9 @@ def test_ray_serve_answers_like_lakeinfer_serve_and_survives_a_killed_replica(on
             assert server.poll() is None, server.communicate()
             assert time.monotonic() < deadline, "Ray Serve did not become ready"
             time.sleep(0.1)
+        # a private Ray serves in Ray Serve's high-throughput mode: HAProxy forwards to the replicas
+        assert any(p.name() == "haproxy" for p in psutil.Process(server.pid).children(recursive=True)), \
+            "Ray Serve's HAProxy ingress is not in use"
         rows = X.to_numpy(np.float32)
         client = triton.InferenceServerClient(f"127.0.0.1:{port}")
 

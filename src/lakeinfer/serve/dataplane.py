@@ -13,7 +13,7 @@ import pyarrow as pa
 from ..cpu import THREADED_FLAVORS, threads_each
 from ..errors import LakeinferError
 from ..runtime import ModelRuntime, Scored
-from ..runtime.batcher import AdaptiveBatcher, Overloaded
+from ..runtime.batcher import INLINE_SECONDS, AdaptiveBatcher, Overloaded
 from .config import ModelConfig, ServeConfig
 from .envelope import Envelope, ModelUnavailable, UnknownModel
 from .metrics import Metrics
@@ -67,6 +67,9 @@ def model_threads(workers: int | None) -> int:
     return threads_each(workers or 1, reserve=1)
 
 
+# with ServeConfig.inline_calls: model calls up to this long (on average) run on the event loop
+INLINE_CALL_SECONDS = 0.02
+
 # the per-row reasons ride beside a merged batch's outputs to be sliced with them per caller
 ERROR_COLUMN = "__lakeinfer_error"
 
@@ -109,7 +112,10 @@ class ModelPlane:
         self.batcher = AdaptiveBatcher(self._predict, max_batch_size=self.model.max_batch_size,
                                        max_wait_ms=self.model.max_wait_ms, max_queue=self.model.max_queue,
                                        on_batch=on_batch,
-                                       holds_gil=self.runtime.model.flavor not in THREADED_FLAVORS)
+                                       holds_gil=self.config.inline_calls
+                                       or self.runtime.model.flavor not in THREADED_FLAVORS,
+                                       inline_seconds=INLINE_CALL_SECONDS if self.config.inline_calls
+                                       else INLINE_SECONDS)
         self.batcher.start()
         self.board.mark(self.index)
 

@@ -1,0 +1,50 @@
+"""A private Ray's Ray Serve mode: HAProxy ingress unless the user's environment says otherwise."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from lakeinfer.ray import session
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """None of the settings, each restored after the test (what the code under test sets too)."""
+    for name in (*session._SERVE_VARS, *session._HAPROXY_VARS):
+        monkeypatch.setenv(name, "")  # recorded first: a plain delenv of an unset name is not undone
+        monkeypatch.delenv(name)
+
+
+def test_high_throughput_mode_with_its_files_in_the_rays_folder(clean_env: None) -> None:
+    folder = tempfile.mkdtemp(prefix="t-", dir="/tmp")
+    try:
+        assert session._high_throughput_serve(folder) is None
+        assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+        assert os.environ["RAY_SERVE_HAPROXY_SOCKET_PATH"].startswith(folder)
+        stats, metrics = int(os.environ["RAY_SERVE_HAPROXY_STATS_PORT"]), int(os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"])
+        assert stats != 8404 and metrics != 9101 and stats != metrics  # not Ray's fixed ports
+    finally:
+        os.rmdir(folder)
+
+
+def test_a_deep_folder_gets_a_short_one_for_haproxys_sockets(clean_env: None, tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 40)
+    deep.mkdir()
+    own = session._high_throughput_serve(str(deep))
+    try:
+        assert own is not None and os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] == own
+        # the longest path HAProxy is given: its metrics socket, in a folder per node (56 characters)
+        assert len(os.path.join(own, "n" * 56, "m.sock")) <= 97
+    finally:
+        os.rmdir(own or "")
+
+
+def test_the_users_own_setting_is_kept(clean_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")
+    assert session._high_throughput_serve(str(tmp_path)) is None
+    assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ and "RAY_SERVE_HAPROXY_SOCKET_PATH" not in os.environ
