@@ -134,6 +134,20 @@ def test_a_bad_row_is_named_with_its_file(ray_here, onnx_model: Trained, tmp_pat
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
+def test_a_model_that_cannot_be_scored_fails_before_ray_starts(onnx_model: Trained, datasets: dict[str, Path],
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lakeinfer.engines.ray as ray_engine
+
+    def started(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("Ray was started before the model was checked")
+
+    monkeypatch.setattr(ray_engine, "ray_session", started)
+    # an ONNX model that names no features, given none: the driver's check names the fix
+    with pytest.raises(lakeinfer.LakeinferError, match="does not name its input features; pass --features"):
+        lakeinfer.batch(str(datasets["parquet"]), str(tmp_path / "out"), model=str(onnx_model.path), engine="ray")
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
 def test_iceberg_table_on_ray_equals_the_local_engine(ray_here, onnx_model: Trained, frame: pd.DataFrame,  # type: ignore[no-untyped-def]
                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pyiceberg.catalog import load_catalog

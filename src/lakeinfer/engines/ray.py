@@ -36,8 +36,16 @@ class RayEngine:
     name = "ray"
 
     def run(self, job: BatchJob) -> BatchSummary:
-        with ray_session(job.ray_address) as ray, messages_to_stderr():
-            return run_units(job, lambda units: RayRunner(ray, job.recipe, job.workers, units))
+        # Ray starts once the driver has checked the model on a few rows: on two cores its start
+        # takes seconds, and a model that cannot be scored is one line at once. Not for a model
+        # whose stages are Ray actors: the driver's check needs the Ray to put them on
+        with contextlib.ExitStack() as stack:
+            def runner_for(units: int) -> RayRunner:
+                ray = stack.enter_context(ray_session(job.ray_address))
+                stack.enter_context(messages_to_stderr())
+                return RayRunner(ray, job.recipe, job.workers, units)
+
+            return run_units(job, runner_for, runner_first=stages_on_ray(job.recipe))
 
 
 ENGINE = RayEngine()
@@ -92,7 +100,7 @@ class RayRunner(UnitRunner):
         cpus_each = 0 if staged else self.concurrency
         self._actor_class = ray.remote(UnitActor).options(num_cpus=cpus_each, max_concurrency=self.concurrency,
                                                           max_restarts=0)
-        # started now: their model loads overlap the driver's checks
+        # started now: their model loads overlap the driver's last steps before the first unit
         self.actors = [self._new_actor() for _ in range(self.workers)]
 
     def _new_actor(self) -> Any:

@@ -54,15 +54,20 @@ class UnitRunner(abc.ABC):
         """Stop the scorers, whatever happened."""
 
 
-def run_units(options: BatchJob, runner_for: Callable[[int], UnitRunner]) -> BatchSummary:
+def run_units(options: BatchJob, runner_for: Callable[[int], UnitRunner], *, runner_first: bool = True) -> BatchSummary:
     """The job, planned into units and scored by the runner ``runner_for(units to score)`` gives,
-    into Parquet parts under the output folder, or staged and published in one commit to a table."""
+    into Parquet parts under the output folder, or staged and published in one commit to a table.
+
+    ``runner_first``: the runner is made before the driver checks the model, so that its scorers
+    load it meanwhile; else after the checks (a runner that starts a cluster first: a model that
+    cannot be scored fails in a second, not after the cluster's start)."""
     start = time.perf_counter()
     output_uri = options.output
     job = table_job.plan_job(options, unit_rows=options.unit_rows)
     source, fingerprint, out = job.source, job.fingerprint, job.out
     if out is None:
-        return _score(options, runner_for, source, fingerprint, output_uri, overwrite=options.overwrite, start=start)
+        return _score(options, runner_for, source, fingerprint, output_uri, overwrite=options.overwrite, start=start,
+                      runner_first=runner_first)
 
     # A table output: the parts are staged under the job's id, then published in one commit.
     assert job.job_id is not None
@@ -74,7 +79,7 @@ def run_units(options: BatchJob, runner_for: Callable[[int], UnitRunner]) -> Bat
         out.drop_staging(staged)
         return committed_summary(output_uri, job.job_id, committed, start)
     summary = _score(options, runner_for, source, fingerprint, staged, overwrite=False, start=start,
-                     check_schema=out.check_schema)
+                     check_schema=out.check_schema, runner_first=runner_first)
     properties = job.properties(rows=summary.rows, rows_skipped=summary.rows_skipped)
     assert summary.schema is not None
     summary.commit = out.commit(staged, summary.schema, properties, replace=job.replace)
@@ -86,7 +91,8 @@ def run_units(options: BatchJob, runner_for: Callable[[int], UnitRunner]) -> Bat
 
 def _score(options: BatchJob, runner_for: Callable[[int], UnitRunner], source: tables.Source,
            fingerprint: dict[str, Any], folder_uri: str, *,
-           overwrite: bool, start: float, check_schema: Callable[[pa.Schema], None] | None = None) -> BatchSummary:
+           overwrite: bool, start: float, check_schema: Callable[[pa.Schema], None] | None = None,
+           runner_first: bool = True) -> BatchSummary:
     """Score the source's units into Parquet parts under ``folder_uri`` (the output folder, or a
     table output's staging folder), resuming its finished parts."""
     recipe, keep, batch_size, progress = options.recipe, options.keep, options.batch_size, options.progress
@@ -95,10 +101,10 @@ def _score(options: BatchJob, runner_for: Callable[[int], UnitRunner], source: t
     done = folder.check(fingerprint, overwrite=overwrite)
     todo = [u for u in units if u.index not in done]
     # The runner starts its scorers now, so their model loads overlap the checks below.
-    runner = runner_for(len(todo))
+    runner = runner_for(len(todo)) if runner_first else None
     try:
         # Check the model, the columns and the output schema on a few rows before writing anything.
-        runtime: ModelRuntime | None = ModelRuntime(recipe, threads=runner.driver_threads)
+        runtime: ModelRuntime | None = ModelRuntime(recipe, threads=runner.driver_threads if runner else 1)
         assert runtime is not None
         columns = runtime.read_columns(keep)
         probe = todo[0] if todo else units[0]
@@ -107,6 +113,8 @@ def _score(options: BatchJob, runner_for: Callable[[int], UnitRunner], source: t
         schema = _without_field_ids(_output_schema(runtime, sample, keep, probe.path, probe.first_row))
         if check_schema is not None:
             check_schema(schema)
+        if runner is None:
+            runner = runner_for(len(todo))
         folder.claim(fingerprint, overwrite=overwrite)
         job = unit_worker.UnitJob(fs, fmt, batch_size, columns, folder_uri, schema, source.reader,
                                   overlap=runner.overlap or overlap_io(runner.scorers, source, folder.fs),
@@ -117,7 +125,8 @@ def _score(options: BatchJob, runner_for: Callable[[int], UnitRunner], source: t
             runtime = None  # the scorers hold theirs
             results = runner.run(todo, job, bar)
     finally:
-        runner.close()
+        if runner is not None:
+            runner.close()
 
     stats = [*done.values(), *results]
     summary = BatchSummary(
