@@ -320,7 +320,12 @@ def test_serve_rest_grpc_and_records_equal_tensorflow(built: Built, server: Any)
     pids = set()
     for _ in range(200):
         reply = httpx.post(f"{server.url}/v1/models/fn/predict", json=one, timeout=30)
-        assert reply.status_code == 200 and reply.json()["predictions"] == predictions[:1], reply.text
+        assert reply.status_code == 200, reply.text
+        # one row alone against the same row in a batch of 64: TensorFlow's kernels may differ in
+        # the last float32 bits by batch size
+        alone = reply.json()["predictions"][0]
+        np.testing.assert_allclose(alone["logits"], predictions[0]["logits"], rtol=0, atol=1e-6)
+        assert alone["score"] == pytest.approx(predictions[0]["score"], abs=1e-6)
         pids.add(reply.headers["x-lakeinfer-worker"])
         if len(pids) == 2:
             break

@@ -27,6 +27,8 @@ def test_high_throughput_mode_with_its_files_in_the_rays_folder(clean_env: None)
         assert os.environ["RAY_SERVE_HAPROXY_SOCKET_PATH"].startswith(folder)
         stats, metrics = int(os.environ["RAY_SERVE_HAPROXY_STATS_PORT"]), int(os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"])
         assert stats != 8404 and metrics != 9101 and stats != metrics  # not Ray's fixed ports
+        # a stopping replica is held open 2 s for HAProxy (Ray's 30 s made every stop take 30 s)
+        assert os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "2"
     finally:
         os.rmdir(folder)
 
