@@ -265,9 +265,9 @@ def _tree_models(root: Path, X: pd.DataFrame, frame: pd.DataFrame) -> Iterator[t
 def test_tree_ensembles_split_by_tree_range_equal_the_framework(tmp_path: Path, X: pd.DataFrame,
                                                                 frame: pd.DataFrame) -> None:
     batch = as_batch(X.to_numpy())
-    for name, path, labels, proba in _tree_models(tmp_path, X, frame):
+    for i, (name, path, labels, proba) in enumerate(_tree_models(tmp_path, X, frame)):
         unsplit = lakeinfer.load_model(str(path), features=FEATURES).predict(batch)
-        for count in (2, 3):  # every model in 2 and in 3 shards
+        for count in (2 + i % 2,):  # the models in 2 and in 3 shards by turns: a first and last stage, and a middle one
             folder = tmp_path / f"{name}-{count}"
             manifest = split_model(str(path), count, str(folder), features=FEATURES)
             assert len(manifest.stages) == count and manifest.stages[-1].merge is not None
