@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from ..errors import LakeinferError
 
-__all__ = ["INLINE_SECONDS", "AdaptiveBatcher", "Overloaded", "score_group"]
+__all__ = ["AdaptiveBatcher", "Overloaded", "score_group"]
 
 log = logging.getLogger("lakeinfer.batcher")
 
@@ -49,7 +49,7 @@ class AdaptiveBatcher:
     def __init__(self, predict: Callable[[pa.RecordBatch], pa.RecordBatch], *, max_batch_size: int = 256,
                  max_wait_ms: float = 2.0, max_queue: int = 1024, executor: Executor | None = None,
                  on_batch: Callable[[int, int], None] | None = None, holds_gil: bool = False,
-                 inline_seconds: float = INLINE_SECONDS) -> None:
+                 inline_under: float | None = None) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, not {max_batch_size}")
         self._predict = predict
@@ -63,7 +63,9 @@ class AdaptiveBatcher:
         # a model that holds the GIL as it scores gains nothing on a thread even under load: the
         # event loop waits for the GIL either way, and the hand-offs are extra
         self._holds_gil = holds_gil
-        self._inline_seconds = inline_seconds  # calls shorter than this (on average) may run on the loop
+        # calls shorter than this (on average) run on the loop even under load: a process of one core,
+        # where a model thread overlaps nothing and only adds hand-offs
+        self._inline_under = inline_under
         self._busy_before = False
         self._closing = False
         self._running = 0
@@ -174,7 +176,8 @@ class AdaptiveBatcher:
         if not live:
             return
         batches = [r.batch for r in live]
-        if self._call_seconds < self._inline_seconds and (self._holds_gil or self._queue.empty()):
+        fast = self._call_seconds < INLINE_SECONDS and (self._holds_gil or self._queue.empty())
+        if fast or (self._inline_under is not None and self._call_seconds < self._inline_under):
             # A fast model with nobody waiting, or one that holds the GIL: two thread hand-offs
             # cost more than the call. One that releases the GIL scores on the thread under load,
             # while the loop reads the next requests; a slow one would stall the loop.

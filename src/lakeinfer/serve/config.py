@@ -52,7 +52,7 @@ class ServeConfig:
     max_body_bytes: int = 16 << 20
     api_key_env: str | None = None
     access_log: bool = False
-    # fast model calls on the event loop even under load, as for a model that holds the GIL: a Ray
+    # fast model calls on the event loop even under load (dataplane.INLINE_CALL_SECONDS): a Ray
     # Serve replica's one core is shared with Ray's own threads, and hand-offs to a model thread
     # cost it a third of its answers (bench/serve_ray.py)
     inline_calls: bool = False

@@ -13,7 +13,7 @@ import pyarrow as pa
 from ..cpu import THREADED_FLAVORS, threads_each
 from ..errors import LakeinferError
 from ..runtime import ModelRuntime, Scored
-from ..runtime.batcher import INLINE_SECONDS, AdaptiveBatcher, Overloaded
+from ..runtime.batcher import AdaptiveBatcher, Overloaded
 from .config import ModelConfig, ServeConfig
 from .envelope import Envelope, ModelUnavailable, UnknownModel
 from .metrics import Metrics
@@ -112,10 +112,8 @@ class ModelPlane:
         self.batcher = AdaptiveBatcher(self._predict, max_batch_size=self.model.max_batch_size,
                                        max_wait_ms=self.model.max_wait_ms, max_queue=self.model.max_queue,
                                        on_batch=on_batch,
-                                       holds_gil=self.config.inline_calls
-                                       or self.runtime.model.flavor not in THREADED_FLAVORS,
-                                       inline_seconds=INLINE_CALL_SECONDS if self.config.inline_calls
-                                       else INLINE_SECONDS)
+                                       holds_gil=self.runtime.model.flavor not in THREADED_FLAVORS,
+                                       inline_under=INLINE_CALL_SECONDS if self.config.inline_calls else None)
         self.batcher.start()
         self.board.mark(self.index)
 
