@@ -232,7 +232,7 @@ def test_an_actor_killed_mid_job_is_replaced(slow_job: dict[str, Any], tmp_path:
     assert killed_at <= slow_job["files"] - 5, "the job was too far on when the actor was killed"
     summary = json.loads(stdout)
     assert summary["rows"] == slow_job["rows"] and summary["workers"] == 2
-    assert summary["model_loads"] == 3  # the replacement loaded the model too
+    assert summary["model_loads"] == 3  # the replacement loaded the model too, whether or not it scored a unit
     _exactly_once(out, slow_job["rows"])
 
 

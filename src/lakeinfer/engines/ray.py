@@ -12,6 +12,7 @@ death ends it, and a rerun resumes.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
@@ -74,6 +75,9 @@ class UnitActor:
     def run(self, unit: Any, job: unit_worker.UnitJob) -> dict[str, Any]:
         return self.scorer.run(unit, job)
 
+    def loads(self) -> tuple[int, int]:
+        return os.getpid(), self.scorer.loads
+
 
 class RayRunner(UnitRunner):
     """A pool of actors, two units in flight per scoring thread; a dead actor is replaced.
@@ -100,11 +104,14 @@ class RayRunner(UnitRunner):
         cpus_each = 0 if staged else self.concurrency
         self._actor_class = ray.remote(UnitActor).options(num_cpus=cpus_each, max_concurrency=self.concurrency,
                                                           max_restarts=0)
+        self._loaded: list[Any] = []  # each actor's (pid, loads), asked as it starts
         # started now: their model loads overlap the driver's last steps before the first unit
-        self.actors = [self._new_actor() for _ in range(self.workers)]
+        self.actors = [self._new_actor() for _ in range(self.workers)] if units else []
 
     def _new_actor(self) -> Any:
-        return self._actor_class.remote(self.recipe, 1)
+        actor = self._actor_class.remote(self.recipe, 1)
+        self._loaded.append(actor.loads.remote())  # answered once it loaded: kept if it dies later
+        return actor
 
     def run(self, todo: list[Any], job: unit_worker.UnitJob, bar: ProgressBar) -> list[dict[str, Any]]:
         ray = self.ray
@@ -149,6 +156,16 @@ class RayRunner(UnitRunner):
         with contextlib.suppress(Exception):
             self.ray.kill(self.actors[slot], no_restart=True)
         self.actors[slot] = self._new_actor()
+
+    def model_loads(self, results: list[dict[str, Any]]) -> int:
+        """Every actor's load, whether or not it returned a unit: one killed mid-unit, or a
+        replacement that scored none, loaded the model too."""
+        per_actor = {r["pid"]: r["loads"] for r in results}
+        for ref in self._loaded:
+            with contextlib.suppress(self.ray.exceptions.RayError):  # died before it loaded
+                pid, loads = self.ray.get(ref, timeout=30)
+                per_actor[pid] = loads
+        return sum(per_actor.values())
 
     def close(self) -> None:
         for actor in self.actors:

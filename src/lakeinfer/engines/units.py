@@ -49,6 +49,10 @@ class UnitRunner(abc.ABC):
     def run(self, todo: list[Any], job: unit_worker.UnitJob, bar: ProgressBar) -> list[dict[str, Any]]:
         """Score ``todo``; each unit's result (its stats, ``pid``, ``loads``), checked."""
 
+    def model_loads(self, results: list[dict[str, Any]]) -> int:
+        """How many times the scorers loaded the model, from the units' results (before ``close``)."""
+        return _model_loads(results)
+
     @abc.abstractmethod
     def close(self) -> None:
         """Stop the scorers, whatever happened."""
@@ -124,6 +128,7 @@ def _score(options: BatchJob, runner_for: Callable[[int], UnitRunner], source: t
             runner.begin(runtime, bar)
             runtime = None  # the scorers hold theirs
             results = runner.run(todo, job, bar)
+        loads = runner.model_loads(results)
     finally:
         if runner is not None:
             runner.close()
@@ -137,7 +142,7 @@ def _score(options: BatchJob, runner_for: Callable[[int], UnitRunner], source: t
         parts_resumed=len(done),
         workers=runner.workers if todo else 0,
         threads=runner.threads if todo else 0,
-        model_loads=_model_loads(results),
+        model_loads=loads,
         seconds=time.perf_counter() - start,
     )
     folder.finish({**summary.to_dict(), "fingerprint": fingerprint})
