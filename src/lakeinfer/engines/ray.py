@@ -12,7 +12,6 @@ death ends it, and a rerun resumes.
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
@@ -75,8 +74,8 @@ class UnitActor:
     def run(self, unit: Any, job: unit_worker.UnitJob) -> dict[str, Any]:
         return self.scorer.run(unit, job)
 
-    def loads(self) -> tuple[int, int]:
-        return os.getpid(), self.scorer.loads
+    def loads(self) -> int:
+        return self.scorer.loads
 
 
 class RayRunner(UnitRunner):
@@ -104,7 +103,7 @@ class RayRunner(UnitRunner):
         cpus_each = 0 if staged else self.concurrency
         self._actor_class = ray.remote(UnitActor).options(num_cpus=cpus_each, max_concurrency=self.concurrency,
                                                           max_restarts=0)
-        self._loaded: list[Any] = []  # each actor's (pid, loads), asked as it starts
+        self._loaded: list[Any] = []  # each actor's loads, asked as it starts
         # started now: their model loads overlap the driver's last steps before the first unit
         self.actors = [self._new_actor() for _ in range(self.workers)] if units else []
 
@@ -159,13 +158,15 @@ class RayRunner(UnitRunner):
 
     def model_loads(self, results: list[dict[str, Any]]) -> int:
         """Every actor's load, whether or not it returned a unit: one killed mid-unit, or a
-        replacement that scored none, loaded the model too."""
-        per_actor = {r["pid"]: r["loads"] for r in results}
-        for ref in self._loaded:
+        replacement that scored none, loaded the model too. One still loading is not waited for."""
+        if not self._loaded:
+            return 0
+        ready, _ = self.ray.wait(self._loaded, num_returns=len(self._loaded), timeout=1.0)
+        loads = 0
+        for ref in ready:
             with contextlib.suppress(self.ray.exceptions.RayError):  # died before it loaded
-                pid, loads = self.ray.get(ref, timeout=30)
-                per_actor[pid] = loads
-        return sum(per_actor.values())
+                loads += self.ray.get(ref)
+        return loads
 
     def close(self) -> None:
         for actor in self.actors:

