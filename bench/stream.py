@@ -54,7 +54,6 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from batch_local import CORES, FEATURES, ceiling, io_model, train_models  # noqa: E402
 from tests.kafka_helpers import create_topics, start_broker, stop_broker, wait_for_members  # noqa: E402
-from tests.serving import free_port  # noqa: E402
 
 
 def produce_records(bootstrap: str, topic: str, n: int) -> pa.Table:
@@ -268,7 +267,7 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="lakeinfer-stream-bench-"))
     home = work / "kafka"
-    bootstrap = start_broker(home, free_port())
+    bootstrap = start_broker(home)
     try:
         model = train_models(work)["random_forest"]
         source = f"records-{uuid.uuid4().hex[:6]}"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A single-node Apache Kafka broker (KRaft, broker+controller) on 127.0.0.1, from Maven Central jars.
 #
-#   scripts/kafka.sh start [PORT]   fetch the jars once (cached in .cache/kafka), format, start; prints bootstrap
+#   scripts/kafka.sh start [PORT [CONTROLLER_PORT]]
+#                                   fetch the jars once (cached in .cache/kafka), format, start; prints bootstrap
+#                                   (the controller listens on PORT+1 unless given)
 #   scripts/kafka.sh stop           stop it and delete its data
 #   scripts/kafka.sh status
 #
@@ -10,7 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' scripts/kafka/pom.xml)
-lib="$root/.cache/kafka/$version/lib"
+# keyed by the pom's content too: a changed dependency list fetches a fresh set of jars
+lib="$root/.cache/kafka/$version-$(cksum < scripts/kafka/pom.xml | cut -d' ' -f1)/lib"
 run="${KAFKA_HOME_DIR:-$root/.cache/kafka-run}"
 
 fetch() {
@@ -32,7 +35,7 @@ case "$cmd" in
     fi
     fetch
     rm -rf "$run"; mkdir -p "$run/data"
-    controller=$((port + 1))
+    controller=${3:-$((port + 1))}
     cat > "$run/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
@@ -85,5 +88,5 @@ PROPS
   status)
     if [ -f "$run/pid" ] && kill -0 "$(cat "$run/pid")" 2>/dev/null; then echo "running on 127.0.0.1:$(cat "$run/port")"; else echo "stopped"; exit 1; fi
     ;;
-  *) echo "usage: scripts/kafka.sh start [PORT] | stop | status" >&2; exit 2 ;;
+  *) echo "usage: scripts/kafka.sh start [PORT [CONTROLLER_PORT]] | stop | status" >&2; exit 2 ;;
 esac

@@ -274,10 +274,9 @@ def lake(tmp_path: Path) -> dict[str, Any]:
 def broker(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """One real Kafka broker for the whole run (every test uses topics of its own)."""
     from tests.kafka_helpers import start_broker, stop_broker
-    from tests.serving import free_port
 
     home = tmp_path_factory.mktemp("kafka")
-    bootstrap = start_broker(home, free_port())
+    bootstrap = start_broker(home)
     yield bootstrap
     stop_broker(home)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -15,12 +17,28 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_broker(home: Path, port: int) -> str:
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "kafka.sh"), "start", str(port)], capture_output=True,
-                            text=True, timeout=600, env={**os.environ, "KAFKA_HOME_DIR": str(home)})
-    if result.returncode != 0:
+def start_broker(home: Path) -> str:
+    """A broker on two free ports of 127.0.0.1 (clients, controller); started again on two others
+    once if another process took one of them between their pick and the broker's bind."""
+    for attempt in (1, 2):
+        port, controller = _free_ports(2)
+        result = subprocess.run(["bash", str(ROOT / "scripts" / "kafka.sh"), "start", str(port), str(controller)],
+                                capture_output=True, text=True, timeout=600, env={**os.environ, "KAFKA_HOME_DIR": str(home)})
+        if result.returncode == 0:
+            return result.stdout.strip().splitlines()[-1]
+        if attempt == 1 and "Address already in use" in result.stderr:
+            stop_broker(home)
+            continue
         raise RuntimeError(f"the Kafka broker did not start: {result.stderr[-2000:]}")
-    return result.stdout.strip().splitlines()[-1]
+    raise AssertionError("unreachable")
+
+
+def _free_ports(count: int) -> list[int]:
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def stop_broker(home: Path) -> None:
