@@ -206,9 +206,11 @@ def test_killed_client_then_rerun_commits_every_row_once(server: dict[str, Any],
     job.wait()
     assert _commits(server, f"ns.out_{suffix}") == [], "the job committed before it could be killed"
 
-    # the rerun interrupts the killed client's job, still running on the server: one commit, every row once
+    # the rerun interrupts the killed client's job, still running on the server; or, where the
+    # server finished that job first (seen under a loaded machine), finds it committed: either way
+    # one commit, every row once
     rerun = _summary(run_cli(*args, "--json", env={**server["env"], "PYTHONPATH": PYTHONPATH}))
-    assert rerun["rows"] == files * per_file and rerun["note"] is None
+    assert rerun["rows"] == files * per_file and rerun["note"] in (None, "already committed"), rerun
     result = _read(server, f"ns.out_{suffix}")
     assert result["id"].tolist() == list(range(files * per_file))
     np.testing.assert_allclose(result["prediction"].to_numpy(), frame["f0"].to_numpy() * 10.0)
