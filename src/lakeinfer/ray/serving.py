@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import ConfigError, LakeinferError, require
 from ..runtime import PipelineRecipe
 from ..serve.config import ServeConfig
-from .session import ray_session
+from .session import first_line, ray_session
 
 __all__ = ["deployment", "run_serve"]
 
@@ -115,7 +115,7 @@ def run_serve(config: ServeConfig, *, replicas: int, min_replicas: int | None, m
             serve.start(http_options={"host": config.host, "port": config.port})
             serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         except (RuntimeError, ValueError, ray.exceptions.RayError) as exc:
-            raise LakeinferError(f"Ray Serve did not start the app: {str(exc).splitlines()[0]}") from None
+            raise LakeinferError(f"Ray Serve did not start the app: {first_line(exc)}") from None
         count = f"{min_replicas or 1}-{max_replicas} replicas" if max_replicas else f"{replicas} replica" + (
             "s" if replicas != 1 else "")
         line = start_line(config, flavors).rsplit(", ", 1)[0]

@@ -32,7 +32,8 @@ _AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 # Ray Serve's high-throughput mode (Ray >= 2.56): HAProxy as the ingress, forwarding each request
 # straight to a replica's own HTTP server, in place of the Python proxy actor and its hop
 _SERVE_VARS = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED")
-_HAPROXY_VARS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC",
+_HAPROXY_VARS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+                 "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC",
                  "RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH",
                  "RAY_SERVE_HAPROXY_SERVER_STATE_BASE", "RAY_SERVE_HAPROXY_SERVER_STATE_FILE",
                  "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S")
@@ -167,8 +168,9 @@ def _private_auth(folder: str) -> None:
 
 def _high_throughput_serve(folder: str) -> str | None:
     """Ray Serve's HAProxy ingress for a private Ray, its files in the Ray's folder and its stats and
-    metrics listeners on free ports (fixed ports by default: a second Ray Serve on the machine
-    could not start). A user's own setting of any of these is kept, and the mode stays off where
+    metrics listeners and its fallback proxy (Ray Serve's own, beside HAProxy) on free ports (fixed
+    ports by default: a second Ray Serve on the machine, or anything on 8500, and the app did not
+    start). A user's own setting of any of these is kept, and the mode stays off where
     the user turned it off or this Ray lacks it or HAProxy. Returns a folder of its own to remove
     at the end, made where the Ray's is too deep for HAProxy's socket paths."""
     if any(os.environ.get(name, "1") != "1" for name in _SERVE_VARS) or not _has_haproxy():
@@ -178,10 +180,12 @@ def _high_throughput_serve(folder: str) -> str | None:
     base, own = os.path.join(folder, "h"), None
     if len(base) + len("/") + 56 + len("/m.sock") > 95:
         base = own = tempfile.mkdtemp(prefix="lih-", dir="/tmp")
-    stats, metrics = free_ports(2)
+    stats, metrics, fallback_http, fallback_grpc = free_ports(4)
     for name, value in {
         "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_HAPROXY_STATS_PORT": str(stats), "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_http),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(fallback_grpc),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": os.path.join(base, "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": os.path.join(base, "a.sock"),
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": os.path.join(base, "m.sock"),
@@ -214,4 +218,12 @@ def _has_haproxy() -> bool:
 
 
 def first_line(exc: BaseException) -> str:
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    """An error of Ray's in one line: its first, and for an actor that died, which one and why
+    (Ray's own text spreads these over a dozen lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    found = [line.split(":", 1)[1].strip() for line in lines if line.startswith("class_name:")]
+    found += [detail.split(". ")[0].strip().rstrip(".") for line in lines
+              for detail in line.split("Worker exit detail:")[1:2]]
+    return lines[0] + (f" ({'; '.join(found)})" if found else "")

@@ -25,8 +25,12 @@ def test_high_throughput_mode_with_its_files_in_the_rays_folder(clean_env: None)
         assert session._high_throughput_serve(folder) is None
         assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
         assert os.environ["RAY_SERVE_HAPROXY_SOCKET_PATH"].startswith(folder)
-        stats, metrics = int(os.environ["RAY_SERVE_HAPROXY_STATS_PORT"]), int(os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"])
-        assert stats != 8404 and metrics != 9101 and stats != metrics  # not Ray's fixed ports
+        ports = [int(os.environ[name]) for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
+                                                     "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+                                                     "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")]
+        # not Ray's fixed ports: a second Ray Serve on the machine (or anything on 8500) and the
+        # fallback proxy's actor died, and the app with it
+        assert not {8404, 9101, 8500, 9500} & set(ports) and len(set(ports)) == 4
         # a stopping replica is held open 2 s for HAProxy (Ray's 30 s made every stop take 30 s)
         assert os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "2"
     finally:
@@ -73,3 +77,14 @@ def test_free_ports_are_distinct() -> None:
 
     ports = free_ports(8)
     assert len(set(ports)) == 8
+
+
+def test_an_actor_that_died_is_named_with_why_in_one_line() -> None:
+    error = RuntimeError("The actor died unexpectedly before finishing this task.\n\tclass_name: ServeController\n"
+                         "\tactor_id: 9f\n\tpid: 12\nThe actor is dead because its worker process has died. Worker exit "
+                         "type: SYSTEM_ERROR Worker exit detail: Worker unexpectedly exits with a connection error code 2. "
+                         "End of file. There are some potential root causes.")
+    assert session.first_line(error) == ("The actor died unexpectedly before finishing this task. "
+                                         "(ServeController; Worker unexpectedly exits with a connection error code 2)")
+    assert session.first_line(RuntimeError("\n cannot join \nmore")) == "cannot join"
+    assert session.first_line(RuntimeError()) == "RuntimeError"
