@@ -32,6 +32,10 @@ _AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 # Ray Serve's high-throughput mode (Ray >= 2.56): HAProxy as the ingress, forwarding each request
 # straight to a replica's own HTTP server, in place of the Python proxy actor and its hop
 _SERVE_VARS = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED")
+# Ray Serve's controller kills a proxy (HAProxy's manager or Ray's own) not ready within 5 s, and
+# `serve.start` then fails with "the actor died": on a loaded machine a proxy's start takes
+# longer. A private Ray gives it the 60 s that `serve.start` itself waits for the proxies.
+_READY_VAR, _READY_S = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60"
 _HAPROXY_VARS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
                  "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC",
                  "RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH",
@@ -67,7 +71,8 @@ def ray_session(address: str | None, *, serving: bool = False) -> Iterator[Any]:
     process already joined, or a private local Ray started here and stopped at the end.
 
     ``serving``: a private Ray runs Ray Serve in its high-throughput mode (HAProxy ingress) where
-    this Ray has it, unless the environment already says (a cluster's mode is its own)."""
+    this Ray has it, unless the environment already says (a cluster's mode is its own), and gives
+    its proxies a minute to start."""
     imported = sys.modules.get("ray")
     if imported is not None and imported.is_initialized():  # the caller's own Ray (the API inside a Ray program)
         yield imported
@@ -86,12 +91,12 @@ def ray_session(address: str | None, *, serving: bool = False) -> Iterator[Any]:
             ray.shutdown()
         return
     folder = tempfile.mkdtemp(prefix="lakeinfer-ray-")  # short: Ray's socket paths must fit 107 bytes
-    saved = {name: os.environ.get(name) for name in (*_AUTH_VARS, *_SERVE_VARS, *_HAPROXY_VARS)}
+    saved = {name: os.environ.get(name) for name in (*_AUTH_VARS, *_SERVE_VARS, *_HAPROXY_VARS, _READY_VAR)}
     haproxy: str | None = None
     reaper: subprocess.Popen[bytes] | None = None
     try:
         _private_auth(folder)  # the token's setting first: Ray reads it when it is imported
-        haproxy = _high_throughput_serve(folder) if serving else None
+        haproxy = _serving(folder) if serving else None
         ray = errors.require("ray", "ray", "the Ray engine")
         os.environ[SESSION_MARK] = folder  # inherited by every process of this Ray: the reaper finds them by it
         reaper = _start_reaper(folder)
@@ -165,6 +170,13 @@ def _private_auth(folder: str) -> None:
         fh.write(secrets.token_hex(32))
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = path
+
+def _serving(folder: str) -> str | None:
+    """Ray Serve's settings for a private Ray: its proxies' time to start, and the HAProxy ingress
+    (returns :func:`_high_throughput_serve`'s folder)."""
+    os.environ.setdefault(_READY_VAR, _READY_S)
+    return _high_throughput_serve(folder)
+
 
 def _high_throughput_serve(folder: str) -> str | None:
     """Ray Serve's HAProxy ingress for a private Ray, its files in the Ray's folder and its stats and

@@ -14,7 +14,7 @@ from lakeinfer.ray import session
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """None of the settings, each restored after the test (what the code under test sets too)."""
-    for name in (*session._SERVE_VARS, *session._HAPROXY_VARS):
+    for name in (*session._SERVE_VARS, *session._HAPROXY_VARS, session._READY_VAR):
         monkeypatch.setenv(name, "")  # recorded first: a plain delenv of an unset name is not undone
         monkeypatch.delenv(name)
 
@@ -35,6 +35,18 @@ def test_high_throughput_mode_with_its_files_in_the_rays_folder(clean_env: None)
         assert os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "2"
     finally:
         os.rmdir(folder)
+
+
+def test_proxies_get_a_minute_to_start_unless_the_user_says(clean_env: None, monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path: Path) -> None:
+    # Ray Serve's 5 s, and on a loaded machine the controller killed the proxy still starting:
+    # `serve.start` failed with "the actor died" (HAProxyManager)
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")
+    session._serving(str(tmp_path))
+    assert os.environ["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"] == "60"
+    monkeypatch.setenv("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "7")
+    session._serving(str(tmp_path))
+    assert os.environ["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"] == "7"
 
 
 def test_a_deep_folder_gets_a_short_one_for_haproxys_sockets(clean_env: None, tmp_path: Path) -> None:
